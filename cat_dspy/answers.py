@@ -1,0 +1,399 @@
+"""Final-answer extraction and answer equivalence (CaT verifiable reward, paper §1.5).
+
+The symbolic check runs in long-lived worker processes: fresh interpreters started with ``subprocess`` (spawn-like:
+no fork of a parent holding torch threads, no re-import of the caller's ``__main__`` or of ``cat_dspy``). Each request
+has a wall-clock limit that holds from any thread; a worker that overruns is killed and restarted on next use, and the
+caller gets the string-comparison result. Outcomes are counted in :func:`equivalence_stats`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import math
+import os
+import queue
+import re
+import select
+import subprocess
+import sys
+import threading
+import time
+
+__all__ = ["equivalence_stats", "equivalent", "extract_answer", "normalize_answer", "reset_equivalence_stats"]
+__all__ += ["shutdown_equivalence_workers"]
+
+# --------------------------------------------------------------------------------------------- extraction
+_BOX_TOKENS = re.compile(r"\\(?:boxed|fbox)\s*\{|\\[\\{}]|[{}]")
+_ANSWER_IS = re.compile(r"\bthe\s+(?:final\s+)?answer\s+is\b\s*:?[ \t]*", re.IGNORECASE)
+_SENTENCE_END = re.compile(r"\.(?:\s|$)")
+_GSM8K = re.compile(r"####[ \t]*(?=[-+$\\(.\d])")  # a number-like tail, not a markdown "#### Step" heading
+
+
+def _clean_tail(ans: str) -> str:
+    ans, prev = ans.strip(), None
+    while ans != prev:
+        prev = ans
+        ans = ans.strip().removesuffix("**").removeprefix("**").strip(" \t$").rstrip(".").strip()
+    return ans
+
+
+def _last_box_flat(text: str) -> str | None:
+    """Content of the last complete (balanced) box, in one linear pass; unbalanced or empty boxes are skipped."""
+    first = min((i for i in (text.find("\\boxed"), text.find("\\fbox")) if i >= 0), default=-1)
+    if first < 0:
+        return None
+    stack: list[int] = []  # content start for a box opener, -1 for a plain brace
+    done: list[tuple[int, int]] = []  # complete boxes in closing order
+    for m in _BOX_TOKENS.finditer(text, first):
+        tok = m.group()
+        if tok == "{":
+            stack.append(-1)
+        elif tok == "}":
+            if stack:
+                start = stack.pop()
+                if start >= 0:
+                    done.append((start, m.start()))
+        elif tok[-1] == "{" and tok[1] in "bf":
+            stack.append(m.end())
+    for start, end in reversed(done):  # empty boxes never overlap, so this stays linear
+        inner = text[start:end].strip()
+        if inner:
+            return inner
+    return None
+
+
+def _last_box(text: str) -> str | None:
+    inner = _last_box_flat(text)
+    for _ in range(3):  # \boxed{\boxed{x}} -> x (bounded)
+        if inner is None or not inner.startswith(("\\boxed", "\\fbox")):
+            break
+        inner = _last_box_flat(inner) or inner
+    return inner
+
+
+def extract_answer(text: str | None) -> str | None:
+    """Extract the final answer of a response.
+
+    Priority: the last complete ``\\boxed{...}``/``\\fbox{...}`` (balanced braces; a truncated box is skipped), then
+    the last GSM8K ``#### N``, then the last "the (final) answer is X". Linear time, never raises.
+
+    Args:
+        text: A model response (may be None or malformed).
+
+    Returns:
+        The answer text (stripped of ``$``, ``**`` and a trailing period), or None when nothing was found.
+
+    Examples:
+        >>> extract_answer(r"so \\boxed{1} then \\boxed{\\frac{1}{2}}")
+        '\\\\frac{1}{2}'
+        >>> extract_answer("#### 1,234")
+        '1,234'
+        >>> extract_answer("The final answer is **72**.")
+        '72'
+        >>> extract_answer(r"\\boxed{3} and \\boxed{\\frac{4") is None, extract_answer("   ")
+        (False, None)
+    """
+    try:
+        if not isinstance(text, str) or not text.strip():
+            return None
+        boxed = _last_box(text)
+        if boxed:
+            return boxed
+        for pattern in (_GSM8K, _ANSWER_IS):
+            last = None
+            for last in pattern.finditer(text):  # noqa: B007 - the last match wins
+                pass
+            if last is not None:
+                eol = text.find("\n", last.end())
+                tail = text[last.end() : eol if eol >= 0 else len(text)]
+                end = _SENTENCE_END.search(tail) if pattern is _ANSWER_IS else None
+                ans = _clean_tail(tail[: end.start()] if end else tail)
+                if ans:
+                    return ans
+        return None
+    except Exception:  # pragma: no cover - defensive: malformed output must never raise
+        return None
+
+
+# --------------------------------------------------------------------------------------------- normalization
+_WRAPPER = re.compile(r"\\(?:text|textbf|textit|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
+_LEFT_RIGHT = re.compile(r"\\(?:left|right|displaystyle)(?![A-Za-z])")
+_SPACING = re.compile(r"\\[,;:! ]|\{,\}")
+_THOUSANDS = re.compile(r"(?<![\d.,])\d{1,3}(?:,\d{3})+(?![\d,])")
+_DECIMAL = re.compile(r"(?<![\d.])(\d+)\.(\d+)(?![\d.])")  # no nested quantifiers: linear on long digit runs
+_NUMBER = re.compile(r"[+-]?(?:\d{1,60}(?:\.\d{0,60})?|\.\d{1,60})")
+
+
+def normalize_answer(ans: str) -> str:
+    """Normalize an answer string conservatively (units words are kept).
+
+    Strips whitespace, ``$``, ``\\text{}``/``\\mathrm{}`` wrappers, ``\\left``/``\\right``, a trailing ``.``, a
+    leading ``+`` and thousands separators; maps ``\\dfrac``/``\\tfrac`` to ``\\frac`` and ``72.0`` to ``72``.
+
+    Args:
+        ans: An extracted answer.
+
+    Returns:
+        The normalized string ('' for None/empty input).
+
+    Examples:
+        >>> normalize_answer(r" $\\dfrac{1}{2}$. ")
+        '\\\\frac{1}{2}'
+        >>> normalize_answer("1,000"), normalize_answer("+72.0"), normalize_answer("0.50")
+        ('1000', '72', '0.5')
+        >>> normalize_answer(r"10\\text{ cm}")
+        '10cm'
+    """
+    if ans is None:
+        return ""
+    s = str(ans).strip()
+    s = s.replace("\\$", "").replace("$", "")
+    for _ in range(20):  # unwrap innermost-first; bounded
+        s, n = _WRAPPER.subn(r"\1", s)
+        if not n:
+            break
+    s = _LEFT_RIGHT.sub("", s)
+    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\%", "%")
+    s = _SPACING.sub("", s)
+    s = re.sub(r"(\\[A-Za-z]+)\s+(?=[A-Za-z])", "\\1\x00", s)  # keep the space that ends a command name
+    s = re.sub(r"\s+", "", s).replace("\x00", " ")
+    s = s.rstrip(".").removeprefix("+")
+    s = _THOUSANDS.sub(lambda m: m.group().replace(",", ""), s)
+    s = _DECIMAL.sub(lambda m: (m.group(1) + "." + m.group(2)).rstrip("0").rstrip("."), s)
+    return "0" if s == "-0" else s
+
+
+# --------------------------------------------------------------------------------------------- statistics
+_STAT_KEYS = """calls none_input string_match string_mismatch numeric_match numeric_mismatch symbolic_match
+symbolic_mismatch timeout_fallback error_fallback too_long_fallback busy_fallback""".split()
+_stats = dict.fromkeys(_STAT_KEYS, 0)
+_stats_lock = threading.Lock()
+
+
+def _count(key: str) -> None:
+    with _stats_lock:
+        _stats[key] += 1
+
+
+def equivalence_stats() -> dict[str, int]:
+    """Snapshot of the outcome counters of :func:`equivalent` (thread-safe).
+
+    Returns:
+        A copy of the counters (keys in ``_STAT_KEYS``); ``busy_fallback`` (no free worker in time) is also counted
+        as ``timeout_fallback``, ``too_long_fallback`` means an answer over 2000 characters skipped math-verify.
+
+    Examples:
+        >>> reset_equivalence_stats(); _ = equivalent("1", "1.0"); equivalence_stats()["string_match"]
+        1
+    """
+    with _stats_lock:
+        return dict(_stats)
+
+
+def reset_equivalence_stats() -> None:
+    """Set every counter of :func:`equivalence_stats` to zero.
+
+    Examples:
+        >>> reset_equivalence_stats(); sum(equivalence_stats().values())
+        0
+    """
+    with _stats_lock:
+        _stats.update(dict.fromkeys(_stats, 0))
+
+
+# --------------------------------------------------------------------------------------------- symbolic worker
+_WORKER_CODE = r"""
+import json, logging, os, sys
+out = os.fdopen(os.dup(1), "w"); os.dup2(2, 1); sys.stdout = sys.stderr  # stray prints cannot corrupt the protocol
+logging.disable(logging.CRITICAL)
+try:
+    import resource
+    resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[1]) << 20, resource.getrlimit(resource.RLIMIT_AS)[1]))
+except Exception:
+    resource = None
+from math_verify import parse, verify
+out.write("READY\n"); out.flush()
+for line in sys.stdin:
+    try:
+        req = json.loads(line)
+        if resource is not None:  # CPU limit per request: a runaway job dies even if the parent is gone
+            ru = resource.getrusage(resource.RUSAGE_SELF)
+            hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
+            soft = int(ru.ru_utime + ru.ru_stime + req["t"] + 5)
+            resource.setrlimit(resource.RLIMIT_CPU, (soft if hard < 0 or soft < hard else hard, hard))
+        ga, pb = (parse("$" + req[k] + "$", parsing_timeout=None) for k in "ab")
+        resp = {"r": bool(ga) and bool(pb) and bool(verify(ga, pb, timeout_seconds=None))}
+    except BaseException as e:
+        resp = {"e": repr(e)[:300]}
+    out.write(json.dumps(resp) + "\n"); out.flush()
+"""
+_MAX_SYMBOLIC_CHARS = 2000
+_STARTUP_TIMEOUT = 60.0
+_MEM_LIMIT_MB = int(os.environ.get("CAT_DSPY_EQUIV_MEM_MB", "4096"))
+_NUM_WORKERS = max(1, int(os.environ.get("CAT_DSPY_EQUIV_WORKERS", str(min(4, os.cpu_count() or 1)))))
+
+
+class _Worker:
+    """One math-verify interpreter behind a JSON-lines pipe; used by one thread at a time (pool slot)."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.buf = b""
+
+    def _readline(self, deadline: float) -> bytes | None:
+        assert self.proc is not None and self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self.buf:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+                return None
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise EOFError("equivalence worker exited")
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\n")
+        return line
+
+    def ensure_started(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            return
+        self.kill()
+        cmd = [sys.executable, "-c", _WORKER_CODE, str(_MEM_LIMIT_MB)]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        if self._readline(time.monotonic() + _STARTUP_TIMEOUT) != b"READY":
+            self.kill()
+            raise RuntimeError("equivalence worker did not start")
+
+    def ask(self, a: str, b: str, timeout: float) -> bool | None:
+        """True/False from math-verify, None on timeout (the worker is then killed)."""
+        self.ensure_started()
+        assert self.proc is not None and self.proc.stdin is not None
+        self.proc.stdin.write((json.dumps({"a": a, "b": b, "t": timeout}) + "\n").encode())
+        self.proc.stdin.flush()
+        line = self._readline(time.monotonic() + timeout)
+        if line is None:
+            self.kill()
+            return None
+        resp = json.loads(line)
+        if "r" not in resp:
+            raise RuntimeError(resp.get("e", "bad reply"))
+        return bool(resp["r"])
+
+    def kill(self) -> None:
+        proc, self.proc, self.buf = self.proc, None, b""
+        if proc is None:
+            return
+        for step in (proc.kill, lambda: proc.wait(timeout=5), proc.stdin.close, proc.stdout.close):  # type: ignore[union-attr]
+            try:
+                step()
+            except Exception:  # pragma: no cover - best effort
+                pass
+
+
+_pool: queue.LifoQueue[_Worker] = queue.LifoQueue()
+_all_workers: list[_Worker] = []
+
+
+def _init_pool() -> None:
+    global _pool, _all_workers
+    _pool, _all_workers = queue.LifoQueue(), [_Worker() for _ in range(_NUM_WORKERS)]
+    for w in _all_workers:
+        _pool.put(w)
+
+
+def shutdown_equivalence_workers() -> None:
+    """Stop the symbolic worker processes (runs ``atexit``; they restart lazily on next use).
+
+    Examples:
+        >>> shutdown_equivalence_workers()
+    """
+    for w in list(_all_workers):
+        w.kill()
+
+
+def _after_fork_in_child() -> None:  # a forked child gets its own (lazy) workers, never the parent's pipes
+    global _stats_lock
+    _stats_lock = threading.Lock()
+    _init_pool()
+
+
+_init_pool()
+atexit.register(shutdown_equivalence_workers)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _symbolic(a: str, b: str, timeout: float) -> bool | None:
+    """math-verify's verdict, or None on timeout. Waiting for a free worker is not charged to ``timeout`` (a busy
+    pool must not turn matches into misses); it is bounded anyway, since every job ahead is killed after its own."""
+    try:
+        worker = _pool.get(timeout=max(30.0, 10 * timeout))
+    except queue.Empty:
+        _count("busy_fallback")
+        return None
+    try:
+        return worker.ask(a, b, timeout)
+    except Exception:
+        worker.kill()
+        raise
+    finally:
+        _pool.put(worker)
+
+
+def equivalent(a: str | None, b: str | None, *, mode: str = "symbolic", timeout: float = 2.0) -> bool:
+    """Whether two final answers are equivalent.
+
+    ``mode="string"`` compares :func:`normalize_answer` outputs. ``mode="symbolic"`` (default) also accepts plain
+    numbers equal within ``1e-9`` relative, then asks math-verify (``a`` is the reference side) in a worker process
+    under a wall-clock ``timeout`` that holds in any thread; on timeout or error the string result (False) is returned.
+
+    Args:
+        a: Reference answer (or None).
+        b: Candidate answer (or None).
+        mode: "symbolic" or "string".
+        timeout: Seconds allowed for the symbolic check (not counting a worker's start or a wait for a free one).
+
+    Returns:
+        True when equivalent; False otherwise, and whenever either side is None.
+
+    Raises:
+        ValueError: For an unknown ``mode``.
+
+    Examples:
+        >>> equivalent("72", "72.0"), equivalent(r"\\frac{1}{2}", "0.5"), equivalent("3", None)
+        (True, True, False)
+        >>> equivalent(r"\\sqrt{4}", "2", mode="string")
+        False
+    """
+    if mode not in ("symbolic", "string"):
+        raise ValueError(f"unknown equivalence mode {mode!r} (expected 'symbolic' or 'string')")
+    _count("calls")
+    if a is None or b is None:
+        _count("none_input")
+        return False
+    na, nb = normalize_answer(a), normalize_answer(b)
+    if na == nb and na:
+        _count("string_match")
+        return True
+    if mode == "string" or not na or not nb:
+        _count("string_mismatch")
+        return False
+    if _NUMBER.fullmatch(na) and _NUMBER.fullmatch(nb):
+        x, y = float(na), float(nb)
+        same = math.isfinite(x) and abs(x - y) < 1e-9 * max(1.0, abs(x))
+        _count("numeric_match" if same else "numeric_mismatch")
+        return same
+    if len(na) > _MAX_SYMBOLIC_CHARS or len(nb) > _MAX_SYMBOLIC_CHARS:
+        _count("too_long_fallback")
+        return False
+    try:
+        verdict = _symbolic(na, nb, timeout)
+    except Exception:
+        _count("error_fallback")
+        return False
+    if verdict is None:
+        _count("timeout_fallback")
+        return False
+    _count("symbolic_match" if verdict else "symbolic_mismatch")
+    return verdict

@@ -1,0 +1,69 @@
+"""What every CaT module shares: a role LM passed explicitly, the free-text adapter, and calls that fail softly.
+
+CaT runs for hours on model outputs that are often malformed and on backends that fail. A module call therefore
+never raises for a bad completion or an exhausted backend (DSPy has already retried it): it returns a defined
+value and records why, so rewards can count failures instead of crashing a training run.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import dspy
+
+from cat_dspy.adapters import FreeTextAdapter
+
+logger = logging.getLogger(__name__)
+
+
+class RoleModule(dspy.Module):
+    """A DSPy module bound to one CaT role (policy, anchor or judge).
+
+    Args:
+        lm: The role's LM. ``None`` falls back to a predictor-level LM (``set_lm``) or ``dspy.settings.lm``.
+        adapter: How prompts are rendered and completions parsed; defaults to :class:`FreeTextAdapter`.
+    """
+
+    def __init__(self, lm: dspy.BaseLM | None = None, adapter: dspy.Adapter | None = None):
+        super().__init__()
+        self.lm = lm
+        self.adapter = adapter or FreeTextAdapter()
+
+    def call(
+        self, predictor: dspy.Predict, config: dict[str, Any] | None = None, **inputs: Any
+    ) -> tuple[Any, str | None]:
+        """Run ``predictor`` on ``inputs`` with this role's LM and adapter.
+
+        Returns:
+            ``(prediction, None)`` on success, ``(None, "ErrorType: message")`` when the backend failed after
+            its retries or the completion could not be turned into a prediction (e.g. an empty completion).
+        """
+        kwargs: dict[str, Any] = dict(inputs)
+        if config:
+            kwargs["config"] = config
+        if self.lm is not None:
+            kwargs["lm"] = self.lm
+        try:
+            with dspy.context(adapter=self.adapter):
+                return predictor(**kwargs), None
+        except Exception as exc:  # a failed call is data, not a crash: callers count it
+            logger.warning("%s call failed: %s: %s", type(self).__name__, type(exc).__name__, str(exc)[:200])
+            return None, f"{type(exc).__name__}: {str(exc)[:500]}"
+
+    def map(self, fn: Any, items: list[Any], num_threads: int | None = None) -> list[Any]:
+        """Apply ``fn`` to ``items`` concurrently, each task in a copy of the caller's context.
+
+        The copied context carries DSPy's settings (LM, adapter, callbacks) and the caller's usage tracker *by
+        reference*, so usage recorded on worker threads is not lost (``dspy.Parallel`` deep-copies the tracker
+        per thread), and MLflow trace spans nest under the caller. Concurrent calls are what the local engine
+        batches into a single ``generate``; for API backends they are concurrent requests. ``fn`` should not
+        raise (module calls return failures as data); if it does, the first exception propagates.
+        """
+        if len(items) <= 1:
+            return [fn(item) for item in items]
+        with ThreadPoolExecutor(max_workers=num_threads or len(items)) as pool:
+            futures = [pool.submit(contextvars.copy_context().run, fn, item) for item in items]
+            return [future.result() for future in futures]

@@ -1,0 +1,192 @@
+"""CaT: rollouts → question-blind synthesis → rewards, as one DSPy module.
+
+``CaT.forward(question)`` samples the rollouts itself (test time, evaluation); ``CaT.score(rollouts)`` takes them
+from anyone else (TRL's GRPO group, an evaluation cache). Both run the same code from rollouts to rewards.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import dspy
+
+from cat_dspy.answers import extract_answer
+from cat_dspy.modules.judge import Judge
+from cat_dspy.modules.rollout import Rollout
+from cat_dspy.modules.rubric import ProposeRubric
+from cat_dspy.modules.synthesize import Synthesize
+from cat_dspy.rewards import length_penalty, rubric_reward, verifiable_reward
+from cat_dspy.signatures import Respond, Solve
+from cat_dspy.usage import track_role
+
+logger = logging.getLogger(__name__)
+
+MODES = ("verifiable", "rubric")
+
+
+class CaT(dspy.Module):
+    """Compute as Teacher (arXiv 2509.14234): turn G rollouts into a reference and a reward per rollout.
+
+    Verifiable mode: reward_i = 1[answer(o_i) ≡ answer(s)]. Rubric mode: the anchor turns s into ≥ 5 binary
+    criteria and the judge marks each; reward_i = fraction satisfied. At test time the reference s is the answer.
+
+    Args:
+        g: Rollouts per question (G).
+        mode: ``"verifiable"`` or ``"rubric"``.
+        policy: LM of the current policy π_t (rollouts).
+        anchor: LM of the frozen anchor π_0 (synthesis and rubric).
+        judge: LM of the independent judge π_J (rubric mode).
+        question_aware: Show the anchor the question (the paper's ablation; default question-blind).
+        per_criterion: Judge with one call per criterion (the paper's form) instead of one call per rollout.
+        min_criteria: Criteria the rubric must have to count as parsed.
+        length_limit: Reward −1 for rollouts longer than this many tokens (the paper: 750 on HealthBench).
+        equivalence: ``"symbolic"`` (string match, then math-verify, time-limited) or ``"string"`` (the paper).
+        temperature: Rollout sampling temperature.
+        count_tokens: Token counter for the length penalty when the caller gives no counts
+            (defaults to whitespace words).
+
+    Examples:
+        >>> from dspy.utils import DummyLM
+        >>> policy = DummyLM([{"response": r} for r in ["\\\\boxed{4}", "\\\\boxed{5}"]])
+        >>> anchor = DummyLM([{"reference": "# UNIFIED RESPONSE $\\\\boxed{4}$"}])
+        >>> pred = CaT(g=2, policy=policy, anchor=anchor)(question="2+2?")
+        >>> pred.reference_answer, pred.answers, pred.rewards
+        ('4', ['4', '5'], [1.0, 0.0])
+    """
+
+    def __init__(
+        self,
+        g: int = 8,
+        mode: str = "verifiable",
+        policy: dspy.BaseLM | None = None,
+        anchor: dspy.BaseLM | None = None,
+        judge: dspy.BaseLM | None = None,
+        question_aware: bool = False,
+        per_criterion: bool = False,
+        min_criteria: int = 5,
+        length_limit: int | None = None,
+        equivalence: str = "symbolic",
+        temperature: float = 1.0,
+        count_tokens: Callable[[str], int] | None = None,
+    ):
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"CaT mode must be one of {MODES}, got {mode!r}")
+        self.mode = mode
+        self.length_limit = length_limit
+        self.equivalence = equivalence
+        self.count_tokens = count_tokens or (lambda text: len(text.split()))
+        verifiable = mode == "verifiable"
+        self.rollout = Rollout(n=g, signature=Solve if verifiable else Respond, temperature=temperature, lm=policy)
+        self.synthesize = Synthesize(
+            mode="reasoning" if verifiable else "freeform", question_aware=question_aware, lm=anchor
+        )
+        self.propose_rubric = ProposeRubric(min_criteria=min_criteria, lm=anchor)
+        self.judge = Judge(per_criterion=per_criterion, lm=judge)
+
+    @property
+    def g(self) -> int:
+        return self.rollout.n
+
+    def forward(self, question: str) -> dspy.Prediction:
+        """Sample G rollouts for ``question``, then :meth:`score` them."""
+        usage: dict[str, dict[str, float]] = {}
+        with track_role(usage, "policy", self.rollout.lm):
+            sampled = self.rollout(question=question)
+        failures = [f"rollout_error: {e}" for e in sampled.failures if e]
+        return self.score(sampled.rollouts, question=question, usage=usage, failures=failures)
+
+    def score(
+        self,
+        rollouts: list[str],
+        question: str | None = None,
+        rollout_tokens: list[int] | None = None,
+        usage: dict[str, dict[str, float]] | None = None,
+        failures: list[str] | None = None,
+    ) -> dspy.Prediction:
+        """Synthesize one reference from ``rollouts`` and reward each of them.
+
+        Args:
+            rollouts: The group o_1..o_G, as plain strings.
+            question: Only used when the anchor is question-aware; never shown to the judge.
+            rollout_tokens: Token counts of the rollouts, for the length penalty.
+            usage: Usage already recorded for this group (added to).
+            failures: Failure reasons already recorded for this group (added to).
+
+        Returns:
+            A prediction with ``rollouts``, ``reference``, ``reference_answer``, ``answers``, ``rubric``,
+            ``verdicts`` (per rollout, rubric mode), ``rewards`` (floats, one per rollout), ``parsed``
+            (synthesis / rubric / unread-verdict flags), ``failures`` (reasons, counted), ``valid`` (False when a
+            backend call failed: a training reward should skip the group) and ``usage`` per role.
+        """
+        usage = {} if usage is None else usage
+        failures = [] if failures is None else failures
+        rollouts = [r or "" for r in rollouts]
+        with track_role(usage, "anchor", self.synthesize.lm):
+            synthesis = self.synthesize(rollouts=rollouts, question=question)
+        if synthesis.error:
+            failures.append(f"anchor_error: {synthesis.error}")
+        elif not synthesis.parsed:
+            failures.append("reference_without_answer" if self.mode == "verifiable" else "empty_reference")
+
+        answers: list[str | None] = [extract_answer(r) for r in rollouts] if self.mode == "verifiable" else []
+        rubric: list[str] = []
+        verdicts: list[list[bool]] | None = None
+        parsed: dict[str, Any] = {"synthesis": synthesis.parsed}
+        if self.mode == "verifiable":
+            rewards = [verifiable_reward(a, synthesis.answer, mode=self.equivalence) for a in answers]
+        else:
+            rewards, rubric, verdicts = self._rubric_rewards(rollouts, synthesis.reference, usage, failures, parsed)
+
+        if self.length_limit is not None:
+            lengths = rollout_tokens or [self.count_tokens(r) for r in rollouts]
+            penalized = [length_penalty(r, n, self.length_limit) for r, n in zip(rewards, lengths, strict=True)]
+            parsed["length_penalized"] = sum(p != r for p, r in zip(penalized, rewards, strict=True))
+            rewards = penalized
+
+        return dspy.Prediction(
+            rollouts=rollouts,
+            reference=synthesis.reference,
+            reference_answer=synthesis.answer,
+            answers=answers,
+            rubric=rubric,
+            verdicts=verdicts,
+            rewards=rewards,
+            parsed=parsed,
+            failures=failures,
+            valid=not any(f.startswith(("anchor_error", "judge_error")) for f in failures),
+            usage=usage,
+        )
+
+    def _rubric_rewards(
+        self,
+        rollouts: list[str],
+        reference: str,
+        usage: dict[str, dict[str, float]],
+        failures: list[str],
+        parsed: dict[str, Any],
+    ) -> tuple[list[float], list[str], list[list[bool]]]:
+        if not reference.strip():
+            parsed["rubric"] = False
+            return [0.0] * len(rollouts), [], [[] for _ in rollouts]
+        with track_role(usage, "anchor", self.propose_rubric.lm):
+            proposal = self.propose_rubric(reference=reference)
+        parsed["rubric"] = proposal.parsed
+        if proposal.error:
+            failures.append(f"anchor_error: {proposal.error}")
+        if not proposal.criteria:
+            failures.append("empty_rubric")
+            return [0.0] * len(rollouts), [], [[] for _ in rollouts]
+        if len(proposal.criteria) < self.propose_rubric.min_criteria:
+            failures.append("rubric_too_short")
+        with track_role(usage, "judge", self.judge.lm):
+            judged = self.judge.map(lambda r: self.judge(response=r, criteria=proposal.criteria), rollouts)
+        verdicts = [j.verdicts for j in judged]
+        parsed["unread_verdicts"] = [j.unread for j in judged]
+        for j in judged:
+            failures.extend(f"judge_error: {e}" for e in j.errors)
+            if j.unread:
+                failures.append("unread_verdicts")
+        return [rubric_reward(v) for v in verdicts], proposal.criteria, verdicts

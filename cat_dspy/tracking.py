@@ -1,0 +1,108 @@
+"""MLflow set-up, artifact helpers and secret redaction.
+
+Runs go to ``MLFLOW_TRACKING_URI`` (default ``sqlite:///mlflow.db`` in the working directory; MLflow's plain
+file store now refuses writes). Everything logged passes through :func:`redact` first: API keys live only in
+the environment and must never reach params, metrics, artifacts or traces.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+_SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL)", re.IGNORECASE)
+
+
+def secret_values(environ: dict[str, str] | None = None) -> list[str]:
+    """Values of environment variables whose names look secret (``*_API_KEY``, ``*_TOKEN``, ...).
+
+    Examples:
+        >>> secret_values({"OPENAI_API_KEY": "sk-123456", "HOME": "/root", "HF_TOKEN": "x"})
+        ['sk-123456']
+    """
+    env = os.environ if environ is None else environ
+    # Very short values ("1", "x") would redact innocent text; real keys are long.
+    return sorted({v for k, v in env.items() if _SECRET_NAME.search(k) and len(v) >= 8}, key=len, reverse=True)
+
+
+def redact(obj: Any, secrets: list[str] | None = None) -> Any:
+    """Replace every secret value inside ``obj`` (str, dict, list, tuple; recursively) with ``***``.
+
+    Examples:
+        >>> redact({"api_base": "http://h", "note": ["key=sk-123456"]}, ["sk-123456"])
+        {'api_base': 'http://h', 'note': ['key=***']}
+    """
+    secrets = secret_values() if secrets is None else secrets
+    if not secrets:
+        return obj
+    if isinstance(obj, str):
+        for value in secrets:
+            obj = obj.replace(value, "***")
+        return obj
+    if isinstance(obj, dict):
+        return {redact(k, secrets): redact(v, secrets) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(redact(v, secrets) for v in obj)
+    return obj
+
+
+def setup(experiment: str, tracking_uri: str | None = None) -> str:
+    """Point MLflow at the tracking store and select ``experiment``; returns the tracking URI."""
+    import mlflow
+
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(experiment)
+    return uri
+
+
+@contextmanager
+def run(experiment: str, run_name: str | None = None, traces: bool = False, **kwargs: Any) -> Iterator[Any]:
+    """Start an MLflow run in ``experiment``; ``traces=True`` also records DSPy traces (``mlflow.dspy.autolog``)."""
+    import mlflow
+
+    setup(experiment)
+    if traces:
+        mlflow.dspy.autolog(log_traces=True, silent=True)
+    try:
+        with mlflow.start_run(run_name=run_name, **kwargs) as active:
+            yield active
+    finally:
+        if traces:
+            mlflow.flush_trace_async_logging()
+            mlflow.dspy.autolog(disable=True, silent=True)
+
+
+def log_params(params: dict[str, Any]) -> None:
+    """Log params (redacted, values stringified and truncated to MLflow's limit)."""
+    import mlflow
+
+    mlflow.log_params({k: str(v)[:6000] for k, v in redact(params).items()})
+
+
+def log_json(obj: Any, artifact_file: str) -> None:
+    """Log ``obj`` as a JSON artifact (redacted)."""
+    import mlflow
+
+    mlflow.log_dict(redact(obj), artifact_file)
+
+
+def log_text(text: str, artifact_file: str) -> None:
+    """Log ``text`` as a text artifact (redacted)."""
+    import mlflow
+
+    mlflow.log_text(redact(text), artifact_file)
+
+
+def write_json(obj: Any, path: str | Path) -> Path:
+    """Write ``obj`` as redacted, indented JSON to ``path`` (parents created); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(redact(obj), indent=2, ensure_ascii=False, default=str))
+    return path

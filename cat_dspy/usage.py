@@ -1,0 +1,76 @@
+"""Compute accounting per CaT role: LM calls, tokens, wall time and (local engine) batched generate calls.
+
+Counts come from DSPy's own usage tracker (cache hits record nothing, so a resumed run shows zero new calls)
+and from the local engine's counters, and are returned — never printed — so ``solve``, ``eval``, ``train``
+and the benchmarks report the same numbers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import dspy
+
+ROLES = ("policy", "anchor", "judge")
+
+
+def empty_usage() -> dict[str, float]:
+    """A zeroed usage record for one role.
+
+    Examples:
+        >>> empty_usage()["calls"]
+        0
+    """
+    return {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "seconds": 0.0, "generate_calls": 0}
+
+
+def merge_usage(total: dict[str, dict[str, float]], part: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Add ``part`` into ``total`` role by role (in place) and return ``total``.
+
+    Examples:
+        >>> merge_usage({"policy": empty_usage()}, {"policy": {"calls": 2}})["policy"]["calls"]
+        2
+    """
+    for role, counts in part.items():
+        record = total.setdefault(role, empty_usage())
+        for key, value in counts.items():
+            record[key] = record.get(key, 0) + value
+    return total
+
+
+def _engine_stats(lm: Any) -> dict[str, Any] | None:
+    from cat_dspy.lm.models import engine_of
+
+    engine = engine_of(lm) if lm is not None else None
+    return engine.stats if engine is not None else None
+
+
+@contextmanager
+def track_role(usage: dict[str, dict[str, float]], role: str, lm: Any = None) -> Iterator[None]:
+    """Record the LM work done inside the block under ``usage[role]``.
+
+    Args:
+        usage: The per-role record to add to (mutated).
+        role: ``"policy"``, ``"anchor"`` or ``"judge"``.
+        lm: The role's LM; when it is backed by the local engine, its batched ``generate`` calls are counted.
+            Stages must not overlap on a shared engine for that count to be per role.
+    """
+    before = _engine_stats(lm)
+    start = time.perf_counter()
+    with dspy.track_usage() as tracker:
+        try:
+            yield
+        finally:
+            record = usage.setdefault(role, empty_usage())
+            record["seconds"] += time.perf_counter() - start
+            for entries in tracker.usage_data.values():
+                record["calls"] += len(entries)
+                for entry in entries:
+                    record["prompt_tokens"] += int(entry.get("prompt_tokens") or 0)
+                    record["completion_tokens"] += int(entry.get("completion_tokens") or 0)
+            after = _engine_stats(lm)
+            if before is not None and after is not None:
+                record["generate_calls"] += after["generate_calls"] - before["generate_calls"]

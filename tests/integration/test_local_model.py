@@ -1,0 +1,59 @@
+"""The real embedded SmolLM2-135M-Instruct through ``make_lm("local")`` (converts the GGUF once if needed)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import dspy
+import pytest
+from dspy.clients.cache import Cache
+
+from cat_dspy.lm.models import engine_of, make_lm
+
+pytestmark = pytest.mark.integration
+QUESTION = "What is 2+2?"
+
+
+@pytest.fixture(autouse=True)
+def dspy_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dspy, "cache", Cache(True, True, str(tmp_path / "dspy-cache")))
+
+
+def test_embedded_model_batches_rollouts_and_reports_usage() -> None:
+    lm = make_lm("local", max_tokens=32, batch_window_s=0.1)
+    engine = engine_of(lm)
+    assert lm.model == "local/smollm2-135m-instruct" and engine is not None
+    greedy = lm(QUESTION)[0]
+    assert "4" in greedy or "four" in greedy.lower()
+    engine.reset_stats()
+    texts, usage, barrier = [None] * 4, [None] * 4, threading.Barrier(4)
+
+    def rollout(i: int) -> None:
+        barrier.wait()
+        with dspy.track_usage() as tracker:
+            texts[i] = lm.copy(rollout_id=i, temperature=0.8)(QUESTION)[0]
+        usage[i] = tracker.get_total_tokens()
+
+    for repeat in range(2):
+        threads = [threading.Thread(target=rollout, args=(i,)) for i in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert engine.stats["generate_calls"] == 1  # one batch, then four DSPy cache hits
+        assert len(set(texts)) == 4
+        if repeat == 0:
+            assert all(0 < u[lm.model]["completion_tokens"] <= 32 for u in usage)
+            assert engine.stats["completion_tokens"] == sum(u[lm.model]["completion_tokens"] for u in usage)
+        else:
+            assert all(not u for u in usage)
+
+
+def test_embedded_model_logprobs() -> None:
+    lm = make_lm("local", max_tokens=16, cache=False)
+    output = lm(QUESTION, logprobs=True, temperature=0.7)[0]
+    tokens = output["logprobs"]["content"]
+    assert len(tokens) == lm.history[-1]["usage"]["completion_tokens"] > 0
+    assert all(token["logprob"] <= 0 for token in tokens)
+    assert "".join(token["token"] for token in tokens).startswith(output["text"][:8])
