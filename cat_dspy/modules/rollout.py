@@ -72,24 +72,33 @@ class Rollout(RoleModule):
 
         Returns:
             A prediction with ``rollouts`` (list[str], empty string for a failed sample), ``logprobs``
-            (per-rollout token log-probabilities or None) and ``failures`` (per-rollout error or None).
+            (per-rollout token log-probabilities or None), ``failures`` (per-rollout error or None) and ``usage``
+            (per-rollout LM calls and tokens; zero calls for a DSPy cache hit).
         """
         count = n or self.n
         output = self.generate.signature.output_fields
         name = next(iter(output))
 
-        def sample(i: int) -> tuple[str, list[float] | None, str | None]:
+        def sample(i: int) -> tuple[str, list[float] | None, str | None, dict[str, int]]:
             config: dict[str, Any] = {"rollout_id": self.first_rollout_id + i, "temperature": self.temperature}
             if self.logprobs:
                 config["logprobs"] = True
-            pred, error = self.call(self.generate, config=config, question=question)
+            with dspy.track_usage() as tracker:  # rolls up into the caller's tracker too
+                pred, error = self.call(self.generate, config=config, question=question)
+            entries = [e for es in tracker.usage_data.values() for e in es]
+            tokens = {
+                "calls": len(entries),
+                "prompt_tokens": sum(int(e.get("prompt_tokens") or 0) for e in entries),
+                "completion_tokens": sum(int(e.get("completion_tokens") or 0) for e in entries),
+            }
             if pred is None:
-                return "", None, error
-            return getattr(pred, name) or "", _token_logprobs(pred), None
+                return "", None, error, tokens
+            return getattr(pred, name) or "", _token_logprobs(pred), None, tokens
 
         results = self.map(sample, list(range(count)))
         return dspy.Prediction(
             rollouts=[r[0] for r in results],
             logprobs=[r[1] for r in results] if self.logprobs else None,
             failures=[r[2] for r in results],
+            usage=[r[3] for r in results],
         )
