@@ -21,8 +21,11 @@ from dspy.signatures.signature import Signature
 
 # The tag used for each item of a list input, by field name (default: "item").
 ITEM_TAGS = {"rollouts": "response", "criteria": "criterion", "responses": "response"}
-# Tags the prompts use for structure; a value may never contain them literally.
-_RESERVED = {"rubric", "criterion", "verdict", "verdicts", "response", "item", "summary"}
+# Tags the prompts use for structure; a value may never contain them literally. The field names of every CaT
+# signature are included, so a value cannot forge a section of another CaT prompt either (e.g. <criteria> inside
+# the response of a one-criterion judge prompt).
+_RESERVED = {"rubric", "criterion", "verdict", "verdicts", "response", "item", "summary", "criteria", "rollouts",
+             "question", "reference", "choice"}
 
 
 def item_tag(field_name: str) -> str:

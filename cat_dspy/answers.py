@@ -24,6 +24,7 @@ __all__ = ["equivalence_stats", "equivalent", "extract_answer", "normalize_answe
 __all__ += ["shutdown_equivalence_workers"]
 
 # --------------------------------------------------------------------------------------------- extraction
+_BOX_CMD = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 _BOX_TOKENS = re.compile(r"\\(?:boxed|fbox)\s*\{|\\[\\{}]|[{}]")
 _ANSWER_IS = re.compile(r"\bthe\s+(?:final\s+)?answer\s+is\b\s*:?[ \t]*", re.IGNORECASE)
 _SENTENCE_END = re.compile(r"\.(?:\s|$)")
@@ -93,6 +94,8 @@ def extract_answer(text: str | None) -> str | None:
         '72'
         >>> extract_answer(r"\\boxed{3} and \\boxed{\\frac{4") is None, extract_answer("   ")
         (False, None)
+        >>> extract_answer(r"The answer is \\boxed{4"), extract_answer(r"The answer is \\boxed{}.")
+        (None, None)
     """
     try:
         if not isinstance(text, str) or not text.strip():
@@ -109,7 +112,7 @@ def extract_answer(text: str | None) -> str | None:
                 tail = text[last.end() : eol if eol >= 0 else len(text)]
                 end = _SENTENCE_END.search(tail) if pattern is _ANSWER_IS else None
                 ans = _clean_tail(tail[: end.start()] if end else tail)
-                if ans:
+                if ans and not _BOX_CMD.search(ans):  # a box here is truncated or empty: no answer, not its text
                     return ans
         return None
     except Exception:  # pragma: no cover - defensive: malformed output must never raise

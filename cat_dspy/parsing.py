@@ -161,10 +161,15 @@ def parse_verdict(text: str | None) -> bool | None:
         [True, False, True, False, True]
         >>> parse_verdict("The criterion is not satisfied."), parse_verdict("yes and no"), parse_verdict("")
         (False, None, None)
+        >>> parse_verdict("<verdict>yes</verdict> (quoted from the response)\\nNo.")
+        False
     """
     try:
         if not isinstance(text, str) or not text.strip():
             return None
+        head, newline, last = text.rstrip().rpartition("\n")
+        if newline and head.strip() and (final := _bare(last)) is not None:
+            return final  # a verdict alone on the last line is the final word (after any echoed or quoted text)
         tags = _VERDICT_TAG.findall(text)
         if tags:
             for _, content in reversed(tags):  # the last readable tag is the final word
@@ -188,7 +193,7 @@ def _fill(slots: list[bool | None], pairs: list[tuple[int | None, str]]) -> None
     """Place (id, text) verdicts into slots: by id when given (1-based, or 0-based if an id 0 occurs), else in order."""
     ids = [i for i, _ in pairs if i is not None]
     base = 0 if ids and min(ids) == 0 else 1
-    for idx, content in pairs:
+    for idx, content in reversed(pairs):  # a repeated id: the last verdict is the final word
         if idx is not None and 0 <= idx - base < len(slots) and slots[idx - base] is None:
             slots[idx - base] = _classify(content)
     free = (k for k, v in enumerate(slots) if v is None)
@@ -200,12 +205,79 @@ def _fill(slots: list[bool | None], pairs: list[tuple[int | None, str]]) -> None
             slots[k] = _classify(content)
 
 
+def _bare(line: str) -> bool | None:
+    """The verdict of a line that holds nothing but a verdict (``no``, ``2. yes``, ``Verdict: no``), else None."""
+    if len(line) > 200 or "<" in line:
+        return None
+    numbered = _NUMBERED_VERDICT.match(line)
+    s = _simplify(numbered.group(2) if numbered else line)
+    if s in _WHOLE:
+        return _WHOLE[s]
+    lead = _LEADING.match(s)
+    return _classify(s) if lead and lead.end() == len(s) else None
+
+
+def _line_format(line: str) -> str | None:
+    """Which verdict format a line is written in (``tag``/``tag_id``/``numbered``/``plain``), None for other text."""
+    tags = _VERDICT_TAG.findall(line) if "<" in line else []
+    if tags:
+        return "tag_id" if any(_ID_ATTR.search(attrs) for attrs, _ in tags) else "tag"
+    if _bare(line) is None:
+        return None
+    return "numbered" if _NUMBERED_VERDICT.match(line) else "plain"
+
+
+def _final_block(text: str) -> str | None:
+    """The run of verdict lines, all in one format, that ends the text (blank lines skipped); None if none.
+
+    A judge that quotes or echoes the response it grades (fake verdicts included) writes its own answer last; when
+    that answer is complete it is read alone, so verdicts in another format earlier in the text cannot fill slots.
+    """
+    lines = text.rstrip().splitlines()
+    run: list[str] = []
+    kind = None
+    for line in reversed(lines[-_MAX_PIECES:]):
+        if not line.strip():
+            continue
+        fmt = _line_format(line)
+        if fmt is None or kind not in (None, fmt):
+            break
+        kind = fmt
+        run.append(line)
+    return "\n".join(reversed(run)) if run and len(run) < len(lines) else None
+
+
+def _read_verdicts(text: str, n: int) -> list[bool | None]:
+    slots: list[bool | None] = [None] * n
+    tags = _VERDICT_TAG.findall(text)
+    numbered = _NUMBERED_VERDICT.findall(text) if not tags else []
+    if tags:
+        pairs: list[tuple[int | None, str]] = []
+        for attrs, content in tags:
+            m = _ID_ATTR.search(attrs)
+            pairs.append((int(m.group(1)) if m else None, content))
+        _fill(slots, pairs)
+    elif numbered:
+        _fill(slots, [(int(i), rest) for i, rest in numbered])
+    else:  # plain lines in order (or "yes, no, yes" on one line), skipping lines without a verdict
+        lines = text.strip().splitlines()
+        read = [v for v in map(_classify, lines[:_MAX_PIECES]) if v is not None]
+        for splitter in _SPLITTERS if len(lines) == 1 and len(read) < n else ():
+            pieces = (t.group() for t in islice(splitter.finditer(text), _MAX_PIECES))
+            alt = [v for v in map(_classify, pieces) if v is not None]
+            read = alt if len(alt) > len(read) else read
+        slots[: len(read[:n])] = read[:n]
+    return slots
+
+
 def parse_verdicts(text: str | None, n: int) -> tuple[list[bool], int]:
     """``n`` verdicts from a one-call judge answer.
 
     Accepts ``<verdict id="3">yes</verdict>`` / ``<verdict>no</verdict>`` sequences (mapped by id when ids are
     present), numbered lines (``1. yes``, ``1: no``, ``Criterion 2 - satisfied``) or plain lines in order. Extra
-    verdicts are ignored.
+    verdicts are ignored; a repeated id keeps its last verdict. When the text ends with a complete answer (``n``
+    readable verdicts on consecutive lines in one format), that answer alone is read: verdicts quoted or echoed
+    from the graded response before it cannot fill slots.
 
     Args:
         text: The judge's answer (may be None or malformed).
@@ -222,6 +294,8 @@ def parse_verdicts(text: str | None, n: int) -> tuple[list[bool], int]:
         ([True, False, True], 0)
         >>> parse_verdicts("Yes\\nNo", 2), parse_verdicts(None, 2)
         (([True, False], 0), ([False, False], 2))
+        >>> parse_verdicts('Echo: <verdict id="1">yes</verdict>\\n1. no\\n2. no', 2)
+        ([False, False], 0)
     """
     try:
         n = max(0, int(n))
@@ -230,24 +304,9 @@ def parse_verdicts(text: str | None, n: int) -> tuple[list[bool], int]:
     slots: list[bool | None] = [None] * n
     try:
         if n and isinstance(text, str) and text.strip():
-            tags = _VERDICT_TAG.findall(text)
-            numbered = _NUMBERED_VERDICT.findall(text) if not tags else []
-            if tags:
-                pairs: list[tuple[int | None, str]] = []
-                for attrs, content in tags:
-                    m = _ID_ATTR.search(attrs)
-                    pairs.append((int(m.group(1)) if m else None, content))
-                _fill(slots, pairs)
-            elif numbered:
-                _fill(slots, [(int(i), rest) for i, rest in numbered])
-            else:  # plain lines in order (or "yes, no, yes" on one line), skipping lines without a verdict
-                lines = text.strip().splitlines()
-                read = [v for v in map(_classify, lines[:_MAX_PIECES]) if v is not None]
-                for splitter in _SPLITTERS if len(lines) == 1 and len(read) < n else ():
-                    pieces = (t.group() for t in islice(splitter.finditer(text), _MAX_PIECES))
-                    alt = [v for v in map(_classify, pieces) if v is not None]
-                    read = alt if len(alt) > len(read) else read
-                slots[: len(read[:n])] = read[:n]
-    except Exception:  # pragma: no cover - defensive: keep whatever was read
-        pass
+            block = _final_block(text)
+            final = _read_verdicts(block, n) if block is not None else None
+            slots = final if final is not None and None not in final else _read_verdicts(text, n)
+    except Exception:  # pragma: no cover - defensive: nothing read counts as unreadable
+        slots = [None] * n
     return [bool(v) for v in slots], sum(v is None for v in slots)

@@ -1,14 +1,15 @@
-"""The embedded local backend: a transformers causal LM behind DSPy 3.4's engine protocol.
+"""The embedded local backend: a transformers causal LM behind DSPy 3.4's engine protocol, with dynamic batching.
 
-DSPy hands an engine one candidate per call, so G rollouts arrive as G concurrent ``complete`` calls.
-:class:`LocalEngine` coalesces them: one worker thread collects requests until ``max_batch_size`` or until none
-arrived for ``batch_window_s``, groups them by generation settings and runs one ``model.generate`` per group.
-Temperature 0/None is greedy; otherwise temperature, top_k, top_p are applied in that order (the checkpoint's
-own sampling defaults are ignored). ``Config.logprobs`` returns each generated token's log-probability under
-the distribution actually sampled from (after those warpers; the raw model distribution when greedy). Seeds:
-torch's RNG is seeded from the sorted seeds of the generate group, so sampled outputs are reproducible for the
-same batch composition (DSPy's cache makes reruns exact). Usage and logprobs cover the generated tokens
-without padding or EOS, up to the token that completed a stop string when one cut the text.
+DSPy hands an engine one candidate per call, so G rollouts arrive as G concurrent calls. One worker thread collects
+requests until ``max_batch_size`` or until none arrived for ``batch_window_s``, groups them by generation settings
+and runs one ``model.generate`` per group: identical sampled prompts via ``num_return_sequences`` (transformers
+repeats them before the prefill), different prompts left-padded, identical greedy prompts computed once.
+Temperature 0/None is greedy; else temperature, top_k, top_p apply in that order (checkpoint sampling defaults are
+ignored). ``Config.logprobs`` gives each generated token's log-probability under the distribution actually sampled
+from (after those warpers; the raw model distribution when greedy). With seeds, torch's RNG is seeded from the sorted
+seeds of the generate group: sampled outputs are reproducible for the same batch composition (DSPy's cache makes
+reruns exact). Usage and logprobs cover generated tokens without padding or EOS, up to the token that completed a
+stop string when one cut the text.
 """
 
 from __future__ import annotations
@@ -31,75 +32,13 @@ import torch
 from dspy import lm15
 from dspy.clients.engines.base import validate_request
 
-from cat_dspy.lm.models import default_model_dir, default_model_path
+from cat_dspy.lm.models import default_model_path, load_model, resolve_device, resolve_dtype, shared_engine
 
 logger = logging.getLogger(__name__)
 
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
 _DROPPED = ("response_format", "reasoning", "frequency_penalty", "presence_penalty", "tool_choice", "probabilities")
-_MODELS: dict[tuple[str, str, str], tuple[Any, Any]] = {}
-_ENGINES: dict[tuple[str, str, str], LocalEngine] = {}
-_MODELS_LOCK, _ENGINES_LOCK = threading.Lock(), threading.Lock()
+_STATS = ("generate_calls", "requests", "rows", "prompt_tokens", "completion_tokens", "generate_seconds")
 _TOKENIZER_LOCK = threading.Lock()  # a fast tokenizer used from several threads raises "Already borrowed"
-
-
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``device`` as a torch.device; None means CUDA when available, else CPU."""
-    return torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
-
-
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """``dtype`` as a torch.dtype; None means bf16 on CUDA and fp32 elsewhere."""
-    if dtype is None:
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return dtype if isinstance(dtype, torch.dtype) else _DTYPES[str(dtype).removeprefix("torch.")]
-
-
-def load_model(path: str | os.PathLike, *, device: str | None = None, dtype: str | None = None) -> tuple[Any, Any]:
-    """``(model, tokenizer)`` from a local checkpoint directory, loaded once per (path, device, dtype).
-
-    The model is in eval mode with ``requires_grad_(False)`` and a generation config holding only the special
-    token ids (sampling comes from each request); the tokenizer pads on the left.
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
-
-    dev = resolve_device(device)
-    key = (str(Path(path).expanduser().resolve()), str(dev), str(resolve_dtype(dtype, dev)))
-    with _MODELS_LOCK:
-        if key not in _MODELS:
-            start = time.perf_counter()
-            tokenizer = AutoTokenizer.from_pretrained(key[0], local_files_only=True)
-            tokenizer.padding_side = "left"
-            if tokenizer.pad_token_id is None:
-                tokenizer.pad_token = tokenizer.eos_token
-            model = AutoModelForCausalLM.from_pretrained(key[0], dtype=resolve_dtype(dtype, dev), local_files_only=True)
-            model.to(dev).eval().requires_grad_(False)
-            config = model.generation_config
-            eos = config.eos_token_id if config.eos_token_id is not None else tokenizer.eos_token_id
-            model.generation_config = GenerationConfig(
-                bos_token_id=config.bos_token_id, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id)
-            _MODELS[key] = (model, tokenizer)
-            logger.info("loaded %s on %s/%s in %.2f s", key[0], key[1], key[2], time.perf_counter() - start)
-        return _MODELS[key]
-
-
-def shared_engine(model_path: str | os.PathLike | None = None, *, device: str | None = None,
-                  dtype: str | None = None, **knobs: Any) -> LocalEngine:
-    """The process-wide :class:`LocalEngine` for (path, device, dtype); a None path is the default model.
-
-    Non-None ``max_batch_size`` / ``batch_window_s`` in ``knobs`` also update an existing engine.
-    """
-    dev = resolve_device(device)
-    path = Path(model_path).expanduser().resolve() if model_path else default_model_dir()
-    key = (str(path), str(dev), str(resolve_dtype(dtype, dev)))
-    knobs = {name: value for name, value in knobs.items() if value is not None}
-    with _ENGINES_LOCK:
-        if key not in _ENGINES:
-            _ENGINES[key] = LocalEngine(model_path, device=device, dtype=dtype, **knobs)
-        for name, value in knobs.items():
-            setattr(_ENGINES[key], name, value)
-        return _ENGINES[key]
 
 
 @dataclass
@@ -130,6 +69,18 @@ class _Recorder:
                 self.alts.append(self.pending.topk(self.top, dim=-1))
             self.pending = None
 
+    def per_row(self) -> list[list[tuple[float, list[tuple[float, int]]]]]:
+        """Per row, per step: the chosen token's log-probability and the top ``(logprob, token_id)`` pairs."""
+        chosen = torch.stack(self.chosen, 1).float().cpu().tolist()
+        if not self.top:
+            return [[(lp, []) for lp in row] for row in chosen]
+        values = torch.stack([a.values for a in self.alts], 1).float().cpu().tolist()
+        ids = torch.stack([a.indices for a in self.alts], 1).cpu().tolist()
+        return [
+            [(lp, list(zip(v, i, strict=True))) for lp, v, i in zip(*row, strict=True)]
+            for row in zip(chosen, values, ids, strict=True)
+        ]
+
 
 def _own_copy(exc: BaseException) -> BaseException:
     try:  # one copy per caller, so concurrent raisers do not share a traceback
@@ -158,13 +109,22 @@ class LocalEngine:
         batch_window_s: A batch closes when no request has arrived for this long.
     """
 
-    def __init__(self, model_path: str | os.PathLike | None = None, *, device: str | None = None,
-                 dtype: str | None = None, max_batch_size: int = 32, batch_window_s: float = 0.02) -> None:
+    def __init__(
+        self,
+        model_path: str | os.PathLike | None = None,
+        *,
+        device: str | None = None,
+        dtype: str | None = None,
+        max_batch_size: int = 32,
+        batch_window_s: float = 0.02,
+    ) -> None:
         self.model_path = Path(model_path).expanduser().resolve() if model_path else None
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
-        self._settings = {"device": None if device is None else str(device),
-                          "dtype": None if dtype is None else str(dtype).removeprefix("torch.")}
+        self._settings = {
+            "device": None if device is None else str(device),
+            "dtype": None if dtype is None else str(dtype).removeprefix("torch."),
+        }
         self.max_batch_size, self.batch_window_s = max_batch_size, batch_window_s
         self._model = self._tokenizer = self._worker = None
         self._queue: queue.Queue = queue.Queue()
@@ -174,15 +134,17 @@ class LocalEngine:
 
     @property
     def stats(self) -> dict[str, float]:
-        """A snapshot of generate_calls, requests, rows, prompt_tokens, completion_tokens, generate_seconds."""
+        """A snapshot of generate_calls, requests, rows, prompt_tokens, completion_tokens, generate_seconds.
+
+        ``rows`` and the token counts are computed sequences (identical greedy prompts count once), unpadded.
+        """
         with self._stats_lock:
             return dict(self._stats)
 
     def reset_stats(self) -> None:
         """Zero the counters behind :attr:`stats`."""
         with self._stats_lock:
-            self._stats = {**dict.fromkeys(("generate_calls", "requests", "rows", "prompt_tokens",
-                                            "completion_tokens"), 0), "generate_seconds": 0.0}
+            self._stats = {**dict.fromkeys(_STATS, 0), "generate_seconds": 0.0}
 
     def load(self) -> tuple[Any, Any]:
         """Load the weights now (converting the default model if needed); returns ``(model, tokenizer)``."""
@@ -199,8 +161,11 @@ class LocalEngine:
         config = request.config
         if request.tools:
             raise lm15.UnsupportedFeatureError("local engine: tools are not supported", feature="tools")
-        adaptations = tuple(lm15.Adaptation(f"config.{name}", "dropped", "the local engine does not implement it")
-                            for name in _DROPPED if getattr(config, name) is not None)
+        adaptations = tuple(
+            lm15.Adaptation(f"config.{name}", "dropped", "the local engine does not implement it")
+            for name in _DROPPED
+            if getattr(config, name) is not None
+        )
         messages = [] if request.system is None else [{"role": "system", "content": _text(request.system, "system")}]
         for i, message in enumerate(request.messages):
             if message.role == "tool":
@@ -218,9 +183,9 @@ class LocalEngine:
         if limit is not None and len(ids) + max_tokens > limit:
             raise lm15.ContextLengthError(f"{len(ids)} prompt + {max_tokens} new tokens exceed {limit}")
         greedy = not config.temperature
-        top_p = None if greedy or config.top_p is None or config.top_p >= 1 else config.top_p
-        key = (greedy, None if greedy else config.temperature, top_p, None if greedy else config.top_k or None,
-               max_tokens, config.logprobs, config.stop)
+        top_p = config.top_p if config.top_p is not None and config.top_p < 1 else None
+        sampling = (None, None, None) if greedy else (config.temperature, top_p, config.top_k or None)
+        key = (greedy, *sampling, max_tokens, config.logprobs, config.stop)
         job = _Job(ids, key, config.seed, request.model, adaptations, concurrent.futures.Future())
         with self._lock:
             if self._pid != os.getpid():  # a forked child: the worker thread did not survive
@@ -249,8 +214,12 @@ class LocalEngine:
 
     def dump_state(self) -> dict[str, Any]:
         """JSON-safe settings (no secrets); a None ``model_path`` stands for the default model."""
-        return {"model_path": None if self.model_path is None else str(self.model_path), **self._settings,
-                "max_batch_size": self.max_batch_size, "batch_window_s": self.batch_window_s}
+        return {
+            "model_path": None if self.model_path is None else str(self.model_path),
+            **self._settings,
+            "max_batch_size": self.max_batch_size,
+            "batch_window_s": self.batch_window_s,
+        }
 
     @classmethod
     def load_state(cls, state: dict[str, Any]) -> LocalEngine:
@@ -286,7 +255,7 @@ class LocalEngine:
                         job.future.set_exception(_own_copy(exc))
 
     def _generate(self, jobs: list[_Job]) -> list[lm15.Response]:
-        from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+        import transformers as hf
 
         model, tokenizer = self._model, self._tokenizer
         greedy, temperature, top_p, top_k, max_tokens, top_logprobs, stop = jobs[0].key
@@ -307,45 +276,52 @@ class LocalEngine:
             width = -(-width // 64) * 64  # fewer shapes for the compiled static-cache decode
         input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in inputs], device=self.device)
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in inputs], device=self.device)
-        processors = LogitsProcessorList()
+        processors = hf.LogitsProcessorList()
         if not greedy:
-            processors += [TemperatureLogitsWarper(temperature)] if temperature != 1.0 else []
-            processors += [TopKLogitsWarper(top_k)] if top_k else []
-            processors += [TopPLogitsWarper(top_p)] if top_p is not None else []
+            processors += [hf.TemperatureLogitsWarper(temperature)] if temperature != 1.0 else []
+            processors += [hf.TopKLogitsWarper(top_k)] if top_k else []
+            processors += [hf.TopPLogitsWarper(top_p)] if top_p is not None else []
         recorder = _Recorder(min(top_logprobs, 20)) if top_logprobs is not None else None
         processors += [recorder] if recorder is not None else []
-        kwargs: dict[str, Any] = {"do_sample": False} if greedy else {
-            "do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0}  # our warpers, none of generate's
-        if stop:
-            kwargs.update(stop_strings=list(stop), tokenizer=tokenizer)
+        kwargs: dict[str, Any] = (
+            {"do_sample": False} if greedy else {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
+        )  # our warpers, none of generate's
+        criteria = hf.StoppingCriteriaList()
+        if stop:  # built here, under the lock: it reads the tokenizer that callers are encoding with
+            with _TOKENIZER_LOCK:
+                criteria.append(hf.StopStringCriteria(tokenizer, list(stop)))
         if self.device.type == "cuda":
             kwargs["cache_implementation"] = "static"
         seeds = sorted(job.seed for job in jobs if job.seed is not None)
         start = time.perf_counter()
-        with torch.inference_mode(), torch.random.fork_rng(
-                devices=[self.device.index or 0] if self.device.type == "cuda" else [], enabled=bool(seeds)):
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.inference_mode(), torch.random.fork_rng(devices=devices, enabled=bool(seeds)):
             if seeds:
                 torch.manual_seed(int.from_bytes(hashlib.sha256(repr(seeds).encode()).digest()[:7], "little"))
-            out = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_tokens,
-                                 num_return_sequences=per, logits_processor=processors, pad_token_id=pad, **kwargs)
+            out = model.generate(
+                input_ids=input_ids,
+                attention_mask=mask,
+                max_new_tokens=max_tokens,
+                num_return_sequences=per,
+                logits_processor=processors,
+                stopping_criteria=criteria,
+                pad_token_id=pad,
+                **kwargs,
+            )
             if recorder is not None:
                 recorder.flush(out)
         elapsed = time.perf_counter() - start
         generated = out[:, width:].tolist()
-        chosen = torch.stack(recorder.chosen, 1).float().cpu().tolist() if recorder else None
-        alts = None
-        if recorder is not None and recorder.top:
-            alts = (torch.stack([a.values for a in recorder.alts], 1).float().cpu().tolist(),
-                    torch.stack([a.indices for a in recorder.alts], 1).cpu().tolist())
+        scored = recorder.per_row() if recorder is not None else None
         with _TOKENIZER_LOCK:
             finished = [self._finish(ids, max_tokens, stop) for ids in generated]
-            responses = [self._response(job, *finished[rows[i]], generated[rows[i]],
-                                        chosen and chosen[rows[i]], alts and (alts[0][rows[i]], alts[1][rows[i]]))
-                         for i, job in enumerate(jobs)]
+            responses = [
+                self._response(job, *finished[rows[i]], generated[rows[i]], scored and scored[rows[i]])
+                for i, job in enumerate(jobs)
+            ]
+        deltas = (1, len(jobs), len(generated), sum(map(len, inputs)) * per, sum(f[1] for f in finished), elapsed)
         with self._stats_lock:
-            for name, value in (("generate_calls", 1), ("requests", len(jobs)), ("rows", len(generated)),
-                                ("prompt_tokens", sum(map(len, inputs)) * per),
-                                ("completion_tokens", sum(n for _, n, _ in finished)), ("generate_seconds", elapsed)):
+            for name, value in zip(_STATS, deltas, strict=True):
                 self._stats[name] += value
         logger.debug("generate: %d request(s), %d row(s), %.2f s", len(jobs), len(generated), elapsed)
         return responses
@@ -363,18 +339,30 @@ class LocalEngine:
             return text[: min(cuts)], n, "stop"
         return text, n, finish
 
-    def _response(self, job: _Job, text: str, n: int, finish: str, ids: list[int], chosen: list[float] | None,
-                  alts: tuple[list, list] | None) -> lm15.Response:
+    def _response(
+        self, job: _Job, text: str, n: int, finish: str, ids: list[int], scored: list | None
+    ) -> lm15.Response:
         logprobs = None
-        if chosen is not None:
+        if scored is not None:
             decode = self._tokenizer.decode
-            tops = [tuple(lm15.TopLogprob(token=decode([t]), logprob=v, token_id=t)
-                          for v, t in zip(alts[0][k], alts[1][k], strict=True)) if alts else () for k in range(n)]
-            logprobs = tuple(lm15.TokenLogprob(token=decode([t]), logprob=lp, token_id=t, top=top)
-                             for t, lp, top in zip(ids[:n], chosen[:n], tops, strict=True))
-        return lm15.Response(id=None, model=job.model, message=lm15.Message.assistant([lm15.TextPart(text)]),
-                             finish_reason=finish, usage=lm15.Usage(input_tokens=len(job.ids), output_tokens=n),
-                             logprobs=logprobs, adaptations=job.adaptations)
+            logprobs = tuple(
+                lm15.TokenLogprob(
+                    token=decode([t]),
+                    logprob=lp,
+                    token_id=t,
+                    top=tuple(lm15.TopLogprob(token=decode([a]), logprob=v, token_id=a) for v, a in top),
+                )
+                for t, (lp, top) in zip(ids[:n], scored[:n], strict=True)
+            )
+        return lm15.Response(
+            id=None,
+            model=job.model,
+            message=lm15.Message.assistant([lm15.TextPart(text)]),
+            finish_reason=finish,
+            usage=lm15.Usage(input_tokens=len(job.ids), output_tokens=n),
+            logprobs=logprobs,
+            adaptations=job.adaptations,
+        )
 
 
 class AsyncLocalEngine:

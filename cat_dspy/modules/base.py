@@ -15,6 +15,7 @@ from typing import Any
 import dspy
 
 from cat_dspy.adapters import FreeTextAdapter
+from cat_dspy.tracking import redact
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,8 @@ class RoleModule(dspy.Module):
 
         Returns:
             ``(prediction, None)`` on success, ``(None, "ErrorType: message")`` when the backend failed after
-            its retries or the completion could not be turned into a prediction (e.g. an empty completion).
+            its retries or the completion could not be turned into a prediction (e.g. an empty completion). The
+            message (also logged) has secret environment values redacted.
         """
         kwargs: dict[str, Any] = dict(inputs)
         if config:
@@ -50,8 +52,9 @@ class RoleModule(dspy.Module):
             with dspy.context(adapter=self.adapter):
                 return predictor(**kwargs), None
         except Exception as exc:  # a failed call is data, not a crash: callers count it
-            logger.warning("%s call failed: %s: %s", type(self).__name__, type(exc).__name__, str(exc)[:200])
-            return None, f"{type(exc).__name__}: {str(exc)[:500]}"
+            message = redact(str(exc))  # backends echo keys in auth errors; the reason is logged and kept
+            logger.warning("%s call failed: %s: %s", type(self).__name__, type(exc).__name__, message[:200])
+            return None, f"{type(exc).__name__}: {message[:500]}"
 
     def map(self, fn: Any, items: list[Any], num_threads: int | None = None) -> list[Any]:
         """Apply ``fn`` to ``items`` concurrently, each task in a copy of the caller's context.

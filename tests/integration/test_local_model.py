@@ -21,7 +21,7 @@ def dspy_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_embedded_model_batches_rollouts_and_reports_usage() -> None:
-    lm = make_lm("local", max_tokens=32, batch_window_s=0.1)
+    lm = make_lm("local", max_tokens=32)
     engine = engine_of(lm)
     assert lm.model == "local/smollm2-135m-instruct" and engine is not None
     greedy = lm(QUESTION)[0]
@@ -36,11 +36,16 @@ def test_embedded_model_batches_rollouts_and_reports_usage() -> None:
         usage[i] = tracker.get_total_tokens()
 
     for repeat in range(2):
+        saved = engine.max_batch_size, engine.batch_window_s
+        engine.max_batch_size, engine.batch_window_s = 4, 30.0  # one batch of four however slow the threads
         threads = [threading.Thread(target=rollout, args=(i,)) for i in range(4)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        try:
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        finally:
+            engine.max_batch_size, engine.batch_window_s = saved
         assert engine.stats["generate_calls"] == 1  # one batch, then four DSPy cache hits
         assert len(set(texts)) == 4
         if repeat == 0:

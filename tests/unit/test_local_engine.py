@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import dspy
@@ -70,15 +72,27 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def dspy_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(dspy, "cache", Cache(True, True, str(tmp_path / "dspy-cache")))
+def dspy_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fresh in-memory DSPy cache per test (a disk cache costs ~1 s to open; the integration test uses one)."""
+    monkeypatch.setattr(dspy, "cache", Cache(enable_disk_cache=False, enable_memory_cache=True, disk_cache_dir=None))
 
 
 @pytest.fixture
 def engine(tiny_dir: Path):
-    engine = LocalEngine(tiny_dir, batch_window_s=0.1)
+    engine = LocalEngine(tiny_dir)
     yield engine
     engine.close()
+
+
+@contextlib.contextmanager
+def batch_of(engine: LocalEngine, n: int) -> Iterator[LocalEngine]:
+    """Make the next batch close at exactly n requests however slow the threads are (a loaded CI machine)."""
+    saved = engine.max_batch_size, engine.batch_window_s
+    engine.max_batch_size, engine.batch_window_s = n, 30.0
+    try:
+        yield engine
+    finally:
+        engine.max_batch_size, engine.batch_window_s = saved
 
 
 def request(text: str = QUESTION, **config) -> Request:
@@ -121,7 +135,8 @@ def test_concurrent_prompts_share_one_generate_and_match_solo_greedy(engine: Loc
     prompts = ["hi", "What is 2+2? Answer with a number only, please.", QUESTION, QUESTION]
     solo = [engine.complete(request(p, max_tokens=10)).text for p in prompts]
     engine.reset_stats()
-    batched = concurrently(lambda i: engine.complete(request(prompts[i], max_tokens=10)).text, 4)
+    with batch_of(engine, 4):
+        batched = concurrently(lambda i: engine.complete(request(prompts[i], max_tokens=10)).text, 4)
     assert batched == solo  # left padding does not change greedy outputs
     stats = engine.stats
     assert stats["generate_calls"] == 1 and stats["requests"] == 4
@@ -129,7 +144,7 @@ def test_concurrent_prompts_share_one_generate_and_match_solo_greedy(engine: Loc
 
 
 def test_rollouts_through_dspy_are_one_generate_call_and_cached(tiny_dir: Path) -> None:
-    lm = make_lm(f"local:{tiny_dir}", max_tokens=12, batch_window_s=0.1)
+    lm = make_lm(f"local:{tiny_dir}", max_tokens=12)
     engine = engine_of(lm)
     engine.reset_stats()
 
@@ -138,7 +153,8 @@ def test_rollouts_through_dspy_are_one_generate_call_and_cached(tiny_dir: Path) 
             text = lm.copy(rollout_id=i, temperature=0.8)(QUESTION)[0]
         return text, tracker.get_total_tokens()
 
-    first = concurrently(rollout, 4)
+    with batch_of(engine, 4):
+        first = concurrently(rollout, 4)
     assert engine.stats["generate_calls"] == 1 and engine.stats["rows"] == 4
     assert len({text for text, _ in first}) == 4
     for _, usage in first:
@@ -175,13 +191,13 @@ def test_seeded_sampling_is_reproducible(engine: LocalEngine) -> None:
 
 
 def test_stop_strings_cut_text_usage_and_logprobs(engine: LocalEngine) -> None:
-    model, tokenizer = engine.load()
+    _, tokenizer = engine.load()
     ids = tokenizer("The answer is 4. The answer is 5.", add_special_tokens=False)["input_ids"]
     text, kept, finish = engine._finish(ids, 64, ("is",))
     assert (text, finish) == ("The answer ", "stop")
     assert "is" in tokenizer.decode(ids[:kept]) and "is" not in tokenizer.decode(ids[: kept - 1])
     eos = tokenizer.eos_token_id
-    assert engine._finish(ids[:3] + [eos, eos], 5, ()) == (tokenizer.decode(ids[:3]), 3, "stop")
+    assert engine._finish([*ids[:3], eos, eos], 5, ()) == (tokenizer.decode(ids[:3]), 3, "stop")
     assert engine._finish(ids[:5], 5, ())[1:] == (5, "length")
     full = engine.complete(request(max_tokens=16, logprobs=0))
     stop = next(full.text[k : k + 2] for k in range(2, len(full.text)) if full.text[k : k + 2].isalnum())
@@ -200,7 +216,8 @@ def test_each_caller_gets_its_own_error(engine: LocalEngine, monkeypatch: pytest
         return generate(*args, **kwargs)
 
     monkeypatch.setattr(model, "generate", flaky)
-    results = concurrently(lambda i: engine.complete(request(max_tokens=5 + i % 2)), 4)
+    with batch_of(engine, 4):
+        results = concurrently(lambda i: engine.complete(request(max_tokens=5 + i % 2)), 4)
     assert [type(r).__name__ for r in results] == ["RuntimeError", "Response", "RuntimeError", "Response"]
     assert results[0] is not results[2]
     with pytest.raises(UnsupportedFeatureError):
@@ -218,20 +235,23 @@ def test_async_engine_batches_coroutines(engine: LocalEngine, tiny_dir: Path) ->
         responses = await asyncio.gather(
             *(async_engine.complete(request(max_tokens=6, temperature=0.9)) for _ in range(10))
         )
+        engine.batch_window_s = 0.02  # the stream below is a batch of one
         events = [event async for event in async_engine.stream(request(max_tokens=4))]
         return responses, events
 
-    responses, events = asyncio.run(main())
+    with batch_of(engine, 10):
+        responses, events = asyncio.run(main())
     assert engine.stats["generate_calls"] == 2 and engine.stats["requests"] == 11
     assert len(responses) == 10 and events[0].type == "start" and events[-1].type == "end"
-    lm = make_lm(f"local:{tiny_dir}", max_tokens=6, batch_window_s=0.1)
+    lm = make_lm(f"local:{tiny_dir}", max_tokens=6)
     shared = engine_of(lm)
     shared.reset_stats()
 
     async def rollouts() -> list:
         return await asyncio.gather(*(lm.copy(rollout_id=i, temperature=0.9).acall(QUESTION) for i in range(6)))
 
-    assert len(asyncio.run(rollouts())) == 6 and shared.stats["generate_calls"] == 1
+    with batch_of(shared, 6):
+        assert len(asyncio.run(rollouts())) == 6 and shared.stats["generate_calls"] == 1
 
 
 def test_roles_share_one_engine_and_state_round_trips(tiny_dir: Path, tmp_path: Path) -> None:

@@ -1,0 +1,92 @@
+"""Benchmark: G rollouts through the batched local engine vs G sequential DSPy calls, and solve's overhead.
+
+Prints, measured side by side in one run on the embedded model (CPU unless CUDA is present):
+1. wall time of G=8 rollouts via ``Rollout`` (concurrent calls coalesced into one ``generate``) vs 8 sequential
+   DSPy calls of the same predictor (one ``generate`` each); target ratio ≥ 4×;
+2. ``CaT`` (G=4, verifiable) wall time ÷ time spent inside ``generate``; target ≤ 1.10 (one-time model loading
+   reported separately).
+Both paths use ``cache=False`` so every call really generates.
+
+Run: python benchmarks/rollouts.py [--g 8] [--max-tokens 64] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import dspy
+
+from cat_dspy import CaT, make_lm
+from cat_dspy.adapters import FreeTextAdapter
+from cat_dspy.lm.models import engine_of
+from cat_dspy.modules import Rollout
+from cat_dspy.signatures import Solve
+
+QUESTION = "A baker makes 24 rolls and sells 3 bags of 5 rolls. How many rolls are left?"
+
+
+def sequential(lm: dspy.LM, g: int, offset: int) -> float:
+    predict = dspy.Predict(Solve)
+    start = time.perf_counter()
+    with dspy.context(adapter=FreeTextAdapter()):
+        for i in range(g):
+            predict(question=QUESTION, lm=lm, config={"rollout_id": offset + i, "temperature": 1.0})
+    return time.perf_counter() - start
+
+
+def batched(lm: dspy.LM, g: int, offset: int) -> float:
+    start = time.perf_counter()
+    Rollout(n=g, lm=lm, first_rollout_id=offset)(question=QUESTION)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--g", type=int, default=8)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+
+    lm = make_lm("local", temperature=1.0, max_tokens=args.max_tokens, cache=False)
+    engine = engine_of(lm)
+    start = time.perf_counter()
+    engine.load()
+    load_seconds = time.perf_counter() - start
+    lm("warm-up", max_tokens=4)  # first-call costs (allocator, kernels) stay out of both measurements
+
+    rows = []
+    for r in range(args.repeats):  # interleaved so machine noise hits both paths alike
+        engine.reset_stats()
+        t_seq = sequential(lm, args.g, offset=1000 * r)
+        seq = engine.stats
+        engine.reset_stats()
+        t_bat = batched(lm, args.g, offset=1000 * r + 500)
+        bat = engine.stats
+        rows.append((t_seq, seq, t_bat, bat))
+        print(
+            f"repeat {r}: sequential {t_seq:6.1f}s ({seq['generate_calls']} generate, "
+            f"{seq['completion_tokens']} tok) | batched {t_bat:6.1f}s ({bat['generate_calls']} generate, "
+            f"{bat['completion_tokens']} tok) | speed-up {t_seq / t_bat:4.2f}x"
+        )
+    speedups = [s / b for s, _, b, _ in rows]
+    tok_rate = [(bs["completion_tokens"] / b) / (ss["completion_tokens"] / s) for s, ss, b, bs in rows]
+    print(f"\nG={args.g} rollouts, batched vs sequential: wall speed-up {statistics.mean(speedups):.2f}x "
+          f"(target >= 4x); completion-token throughput ratio {statistics.mean(tok_rate):.2f}x")
+
+    policy = make_lm("local", temperature=1.0, max_tokens=args.max_tokens, cache=False)
+    anchor = make_lm("local", temperature=0.7, max_tokens=args.max_tokens, cache=False)
+    cat = CaT(g=4, policy=policy, anchor=anchor)
+    engine.reset_stats()
+    start = time.perf_counter()
+    pred = cat(question=QUESTION)
+    wall = time.perf_counter() - start
+    inside = engine.stats["generate_seconds"]
+    print(f"solve (CaT, G=4): wall {wall:.2f}s, inside generate {inside:.2f}s, ratio {wall / inside:.3f} "
+          f"(target <= 1.10); generate calls: {engine.stats['generate_calls']}; model load (once) {load_seconds:.2f}s")
+    print(f"usage: {pred.usage}")
+
+
+if __name__ == "__main__":
+    main()
