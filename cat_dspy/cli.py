@@ -152,7 +152,7 @@ def solve(args: argparse.Namespace) -> dict[str, Any]:
         with tracking.run(args.experiment, run_name="solve", traces=args.traces):
             tracking.log_params(params)
             start = time.perf_counter()
-            with dspy.context(callbacks=[callback]):
+            with dspy.context(callbacks=[*dspy.settings.callbacks, callback]):
                 pred = cat(question=args.question)
             seconds = time.perf_counter() - start
             result = {

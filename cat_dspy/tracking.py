@@ -53,13 +53,55 @@ def redact(obj: Any, secrets: list[str] | None = None) -> Any:
 
 
 def setup(experiment: str, tracking_uri: str | None = None) -> str:
-    """Point MLflow at the tracking store and select ``experiment``; returns the tracking URI."""
+    """Point MLflow at the tracking store and select ``experiment``; returns the tracking URI.
+
+    Also installs :func:`redact_span` as an MLflow span processor (once per process), so every trace recorded
+    afterwards (``solve --traces``, the training reward's sampled traces, ``optimize``) is redacted.
+    """
     import mlflow
 
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment(experiment)
+    install_trace_redaction()
     return uri
+
+
+def install_trace_redaction() -> None:
+    """Add :func:`redact_span` to MLflow's span processors, keeping any already configured (idempotent)."""
+    import mlflow
+    from mlflow.tracing.config import get_config
+
+    current = list(get_config().span_processors)
+    if redact_span not in current:
+        mlflow.tracing.configure(span_processors=[*current, redact_span])
+
+
+def redact_span(span: Any) -> None:
+    """An MLflow span processor: :func:`redact` the span's attributes (inputs and outputs included), its events
+    (recorded exceptions) and its status message before the span is exported.
+
+    Model outputs and backend error messages can carry a key (an auth error that echoes it, a model that prints
+    its environment); traces record both verbatim, so every trace goes through this.
+    """
+    secrets = secret_values()
+    if not secrets:
+        return
+    for key, value in span.attributes.items():
+        clean = redact(value, secrets)
+        if clean != value:
+            span.set_attribute(key, clean)
+    otel = getattr(span, "_span", None)
+    for event in list(getattr(otel, "_events", None) or ()):  # exception events: type, message, stack trace
+        attributes = dict(event.attributes or {})
+        clean = redact(attributes, secrets)
+        if clean != attributes:
+            event._attributes = clean  # OpenTelemetry events are read-only by API; the span is not exported yet
+    status = getattr(otel, "_status", None)
+    if status is not None and status.description and redact(status.description, secrets) != status.description:
+        from opentelemetry.trace import Status
+
+        otel._status = Status(status.status_code, redact(status.description, secrets))
 
 
 @contextmanager

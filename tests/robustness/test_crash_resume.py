@@ -1,0 +1,132 @@
+"""Crash and resume: ``cat-dspy eval`` SIGKILLed at seeded random points, then rerun, loses nothing, duplicates
+nothing, repeats no LM call of a finished question, and leaves MLflow runs that agree with the results.
+
+``train`` is covered on its reward side (``test_faults.py``, ``test_hostile_math.py``): a kill/resume of a GRPO run
+with ``resume_from_checkpoint`` needs minutes of CPU training per kill, beyond this suite's budget.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from . import eval_driver
+
+pytestmark = pytest.mark.robustness
+
+N = 10  # questions
+CALLS_PER_QUESTION = 5  # 2 rollouts, self-BoN at G=2, CaT at G=1 and G=2
+SEED = 7
+DRIVER = Path(eval_driver.__file__)
+
+
+def _calls(log: Path) -> list[list[str]]:
+    return [line.split("\t") for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def _finished(results: Path) -> list[str]:
+    if not results.exists():
+        return []
+    data = results.read_bytes()
+    return [json.loads(line)["id"] for line in data[: data.rfind(b"\n") + 1].splitlines() if line.strip()]
+
+
+def _start(tmp_path: Path, data: Path, run_dir: Path, log: Path) -> subprocess.Popen:
+    args = ["--dataset", str(data), "--id-field", "id", "--g", "1,2", "--methods", "single,majority,self_bon,cat",
+            "--equivalence", "string", "--run-dir", str(run_dir), "--no-progress", "--json", "--experiment", "crash"]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    return subprocess.Popen([sys.executable, str(DRIVER), str(log), "0.02", "--", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+
+
+def _kill_when(proc: subprocess.Popen, ready, timeout: float = 120.0) -> bool:
+    """SIGKILL ``proc`` as soon as ``ready()`` holds; False when it exited first."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None:
+        if ready():
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return True
+        assert time.monotonic() < deadline, "the eval subprocess made no progress"
+        time.sleep(0.005)
+    return False
+
+
+def test_eval_survives_sigkill_at_random_points(tmp_path, tmp_path_factory):
+    shutil.copy(eval_driver.mlflow_template(tmp_path_factory.getbasetemp()), tmp_path / "mlflow.db")
+    data = tmp_path / "questions.jsonl"
+    data.write_text("".join(json.dumps({"id": f"q{i}", "question": f"Q{i}: what is {i} + {i}?", "answer": str(2 * i)})
+                            + "\n" for i in range(1, N + 1)))
+    run_dir, log, results = tmp_path / "run", tmp_path / "calls.tsv", tmp_path / "run" / "results.jsonl"
+    rng = random.Random(SEED)
+    # Kill points: after a random number of new LM calls (twice), then right after the last record is written
+    # (while the run logs to MLflow).
+    points = [rng.randint(3, 14), rng.randint(5, 16), None]
+    history = []  # (pid, finished ids at kill time)
+    kills = 0
+    for point in points:
+        before = len(_calls(log))
+        proc = _start(tmp_path, data, run_dir, log)
+        if point is None:
+            killed = _kill_when(proc, lambda: len(_finished(results)) == N)
+        else:
+            killed = _kill_when(proc, lambda p=point, b=before: len(_calls(log)) >= b + p)
+        kills += killed
+        history.append((proc.pid, set(_finished(results))))
+    final = _start(tmp_path, data, run_dir, log)
+    _, err = final.communicate(timeout=300)
+    assert final.returncode == 0, err.decode()[-3000:]
+    assert kills >= 2
+
+    # Nothing lost, nothing duplicated: one durable record per question.
+    ids = _finished(results)
+    assert sorted(ids) == sorted(f"q{i}" for i in range(1, N + 1)) and len(ids) == N
+    records = [json.loads(line) for line in results.read_text().splitlines()]
+    assert all(r["results"] and all(isinstance(x["correct"], bool) for x in r["results"]) for r in records)
+    assert all(x["correct"] for r in records for x in r["results"])  # resumed answers are the right ones
+
+    # No LM call repeated for a question that had finished before a kill.
+    calls = _calls(log)
+    pids = [pid for pid, _ in history] + [final.pid]
+    for k, (_, done) in enumerate(history):
+        later = {str(pid) for pid in pids[k + 1 :]}
+        repeated = [c for c in calls if c[0] in later and c[2].removeprefix("Q") in {d[1:] for d in done}]
+        assert not repeated, repeated[:5]
+    # Work repeated at all: at most the question in flight at each kill (its uncached calls).
+    assert CALLS_PER_QUESTION * N <= len(calls) <= CALLS_PER_QUESTION * (N + kills)
+    per_question = Counter(c[2] for c in calls)
+    assert set(per_question) == {f"Q{i}" for i in range(1, N + 1)}
+
+    # MLflow: every finished eval run is complete and agrees with the results; killed ones are never FINISHED.
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["crash"], output_format="list")
+    parents = [r for r in runs if r.data.tags.get("cat_dspy.eval") == "parent"]
+    finished = [r for r in parents if r.info.status == "FINISHED"]
+    assert finished and len(parents) - len(finished) <= kills
+    last = max(finished, key=lambda r: r.info.start_time)
+    metrics = last.data.metrics
+    assert metrics["questions"] == N and metrics["resumed"] + metrics["evaluated"] == N
+    assert metrics["resumed"] == len(history[-1][1])  # the final run re-read exactly what was on disk
+    for run in finished:
+        assert run.data.metrics["questions"] == N
+        children = [r for r in runs if r.info.status == "FINISHED" and r.data.tags.get("mlflow.parentRunId")
+                    == run.info.run_id]
+        assert len(children) == 4 * 2  # every (method, G)
+    table = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=last.info.run_id,
+                                                                artifact_path="results_table.json",
+                                                                dst_path=str(tmp_path / "dl"))).read_text())
+    column = table["id"] if "id" in table else [row[table["columns"].index("id")] for row in table["data"]]
+    assert Counter(column) == {f"q{i}": 8 for i in range(1, N + 1)}
+    print(f"kills={kills} finished-at-kill={[len(d) for _, d in history]} calls={len(calls)} (clean run: "
+          f"{CALLS_PER_QUESTION * N}) mlflow parents={len(parents)} finished={len(finished)}")
