@@ -28,6 +28,7 @@ _BOX_CMD = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 _BOX_TOKENS = re.compile(r"\\(?:boxed|fbox)\s*\{|\\[\\{}]|[{}]")
 _ANSWER_IS = re.compile(r"\bthe\s+(?:final\s+)?answer\s+is\b\s*:?[ \t]*", re.IGNORECASE)
 _SENTENCE_END = re.compile(r"\.(?:\s|$)")
+_FILLER = re.compile(r"^(?:(?:indeed|actually|simply|just|probably|exactly|clearly|then|now|still)\b[\s,:]*)+", re.I)
 _GSM8K = re.compile(r"####[ \t]*(?=[-+$\\(.\d])")  # a number-like tail, not a markdown "#### Step" heading
 
 
@@ -90,8 +91,8 @@ def extract_answer(text: str | None) -> str | None:
         '\\\\frac{1}{2}'
         >>> extract_answer("#### 1,234")
         '1,234'
-        >>> extract_answer("The final answer is **72**.")
-        '72'
+        >>> extract_answer("The final answer is **72**."), extract_answer("So the answer is indeed 2.")
+        ('72', '2')
         >>> extract_answer(r"\\boxed{3} and \\boxed{\\frac{4") is None, extract_answer("   ")
         (False, None)
         >>> extract_answer(r"The answer is \\boxed{4"), extract_answer(r"The answer is \\boxed{}.")
@@ -112,6 +113,8 @@ def extract_answer(text: str | None) -> str | None:
                 tail = text[last.end() : eol if eol >= 0 else len(text)]
                 end = _SENTENCE_END.search(tail) if pattern is _ANSWER_IS else None
                 ans = _clean_tail(tail[: end.start()] if end else tail)
+                if pattern is _ANSWER_IS:
+                    ans = _FILLER.sub("", ans)  # "the answer is indeed 2" -> "2"
                 if ans and not _BOX_CMD.search(ans):  # a box here is truncated or empty: no answer, not its text
                     return ans
         return None

@@ -144,8 +144,6 @@ def test_solve_records_traces(monkeypatch):
     assert all_traces()
 
 
-@pytest.mark.xfail(strict=True, reason="evaluation.runner.ResultStore writes records unredacted: a model output "
-                   "carrying a key lands in results.jsonl (MLflow's copy, results_table.json, is redacted)")
 def test_eval_results_file_is_redacted(tmp_path):
     from cat_dspy.data import Item
     from cat_dspy.evaluation.runner import build_programs, run_eval

@@ -1,0 +1,266 @@
+"""Test-time methods on one shared set of rollouts: the selection baselines and CaT synthesis (paper §1.7–1.8).
+
+Every method sees only the question and the first G rollouts of one max(G) group (plus their answers and token
+log-probabilities); gold answers never reach this module. The selectors (:func:`select_single`,
+:func:`select_majority`, :func:`select_min_ppl`, :func:`parse_choice`) are pure; ``self_bon``, ``cat`` and ``cat_q``
+make one LM call each, through :class:`SelfBestOfN` and :class:`~cat_dspy.modules.Synthesize`.
+:func:`apply_methods` runs all (method, G) pairs of one question, issuing the LM calls concurrently so the local
+engine batches them, and returns one :class:`MethodResult` per pair with the compute that pair spent itself.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import dspy
+
+from cat_dspy.modules.base import RoleModule
+from cat_dspy.rewards import majority_answer
+from cat_dspy.signatures import SelectBest
+from cat_dspy.usage import track_role
+
+METHODS = ("single", "majority", "self_bon", "min_ppl", "cat", "cat_q")
+VERIFIABLE_ONLY = ("majority",)  # the most common *final answer* has no meaning for free-text responses
+ROLE_OF = {"self_bon": "policy", "cat": "anchor", "cat_q": "anchor"}  # methods that call an LM, and which role
+_CHOICE = re.compile(r"(?<![\d.])(\d{1,4})(?!\.?\d)")  # a whole number, not part of "2.5"
+
+
+@dataclass
+class MethodResult:
+    """What one method returned for one question at one G.
+
+    Attributes:
+        method: The method name (one of :data:`METHODS`).
+        g: Rollouts the method could use (the first ``g`` of the group).
+        index: The selected rollout (selection methods), or None (synthesis).
+        text: The method's response: the selected rollout or the synthesized reference.
+        answer: Its final answer (verifiable mode), else None.
+        fallback: Why the method fell back to the first rollout (``unparseable_choice``, ``no_logprobs``,
+            ``no_answer``), or why it produced nothing (``synthesis_failed``, ``reference_without_answer``).
+        usage: LM work of the method's own calls, per role (rollouts not included).
+        extra: Method details (the raw self-BoN choice, mean NLLs, the cluster size, ...).
+    """
+
+    method: str
+    g: int
+    index: int | None
+    text: str
+    answer: str | None = None
+    fallback: str | None = None
+    usage: dict[str, dict[str, float]] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return asdict(self)
+
+
+def select_single(rollouts: Sequence[str]) -> int:
+    """The ``single`` baseline: the first rollout.
+
+    Examples:
+        >>> select_single(["a", "b"])
+        0
+    """
+    if not rollouts:
+        raise ValueError("no rollouts")
+    return 0
+
+
+def select_majority(answers: Sequence[str | None], *, mode: str = "symbolic") -> tuple[int, str | None, int]:
+    """The ``majority`` baseline: the first rollout of the largest answer cluster.
+
+    Answers cluster by equivalence (:func:`cat_dspy.rewards.majority_answer`); ties go to the cluster founded
+    earliest, so the result is deterministic. With no answer at all it falls back to rollout 0.
+
+    Returns:
+        ``(index, answer, cluster size)``; size 0 marks the fallback.
+
+    Examples:
+        >>> select_majority(["5", "4", "4.0", "5"])  # tie 2-2: the cluster founded first wins
+        (0, '5', 2)
+        >>> select_majority(["7", None, "3", "3"])
+        (2, '3', 2)
+        >>> select_majority([None, None])
+        (0, None, 0)
+    """
+    answer, size, members = majority_answer(list(answers), mode=mode)
+    return (members[0] if members else 0), answer, size
+
+
+def mean_nll(logprobs: Sequence[float] | None) -> float | None:
+    """Mean negative log-likelihood per token (the log of the perplexity); None when there are no logprobs.
+
+    Examples:
+        >>> mean_nll([-1.0, -3.0]), mean_nll([]), mean_nll(None)
+        (2.0, None, None)
+    """
+    if not logprobs:
+        return None
+    values = [float(x) for x in logprobs]
+    if not all(math.isfinite(x) for x in values):
+        return None
+    return -sum(values) / len(values)
+
+
+def select_min_ppl(nlls: Sequence[float | None]) -> tuple[int, str | None]:
+    """The ``min_ppl`` baseline: the rollout with the lowest mean token NLL (ties: the earliest).
+
+    Rollouts without log-probabilities are not candidates; with none at all it falls back to rollout 0.
+
+    Returns:
+        ``(index, fallback)`` where fallback is None, or ``"no_logprobs"``.
+
+    Examples:
+        >>> select_min_ppl([0.9, 0.4, None, 0.4])
+        (1, None)
+        >>> select_min_ppl([None, None])
+        (0, 'no_logprobs')
+    """
+    scored = [(nll, i) for i, nll in enumerate(nlls) if nll is not None]
+    if not scored:
+        return 0, "no_logprobs"
+    return min(scored)[1], None
+
+
+def parse_choice(text: str | None, g: int) -> int | None:
+    """The 0-based rollout index a self-BoN answer names ("3", "Response 3", "<response id=\\"3\\">"), or None.
+
+    The first number in range 1..g wins; numbers out of range or none at all give None.
+
+    Examples:
+        >>> parse_choice("The best is response 2.", 4), parse_choice("**3**", 3)
+        (1, 2)
+        >>> parse_choice("none of them", 4), parse_choice("9", 4), parse_choice("2.5", 4), parse_choice(None, 2)
+        (None, None, None, None)
+    """
+    if not isinstance(text, str):
+        return None
+    for match in _CHOICE.finditer(text):
+        number = int(match.group(1))
+        if 1 <= number <= g:
+            return number - 1
+    return None
+
+
+class SelfBestOfN(RoleModule):
+    """The ``self_bon`` baseline: the policy reads its own rollouts and names the best one (SelectBest).
+
+    Args:
+        lm: The policy LM.
+
+    Examples:
+        >>> from dspy.utils import DummyLM
+        >>> pred = SelfBestOfN(lm=DummyLM([{"choice": "2"}]))(question="q", rollouts=["a", "b"])
+        >>> pred.index, pred.fallback
+        (1, None)
+    """
+
+    def __init__(self, lm: dspy.BaseLM | None = None, adapter: dspy.Adapter | None = None):
+        super().__init__(lm=lm, adapter=adapter)
+        self.select = dspy.Predict(SelectBest)
+
+    def forward(self, question: str, rollouts: list[str]) -> dspy.Prediction:
+        """Ask the policy for the best rollout.
+
+        Returns:
+            A prediction with ``index`` (0-based; 0 when the choice could not be read), ``raw`` (the answer),
+            ``fallback`` (None, ``"unparseable_choice"`` or ``"policy_error"``) and ``error``.
+        """
+        if len(rollouts) == 1:
+            return dspy.Prediction(index=0, raw="", fallback=None, error=None)  # nothing to choose: no call
+        pred, error = self.call(self.select, question=question, rollouts=list(rollouts))
+        raw = (pred.choice or "") if pred is not None else ""
+        index = parse_choice(raw, len(rollouts))
+        fallback = None if index is not None else ("policy_error" if error else "unparseable_choice")
+        return dspy.Prediction(index=index or 0, raw=raw, fallback=fallback, error=error)
+
+
+def apply_methods(
+    question: str,
+    rollouts: Sequence[str],
+    answers: Sequence[str | None] | None,
+    nlls: Sequence[float | None] | None,
+    gs: Sequence[int],
+    methods: Sequence[str],
+    *,
+    synthesize: Any = None,
+    synthesize_q: Any = None,
+    select_best: SelfBestOfN | None = None,
+    verifiable: bool = True,
+    equivalence: str = "symbolic",
+    num_threads: int | None = None,
+) -> list[MethodResult]:
+    """Run every (method, G) on one question's rollouts; methods at G see only ``rollouts[:G]``.
+
+    Args:
+        question: The question (shown to the policy for self-BoN and to the question-aware anchor only).
+        rollouts: The max(G) rollouts, in rollout-id order.
+        answers: Their extracted final answers (verifiable mode), else None.
+        nlls: Their mean token NLLs (None entries: no logprobs), else None.
+        gs: The G values.
+        methods: Method names; ``majority`` is skipped when not ``verifiable``.
+        synthesize: The question-blind :class:`~cat_dspy.modules.Synthesize` (for ``cat``).
+        synthesize_q: The question-aware one (for ``cat_q``).
+        select_best: The :class:`SelfBestOfN` module (for ``self_bon``).
+        verifiable: Whether answers are graded (else responses are).
+        equivalence: Answer equivalence mode for majority clustering.
+        num_threads: Concurrent LM calls (default: all at once).
+
+    Returns:
+        One result per (method, G), in ``methods`` × ``gs`` order.
+    """
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
+    if max(gs) > len(rollouts):
+        raise ValueError(f"G={max(gs)} but only {len(rollouts)} rollouts")
+    answers = list(answers) if answers is not None else [None] * len(rollouts)
+    nlls = list(nlls) if nlls is not None else [None] * len(rollouts)
+
+    def answer_of(i: int) -> str | None:
+        return answers[i] if verifiable else None
+
+    def local(method: str, g: int) -> MethodResult:
+        if method == "single":
+            i = select_single(rollouts[:g])
+            return MethodResult(method, g, i, rollouts[i], answer_of(i))
+        if method == "majority":
+            i, answer, size = select_majority(answers[:g], mode=equivalence)
+            return MethodResult(method, g, i, rollouts[i], answer, None if size else "no_answer", extra={"size": size})
+        i, fallback = select_min_ppl(nlls[:g])
+        return MethodResult(method, g, i, rollouts[i], answer_of(i), fallback, extra={"nll": nlls[i]})
+
+    def remote(job: tuple[str, int]) -> MethodResult:
+        method, g = job
+        usage: dict[str, dict[str, float]] = {}
+        with track_role(usage, ROLE_OF[method]):  # no engine counters: concurrent jobs share one engine
+            if method == "self_bon":
+                if select_best is None:
+                    raise ValueError("self_bon needs a SelfBestOfN module")
+                pred = select_best(question=question, rollouts=list(rollouts[:g]))
+            else:
+                module = synthesize if method == "cat" else synthesize_q
+                if module is None:
+                    raise ValueError(f"{method} needs a Synthesize module")
+                pred = module(rollouts=list(rollouts[:g]), question=question if method == "cat_q" else None)
+        for counts in usage.values():
+            counts.pop("generate_calls", None)
+        if method == "self_bon":
+            extra = {"choice": pred.raw, "error": pred.error}
+            return MethodResult(method, g, pred.index, rollouts[pred.index], answer_of(pred.index), pred.fallback,
+                                usage, extra)
+        fallback = "synthesis_failed" if pred.error else (None if pred.parsed else
+                                                          "reference_without_answer" if verifiable else "empty")
+        return MethodResult(method, g, None, pred.reference, pred.answer if verifiable else None, fallback, usage,
+                            {"error": pred.error})
+
+    chosen = [m for m in methods if verifiable or m not in VERIFIABLE_ONLY]
+    jobs = [(m, g) for m in chosen for g in gs]
+    remote_jobs = [job for job in jobs if job[0] in ROLE_OF]
+    done = dict(zip(remote_jobs, RoleModule().map(remote, remote_jobs, num_threads=num_threads), strict=True))
+    return [done[job] if job in done else local(*job) for job in jobs]

@@ -1,0 +1,202 @@
+"""Metrics per (method, G), MLflow parent/child runs, the per-question table and the accuracy-vs-G plot.
+
+:func:`summarize` turns question records (:func:`cat_dspy.evaluation.runner.evaluate_question`) into one row per
+(method, G): accuracy (verifiable) or the HealthBench score (the clipped mean of the example scores), its standard
+error across questions (sample standard deviation / √n), fallback counts, the compute attributable to that
+(method, G) per role, and for ``cat``/``cat_q`` on verifiable sets the paper's diagnostics (§3.2): the rate of
+disagreement with ``majority`` at the same G, the accuracy when disagreeing, and the rate of questions answered
+right while all of the first G rollouts were wrong. :func:`log_eval` writes them to MLflow and the run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from cat_dspy.evaluation.grading import clipped_mean
+from cat_dspy.evaluation.runner import attributed_usage
+from cat_dspy.usage import merge_usage
+
+ROLE_KEYS = ("calls", "prompt_tokens", "completion_tokens", "seconds")
+CHILD_TAG = "cat_dspy.eval"  # "parent" on the eval run, "child" on each (method, G) run
+PLOT_FILE = "accuracy_vs_g.png"
+TABLE_FILE = "results_table.json"
+
+
+def mean_stderr(values: Sequence[float]) -> tuple[float | None, float | None]:
+    """Mean and standard error (sample standard deviation / √n; 0 for a single value).
+
+    Examples:
+        >>> mean, se = mean_stderr([1.0, 0.0, 1.0, 0.0])
+        >>> mean, round(se, 4)
+        (0.5, 0.2887)
+        >>> mean_stderr([1.0]), mean_stderr([])
+        ((1.0, 0.0), (None, None))
+    """
+    n = len(values)
+    if n == 0:
+        return None, None
+    mean = sum(values) / n
+    if n == 1:
+        return mean, 0.0
+    var = sum((v - mean) ** 2 for v in values) / (n - 1)
+    return mean, math.sqrt(var / n)
+
+
+def _rate(flags: Sequence[bool]) -> float | None:
+    return sum(flags) / len(flags) if flags else None
+
+
+def summarize(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (method, G) over ``records``, in the order the records list them.
+
+    Returns:
+        Dicts with ``method``, ``g``, ``n``, ``accuracy``, ``stderr``, ``fallbacks`` (count) and ``fallback_kinds``,
+        ``usage`` (per role: calls, prompt/completion tokens, seconds), ``tokens`` (all roles), ``calls``, and
+        for cat/cat_q on verifiable sets ``disagree_rate``, ``n_disagree``, ``accuracy_when_disagree``,
+        ``all_wrong_rate``, ``right_when_all_wrong`` (share of all questions) and ``right_given_all_wrong``.
+    """
+    groups: dict[tuple[str, int], list[tuple[dict[str, Any], dict[str, Any]]]] = {}
+    for record in records:
+        for result in record["results"]:
+            groups.setdefault((result["method"], result["g"]), []).append((record, result))
+    rows = []
+    for (method, g), pairs in groups.items():
+        verifiable = pairs[0][0]["mode"] == "verifiable"
+        if verifiable:
+            values = [1.0 if r["correct"] else 0.0 for _, r in pairs]
+            accuracy, stderr = mean_stderr(values)
+        else:
+            values = [float(r["score"]) for _, r in pairs if r.get("score") is not None]
+            accuracy, stderr = clipped_mean(values), mean_stderr(values)[1]
+        usage: dict[str, dict[str, float]] = {}
+        for record, result in pairs:
+            merge_usage(usage, attributed_usage(record, result))
+        usage = {role: {k: float(counts.get(k, 0)) for k in ROLE_KEYS} for role, counts in usage.items()}
+        kinds = Counter(r["fallback"] for _, r in pairs if r.get("fallback"))
+        row: dict[str, Any] = {
+            "method": method, "g": g, "mode": pairs[0][0]["mode"], "n": len(values), "accuracy": accuracy,
+            "stderr": stderr, "fallbacks": sum(kinds.values()), "fallback_kinds": dict(kinds), "usage": usage,
+            "calls": sum(c["calls"] for c in usage.values()),
+            "tokens": sum(c["prompt_tokens"] + c["completion_tokens"] for c in usage.values()),
+            "seconds": sum(c["seconds"] for c in usage.values()),
+        }
+        if verifiable and method in ("cat", "cat_q"):
+            disagree = [r for _, r in pairs if r.get("disagrees")]
+            all_wrong = [(rec, r) for rec, r in pairs if not any(rec["rollout_correct"][:g])]
+            row.update(
+                disagree_rate=_rate([bool(r.get("disagrees")) for _, r in pairs]),
+                n_disagree=len(disagree),
+                accuracy_when_disagree=_rate([r["correct"] for r in disagree]),
+                all_wrong_rate=_rate([not any(rec["rollout_correct"][:g]) for rec, _ in pairs]),
+                right_when_all_wrong=_rate([bool(r["correct"]) and not any(rec["rollout_correct"][:g])
+                                            for rec, r in pairs]),
+                right_given_all_wrong=_rate([r["correct"] for _, r in all_wrong]),
+            )
+        rows.append(row)
+    return rows
+
+
+def row_metrics(row: dict[str, Any]) -> dict[str, float]:
+    """The numeric MLflow metrics of one summary row (None values are left out)."""
+    keys = ("n", "accuracy", "stderr", "fallbacks", "calls", "tokens", "seconds", "disagree_rate", "n_disagree",
+            "accuracy_when_disagree", "all_wrong_rate", "right_when_all_wrong", "right_given_all_wrong")
+    metrics = {k: float(row[k]) for k in keys if row.get(k) is not None}
+    for role, counts in row["usage"].items():
+        metrics |= {f"{role}.{k}": float(v) for k, v in counts.items()}
+    if row["n"]:
+        metrics["tokens_per_question"] = row["tokens"] / row["n"]
+    return metrics
+
+
+def results_table(records: Sequence[dict[str, Any]], max_chars: int = 2000) -> dict[str, list[Any]]:
+    """The per-question results as columns (one row per question × method × G), for ``mlflow.log_table``."""
+    columns: dict[str, list[Any]] = {k: [] for k in ("id", "method", "g", "answer", "gold", "correct", "score",
+                                                     "fallback", "calls", "tokens", "response")}
+    for record in records:
+        for result in record["results"]:
+            usage = attributed_usage(record, result)
+            columns["id"].append(record["id"])
+            columns["method"].append(result["method"])
+            columns["g"].append(result["g"])
+            columns["answer"].append(result.get("answer"))
+            columns["gold"].append(record.get("gold"))
+            columns["correct"].append(result.get("correct"))
+            columns["score"].append(result.get("score"))
+            columns["fallback"].append(result.get("fallback"))
+            columns["calls"].append(sum(c["calls"] for c in usage.values()))
+            columns["tokens"].append(sum(c["prompt_tokens"] + c["completion_tokens"] for c in usage.values()))
+            columns["response"].append((result.get("text") or "")[:max_chars])
+    return columns
+
+
+def plot(rows: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> Path:
+    """Accuracy (or score) vs G, one line per method with standard-error bars, saved as a PNG at ``path``."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    top = 0.05
+    for i, method in enumerate(methods):
+        points = sorted((r["g"], r["accuracy"], r["stderr"] or 0.0) for r in rows
+                        if r["method"] == method and r["accuracy"] is not None)
+        if points:
+            gs, acc, se = zip(*points, strict=True)
+            nudge = 1 + 0.03 * (i - (len(methods) - 1) / 2)  # side by side, so error bars stay readable
+            ax.errorbar([g * nudge for g in gs], acc, yerr=se, marker="o", capsize=3, label=method)
+            top = max(top, *(a + e for a, e in zip(acc, se, strict=True)))
+    ax.set_ylim(-0.02, min(1.02, top * 1.1))
+    gs_all = sorted({r["g"] for r in rows})
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(gs_all, [str(g) for g in gs_all])
+    ax.set_xlabel("G (rollouts per question)")
+    ax.set_ylabel("score" if rows and rows[0]["mode"] == "rubric" else "accuracy")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, bbox_inches="tight")
+    return path
+
+
+def log_eval(experiment: str, params: dict[str, Any], rows: Sequence[dict[str, Any]],
+             records: Sequence[dict[str, Any]], run_dir: str | Path, *, run_name: str | None = None,
+             parent_metrics: dict[str, float] | None = None, notes: Sequence[str] = ()) -> str:
+    """Log one evaluation to MLflow: a parent run, a nested child run per (method, G), the table and the plot.
+
+    The plot and ``summary.json`` are also written into ``run_dir``.
+
+    Returns:
+        The parent run's id.
+    """
+    import mlflow
+
+    from cat_dspy import tracking
+
+    run_dir = Path(run_dir)
+    png = plot(rows, run_dir / PLOT_FILE, title=f"{params.get('dataset', '')} ({len(records)} questions)")
+    summary = tracking.write_json({"params": params, "rows": rows, "notes": list(notes)}, run_dir / "summary.json")
+    with tracking.run(experiment, run_name=run_name) as parent:
+        tracking.log_params(params)
+        mlflow.set_tags({CHILD_TAG: "parent", "run_dir": str(run_dir)})
+        if notes:
+            mlflow.set_tag("notes", "; ".join(notes)[:5000])
+        mlflow.log_metrics({k: float(v) for k, v in (parent_metrics or {}).items()})
+        for row in rows:
+            with mlflow.start_run(run_name=f"{row['method']} G={row['g']}", nested=True):
+                mlflow.set_tags({CHILD_TAG: "child"})
+                mlflow.log_params({"method": row["method"], "g": row["g"], "dataset": params.get("dataset"),
+                                   "mode": row["mode"], "fallback_kinds": json.dumps(row["fallback_kinds"])})
+                mlflow.log_metrics(row_metrics(row))
+        mlflow.log_table(tracking.redact(results_table(records)), artifact_file=TABLE_FILE)
+        mlflow.log_artifact(str(png))
+        mlflow.log_artifact(str(summary))
+        return parent.info.run_id
