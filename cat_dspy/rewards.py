@@ -1,4 +1,10 @@
-"""CaT rewards (paper §1.4–1.5): pure reward functions first; TRL reward classes follow below them."""
+"""CaT rewards (paper §1.4–1.5): pure, doctested reward functions, and the TRL reward.
+
+The TRL reward (``CaTReward``, the env-configured ``cat_reward`` for ``trl grpo --reward_funcs
+cat_dspy.rewards.cat_reward``, ``build_reward``) lives in :mod:`cat_dspy.trl_reward` and
+:mod:`cat_dspy.reward_config`; it is exported here lazily, because it imports the CaT modules, which import the
+pure functions below.
+"""
 
 from __future__ import annotations
 
@@ -107,3 +113,26 @@ def majority_answer(answers: list[str | None], *, mode: str = "symbolic") -> tup
         return None, 0, []
     best = max(clusters, key=len)  # max keeps the first (earliest-founded) cluster on ties
     return answers[best[0]], len(best), best
+
+
+_TRL_EXPORTS = {
+    "CaTReward": "cat_dspy.trl_reward",
+    "REWARD_METRICS": "cat_dspy.trl_reward",
+    "completion_text": "cat_dspy.trl_reward",
+    "group_completions": "cat_dspy.trl_reward",
+    "prompt_question": "cat_dspy.trl_reward",
+    "EnvCaTReward": "cat_dspy.reward_config",
+    "REWARD_OPTIONS": "cat_dspy.reward_config",
+    "build_reward": "cat_dspy.reward_config",
+    "cat_reward": "cat_dspy.reward_config",
+    "normalize_reward_options": "cat_dspy.reward_config",
+    "reward_options_from_env": "cat_dspy.reward_config",
+}
+
+
+def __getattr__(name: str):
+    if name in _TRL_EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_TRL_EXPORTS[name]), name)
+    raise AttributeError(f"module 'cat_dspy.rewards' has no attribute {name!r}")

@@ -1,0 +1,382 @@
+"""CaT-RL: GRPO (TRL) with the CaT reward, from one YAML recipe (``cat-dspy train --config RECIPE [--key value]``).
+
+The recipe is parsed by TRL's ``TrlParser`` over three dataclasses, open-r1 style: :class:`CaTScriptArguments`
+(data), :class:`CaTGRPOConfig` (TRL's ``GRPOConfig`` plus the CaT options) and TRL's ``ModelConfig``; any field can
+be overridden on the command line, and an ``env:`` block sets environment variables. :func:`main` then
+
+1. loads the questions with :func:`cat_dspy.data.load_dataset` into a conversational ``prompt`` column (the gold
+   ``answer`` is kept only in the evaluation set, for ``cat/label_accuracy``; the training set has no labels),
+2. builds the CaT reward (:class:`cat_dspy.rewards.CaTReward`) with the frozen anchor: by default the initial
+   checkpoint (the embedded SmolLM2-135M when ``model_name_or_path`` is unset), loaded once in eval mode, apart from
+   the trained model; or a separate server (``anchor_model: hosted_vllm/...`` + ``anchor_api_base``),
+3. trains with ``GRPOTrainer``, resuming from the last checkpoint in ``output_dir`` when there is one, and
+4. reports to MLflow (``MLFLOW_TRACKING_URI``, default ``sqlite:///mlflow.db``): TRL's metrics, the ``cat/*``
+   metrics and the references of every step land in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_EXPERIMENT = "cat-dspy-train"
+
+
+@functools.cache
+def _config_classes() -> dict[str, type]:
+    """Define the recipe dataclasses on first use: importing TRL takes seconds, and ``cat-dspy --help`` imports us."""
+    from trl import GRPOConfig, ScriptArguments
+
+    @dataclass
+    class CaTScriptArguments(ScriptArguments):
+        """Where the questions come from (labels are never used for the reward)."""
+
+        dataset_name: str | None = field(
+            default="gsm8k",
+            metadata={"help": "A cat-dspy dataset (gsm8k, math500, math, aime24, aime25, healthbench) or a JSONL "
+                      "file."},
+        )
+        dataset_limit: int | None = field(default=None, metadata={"help": "Keep the first N training questions."})
+        dataset_seed: int | None = field(
+            default=None, metadata={"help": "Shuffle the questions with this seed before dataset_limit/holdout."}
+        )
+        data_dir: str | None = field(
+            default=None, metadata={"help": "Directory of the named datasets (default: $CAT_DSPY_DATA or shared/data)."}
+        )
+        question_field: str = field(default="question", metadata={"help": "JSONL files: the question field."})
+        answer_field: str | None = field(
+            default="answer", metadata={"help": "JSONL files: the gold answer field (evaluation metrics only)."}
+        )
+        holdout: int = field(
+            default=0,
+            metadata={"help": "Hold the last N (shuffled) training questions out of training and evaluate on them."},
+        )
+        eval_dataset_name: str | None = field(
+            default=None,
+            metadata={"help": "Evaluation dataset (default: dataset_name, split dataset_test_split); used when "
+                      "eval_strategy is not 'no' and holdout is 0."},
+        )
+        eval_limit: int | None = field(default=None, metadata={"help": "Keep the first N evaluation questions."})
+        system_prompt: str | None = field(
+            default=None,
+            metadata={"help": "System message of every prompt. Default: the Solve instruction (boxed final answer) in "
+                      "verifiable mode, none in rubric mode; '' for none."},
+        )
+        prompt_prefix: str = field(
+            default="", metadata={"help": "Text put before every question, e.g. '/no_think ' for Qwen3 (as the paper)."}
+        )
+        save_final_model: bool = field(default=True, metadata={"help": "Save the final model into output_dir."})
+        auto_resume: bool = field(
+            default=True,
+            metadata={"help": "Resume from the last checkpoint in output_dir when resume_from_checkpoint is unset."},
+        )
+
+
+    @dataclass
+    class CaTGRPOConfig(GRPOConfig):
+        """TRL's ``GRPOConfig`` plus the CaT reward's options (see :class:`cat_dspy.rewards.CaTReward`)."""
+
+        cat_mode: str = field(
+            default="verifiable",
+            metadata={"help": "CaT reward: 'verifiable' (answer agrees with the synthesized reference) or 'rubric'.",
+                      "choices": ["verifiable", "rubric"]},
+        )
+        anchor_model: str | None = field(
+            default=None,
+            metadata={"help": "The frozen anchor π_0: 'local' (embedded model), 'local:<dir>', or a LiteLLM string "
+                      "such as 'hosted_vllm/<model>' served apart from the policy. Default: the initial checkpoint "
+                      "model_name_or_path, loaded once in eval mode. Never TRL's weight-synced vLLM."},
+        )
+        anchor_api_base: str | None = field(default=None, metadata={"help": "Server URL of an API anchor."})
+        anchor_temperature: float | None = field(default=None, metadata={"help": "Anchor sampling temperature (0.7)."})
+        anchor_top_p: float | None = field(default=None, metadata={"help": "Anchor top-p."})
+        anchor_top_k: int | None = field(default=None, metadata={"help": "Anchor top-k."})
+        anchor_max_tokens: int | None = field(default=None, metadata={"help": "Anchor max new tokens (1024)."})
+        anchor_device: str | None = field(
+            default=None, metadata={"help": "Device of a local anchor (default: this process's training device)."}
+        )
+        anchor_lm_kwargs: dict | str | None = field(
+            default=None, metadata={"help": "Extra make_lm options of the anchor (JSON object), e.g. extra_body."}
+        )
+        judge_model: str | None = field(
+            default=None, metadata={"help": "The judge (rubric mode): any model string. Default: the anchor."}
+        )
+        judge_api_base: str | None = field(default=None, metadata={"help": "Server URL of an API judge."})
+        judge_temperature: float | None = field(default=None, metadata={"help": "Judge temperature (0)."})
+        judge_max_tokens: int | None = field(default=None, metadata={"help": "Judge max new tokens (256)."})
+        judge_lm_kwargs: dict | str | None = field(
+            default=None, metadata={"help": "Extra make_lm options of the judge (JSON object)."}
+        )
+        question_aware: bool = field(
+            default=False, metadata={"help": "Show the anchor the question (the paper's ablation; default blind)."}
+        )
+        per_criterion: bool = field(
+            default=False, metadata={"help": "Rubric mode: one judge call per (completion, criterion), as the paper."}
+        )
+        min_criteria: int = field(default=5, metadata={"help": "Rubric mode: criteria a rubric must have (n >= 5)."})
+        length_limit: int | None = field(
+            default=None, metadata={"help": "Reward -1 for completions longer than this many tokens (paper: 750)."}
+        )
+        equivalence: str = field(
+            default="symbolic",
+            metadata={"help": "Answer equivalence: 'symbolic' or 'string' (the paper's string match).",
+                      "choices": ["symbolic", "string"]},
+        )
+        cat_skip_unparsed: bool = field(
+            default=False,
+            metadata={"help": "Reward None (skip) instead of 0 for groups whose reference has no answer."},
+        )
+        cat_num_threads: int | None = field(
+            default=None, metadata={"help": "Groups scored concurrently per process (default: all of a step)."}
+        )
+        cat_artifacts: bool = field(
+            default=True, metadata={"help": "Log each step's references and rubrics as MLflow artifacts."}
+        )
+        cat_trace_every: int = field(
+            default=0, metadata={"help": "Record the DSPy traces of every N-th reward call in MLflow (0: never)."}
+        )
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            for name in ("anchor_lm_kwargs", "judge_lm_kwargs"):
+                value = getattr(self, name)
+                if isinstance(value, str):
+                    setattr(self, name, json.loads(value) if value.strip() else None)
+
+    classes = {"CaTScriptArguments": CaTScriptArguments, "CaTGRPOConfig": CaTGRPOConfig}
+    for name, cls in classes.items():  # picklable (Trainer saves training_args.bin) and documented as ours
+        cls.__module__, cls.__qualname__ = "cat_dspy.train", name  # also under `python -m cat_dspy.train`
+    return classes
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("CaTScriptArguments", "CaTGRPOConfig"):
+        return _config_classes()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def cat_fields() -> list[str]:
+    """The recipe fields :class:`CaTGRPOConfig` adds to ``GRPOConfig``."""
+    from trl import GRPOConfig
+
+    base = {f.name for f in dataclasses.fields(GRPOConfig)}
+    return [f.name for f in dataclasses.fields(_config_classes()["CaTGRPOConfig"]) if f.name not in base]
+
+
+def reward_options(training_args: Any, model_path: str | None) -> dict[str, Any]:
+    """The :func:`cat_dspy.rewards.build_reward` options of a recipe (its CaT fields and G)."""
+    options = {name: getattr(training_args, name) for name in (*cat_fields(), "num_generations",
+                                                               "num_generations_eval")}
+    options["model_name_or_path"] = model_path
+    if (options.get("anchor_model") or "local").startswith("local") and options.get("anchor_device") is None:
+        options["anchor_device"] = str(training_args.device)  # this process's device, not always cuda:0
+    return options
+
+
+def default_system_prompt(mode: str) -> str | None:
+    """The policy's system message when the recipe sets none: the Solve instruction in verifiable mode."""
+    if mode != "verifiable":
+        return None
+    from cat_dspy.signatures import Solve
+
+    return " ".join(Solve.instructions.split())
+
+
+def to_prompt(item: Any, system_prompt: str | None, prefix: str = "") -> list[dict[str, str]]:
+    """The conversational prompt of a dataset item: the system message, then its conversation or question."""
+    messages = [dict(m) for m in item.messages] if item.messages else [{"role": "user", "content": item.question}]
+    if prefix:
+        users = [i for i, m in enumerate(messages) if m.get("role") == "user"]
+        k = users[-1] if users else len(messages) - 1
+        messages[k] = {**messages[k], "content": prefix + str(messages[k]["content"])}
+    if system_prompt:
+        messages = [{"role": "system", "content": system_prompt}, *[m for m in messages if m.get("role") != "system"]]
+    return [{"role": str(m["role"]), "content": str(m["content"])} for m in messages]
+
+
+def build_datasets(script_args: Any, training_args: Any) -> tuple[Any, Any]:
+    """``(train, eval)`` ``datasets.Dataset`` objects: ``prompt`` (+ ``id``), and ``answer`` in eval only."""
+    from datasets import Dataset
+
+    from cat_dspy.data import load_dataset
+
+    common = {"data_dir": script_args.data_dir, "question_field": script_args.question_field,
+              "answer_field": script_args.answer_field}
+    items = load_dataset(script_args.dataset_name, split=script_args.dataset_train_split,
+                         seed=script_args.dataset_seed, **common)
+    held: list[Any] = []
+    if script_args.holdout:
+        if script_args.holdout >= len(items):
+            raise ValueError(f"holdout={script_args.holdout} leaves no training questions ({len(items)} loaded)")
+        items, held = items[: -script_args.holdout], items[-script_args.holdout :]
+    if script_args.dataset_limit is not None:
+        items = items[: script_args.dataset_limit]
+    system = (default_system_prompt(training_args.cat_mode) if script_args.system_prompt is None
+              else script_args.system_prompt)
+    prefix = script_args.prompt_prefix
+
+    train = Dataset.from_list([{"prompt": to_prompt(it, system, prefix), "id": it.id} for it in items])
+    evaluation = None
+    if training_args.eval_strategy != "no":
+        if not held:
+            held = load_dataset(script_args.eval_dataset_name or script_args.dataset_name,
+                                split=script_args.dataset_test_split, **common)
+        if script_args.eval_limit is not None:
+            held = held[: script_args.eval_limit]
+        rows = [{"prompt": to_prompt(it, system, prefix), "id": it.id} for it in held]
+        if all(it.answer is not None for it in held):  # gold: for the label metrics only, never the reward
+            rows = [{**row, "answer": it.answer} for row, it in zip(rows, held, strict=True)]
+        evaluation = Dataset.from_list(rows)
+    return train, evaluation
+
+
+def last_checkpoint(training_args: Any, auto_resume: bool = True) -> str | None:
+    """The checkpoint to resume from: ``resume_from_checkpoint``, else the last one in ``output_dir``."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    explicit = training_args.resume_from_checkpoint
+    if explicit:
+        if str(explicit).lower() in ("false", "no", "none"):
+            return None
+        if str(explicit).lower() in ("true", "yes", "last"):
+            return get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
+        return str(explicit)
+    if auto_resume and os.path.isdir(training_args.output_dir):
+        return get_last_checkpoint(training_args.output_dir)
+    return None
+
+
+class _MlflowRun:
+    """The MLflow run of a training job on the main process; TRL's MLflow callback logs into it."""
+
+    def __init__(self, training_args: Any, params: dict[str, Any]):
+        self.enabled = "mlflow" in (training_args.report_to or []) and training_args.process_index == 0
+        self.name = training_args.run_name
+        self.params = params
+        self.run: Any = None
+
+    def __enter__(self) -> _MlflowRun:
+        if not self.enabled:
+            return self
+        import mlflow
+
+        from cat_dspy import tracking
+
+        os.environ.setdefault("MLFLOW_TRACKING_URI", tracking.DEFAULT_TRACKING_URI)  # the callback reads it too
+        tracking.setup(os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT)
+        run_id = os.environ.pop("MLFLOW_RUN_ID", None)  # resumed here; TRL's callback must not start it again
+        self.run = mlflow.start_run(run_id=run_id, run_name=None if run_id else self.name)
+        tracking.log_params(self.params)
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if self.run is not None:
+            import mlflow
+
+            mlflow.end_run(status="FAILED" if exc_type is not None else "FINISHED")
+
+
+def main(script_args: Any, training_args: Any, model_args: Any, callbacks: list[Any] | None = None) -> Any:
+    """Train with GRPO and the CaT reward; returns the trainer (its ``reward_funcs[0]`` is the CaT reward).
+
+    Args:
+        script_args: Data (see :class:`CaTScriptArguments`).
+        training_args: TRL's GRPO options plus the CaT options (:class:`CaTGRPOConfig`).
+        model_args: TRL's ``ModelConfig``; ``model_name_or_path`` defaults to the embedded model's checkpoint.
+        callbacks: Extra ``TrainerCallback`` objects (e.g. timers).
+    """
+    import transformers
+    from trl import GRPOTrainer, get_peft_config
+
+    from cat_dspy.rewards import build_reward
+
+    transformers.set_seed(training_args.seed)
+    model_path = model_args.model_name_or_path
+    if not model_path:
+        from cat_dspy.lm.models import default_model_path
+
+        model_path = str(default_model_path())
+    train_dataset, eval_dataset = build_datasets(script_args, training_args)
+    reward = build_reward(reward_options(training_args, model_path))
+    _preload(reward)
+    logger.info("policy %s, reward %r, %d training prompts", model_path, reward, len(train_dataset))
+
+    model_init_kwargs = {"revision": model_args.model_revision, "trust_remote_code": training_args.trust_remote_code,
+                         "attn_implementation": model_args.attn_implementation, "dtype": model_args.dtype}
+    training_args.model_init_kwargs = {**model_init_kwargs, **(training_args.model_init_kwargs or {})}
+    checkpoint = last_checkpoint(training_args, script_args.auto_resume)
+    if checkpoint:
+        logger.info("resuming from %s", checkpoint)
+    params = {"cat.model_path": model_path, "cat.anchor": getattr(reward.anchor, "model", repr(reward.anchor)),
+              "cat.judge": getattr(reward.judge, "model", None), "cat.train_prompts": len(train_dataset),
+              "cat.eval_prompts": len(eval_dataset) if eval_dataset is not None else 0,
+              "cat.resumed_from": checkpoint}
+
+    with _MlflowRun(training_args, params):
+        trainer = GRPOTrainer(
+            model=model_path,
+            reward_funcs=[reward],
+            args=training_args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            peft_config=get_peft_config(model_args),
+            callbacks=[reward.callback(), *(callbacks or [])],
+        )
+        result = trainer.train(resume_from_checkpoint=checkpoint)
+        trainer.log_metrics("train", result.metrics)
+        trainer.save_metrics("train", result.metrics)
+        trainer.save_state()
+        if script_args.save_final_model:
+            trainer.save_model(training_args.output_dir)
+    return trainer
+
+
+def _preload(reward: Any) -> None:
+    """Load local anchor/judge weights now: a bad path fails before training, and step 1 is not charged for it."""
+    from cat_dspy.lm.models import engine_of
+
+    for lm in {id(lm): lm for lm in (reward.anchor, reward.judge) if lm is not None}.values():
+        if (engine := engine_of(lm)) is not None:
+            engine.load()
+
+
+def make_parser(prog: str | None = None) -> Any:
+    """TRL's parser over the three dataclasses (``--config`` YAML, ``--key value`` overrides, ``env:`` block)."""
+    from trl import ModelConfig, TrlParser
+
+    classes = _config_classes()
+    return TrlParser((classes["CaTScriptArguments"], classes["CaTGRPOConfig"], ModelConfig), prog=prog)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``cat-dspy train``: everything goes to TRL's parser (``cat-dspy train -h`` lists it)."""
+    parser.add_argument("trl_args", nargs=argparse.REMAINDER, metavar="--config RECIPE.yaml [--key value ...]",
+                        help="a recipe (experiments/recipes/*.yaml) and overrides of any of its fields")
+    # TrlParser owns every option: stop argparse from reading --config, --max_steps, -h, ... as its own options.
+    parser.prefix_chars = "\0"
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train a policy with GRPO and the CaT reward (TRL), from a YAML recipe."""
+    argv = list(getattr(args, "trl_args", None) or [])
+    script_args, training_args, model_args = make_parser(prog="cat-dspy train").parse_args_and_config(argv)
+    trainer = main(script_args, training_args, model_args)
+    trainer.end()  # end the trackers and the process group, as TRL's own scripts do
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(argparse.Namespace(trl_args=sys.argv[1:])))
+
+
+__all__ = [  # noqa: F822 - the two dataclasses come from __getattr__
+    "CaTGRPOConfig", "CaTScriptArguments", "add_arguments", "build_datasets", "main", "make_parser", "run"]

@@ -1,0 +1,383 @@
+"""The CaT reward inside TRL's GRPOTrainer (paper §1.6).
+
+TRL samples the group, the frozen anchor synthesizes one reference per group, every completion is rewarded against
+it. Heavy imports (torch, accelerate, mlflow, the CaT modules) happen inside the functions.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from cat_dspy.answers import equivalent
+from cat_dspy.rewards import majority_answer, verifiable_reward
+from cat_dspy.trl_utils import (
+    completion_text,
+    gold_text,
+    group_completions,
+    mlflow_run_active,
+    prompt_key,
+    prompt_question,
+    reward_callback,
+    sampled_traces,
+)
+from cat_dspy.usage import merge_usage
+
+logger = logging.getLogger(__name__)
+
+REWARD_METRICS = (
+    "cat/synthesis_extracted",  # fraction of groups whose reference has an extractable answer (freeform: non-empty)
+    "cat/invalid_groups",  # groups whose anchor/judge call failed (reward None), count per call
+    "cat/zero_spread_groups",  # fraction of scored groups whose rewards are all equal (no GRPO signal)
+    "cat/length_penalty_hits",  # fraction of completions over length_limit (0 when no limit)
+    "cat/reward_seconds",  # wall time of the reward call on this process, collectives included
+    "cat/majority_disagreement",  # verifiable: fraction of groups whose reference answer is not the majority answer
+    "cat/reference_outside_rollouts",  # verifiable: fraction of groups whose reference answer no rollout has
+    "cat/rubric_size",  # rubric: mean criteria per rubric
+    "cat/criterion_pass_rate",  # rubric: fraction of (completion, criterion) verdicts that are "yes"
+    "cat/judge_errors",  # rubric: failed judge calls, count per call
+    "cat/skipped_groups",  # skip_unparsed: groups without a usable reference (reward None), count per call
+    "cat/label_accuracy",  # evaluation with gold answers only: fraction of references whose answer is correct
+    "cat/reward_accuracy",  # evaluation with gold answers only: fraction of CaT rewards equal to the gold reward
+)
+"""Metric names :class:`CaTReward` logs through TRL's ``log_metric``; a name is left out of a call where it is
+undefined (no denominator, other mode, not evaluating), identically on every rank."""
+
+
+
+class CaTReward:
+    r"""The CaT reward for TRL's ``GRPOTrainer``: one anchor synthesis per group, every completion scored against it.
+
+    TRL calls it with ``(prompts, completions, completion_ids, trainer_state, log_extra, log_metric, **columns)``
+    and gets one ``float | None`` per completion. Completions are grouped in consecutive blocks of
+    ``num_generations`` (verified: blocks that mix prompts fall back to grouping by prompt text, with a warning).
+    The frozen anchor synthesizes one reference per group, question-blind unless ``question_aware``; every group
+    of the call is scored concurrently, so the local engine batches the syntheses into one ``generate``. Dataset
+    columns (gold answers included) never reach the reward; a held-out ``answer`` column is read only while
+    evaluating, for ``cat/label_accuracy`` and ``cat/reward_accuracy``.
+
+    On several processes (``torch.distributed`` initialised) the completions of all ranks are gathered, each group
+    is scored by exactly one rank (round-robin), the results are gathered and each rank returns its own slice, so a
+    group straddling ranks is synthesized once from all its completions.
+
+    Failures: a group whose anchor or judge call failed gets ``None`` for every completion (TRL skips it) and is
+    counted in ``cat/invalid_groups``; the call never raises for a backend fault.
+
+    Args:
+        anchor: The frozen anchor π_0: a ``dspy.LM`` or a model string for :func:`cat_dspy.lm.models.make_lm`
+            (``"local"`` is the embedded initial checkpoint). Never the model being trained, never TRL's vLLM.
+        judge: The judge π_J (rubric mode): a ``dspy.LM`` or a model string.
+        mode: ``"verifiable"`` (answer match) or ``"rubric"`` (fraction of self-proposed criteria satisfied).
+        num_generations: G, TRL's ``num_generations``.
+        num_generations_eval: TRL's ``num_generations_eval`` (default: ``num_generations``).
+        question_aware: Show the anchor the question (the paper's ablation; default question-blind).
+        per_criterion: Rubric mode: one judge call per (completion, criterion), the paper's form.
+        min_criteria: Rubric mode: criteria a rubric must have to count as parsed.
+        length_limit: Reward −1 for completions longer than this many tokens (paper: 750 on HealthBench).
+        equivalence: ``"symbolic"`` or ``"string"`` (the paper's string match) answer equivalence.
+        skip_unparsed: Give ``None`` (skip) instead of 0 to groups whose reference has no answer / is empty.
+        num_threads: Groups scored concurrently per process (default: all of them).
+        artifacts: Log each call's references and rubrics as an MLflow artifact when a run is active (rank 0).
+        trace_every: Record the DSPy traces of every N-th call in MLflow (0: never).
+        name: The name TRL logs the reward under (``rewards/<name>/mean``).
+
+    Examples:
+        >>> from cat_dspy.testing import scripted_lm
+        >>> reward = CaTReward(scripted_lm(["# UNIFIED RESPONSE ... $\\boxed{4}$"]), num_generations=2)
+        >>> reward(prompts=["2+2?", "2+2?"], completions=["\\boxed{4}", "\\boxed{5}"])
+        [1.0, 0.0]
+        >>> reward.__name__, reward.last_metrics["cat/synthesis_extracted"]
+        ('cat_reward', 1.0)
+    """
+
+    def __init__(
+        self,
+        anchor: Any,
+        judge: Any = None,
+        mode: str = "verifiable",
+        num_generations: int = 8,
+        num_generations_eval: int | None = None,
+        question_aware: bool = False,
+        per_criterion: bool = False,
+        min_criteria: int = 5,
+        length_limit: int | None = None,
+        equivalence: str = "symbolic",
+        skip_unparsed: bool = False,
+        num_threads: int | None = None,
+        artifacts: bool = True,
+        trace_every: int = 0,
+        name: str = "cat_reward",
+    ):
+        from cat_dspy.modules.cat import CaT
+        from cat_dspy.reward_config import _lm_from_string
+
+        if isinstance(anchor, str):
+            anchor = _lm_from_string(anchor)
+        if isinstance(judge, str):
+            judge = _lm_from_string(judge)
+        if anchor is None:
+            raise ValueError("CaTReward needs the frozen anchor LM (e.g. make_lm('local'))")
+        if mode == "rubric" and judge is None:
+            raise ValueError("rubric mode needs a judge LM")
+        if num_generations < 1:
+            raise ValueError(f"num_generations must be >= 1, got {num_generations}")
+        self.__name__ = name
+        self.mode = mode
+        self.num_generations = num_generations
+        self.num_generations_eval = num_generations_eval
+        self.length_limit = length_limit
+        self.equivalence = equivalence
+        self.skip_unparsed = skip_unparsed
+        self.num_threads = num_threads
+        self.artifacts = artifacts
+        self.trace_every = trace_every
+        self.cat = CaT(
+            g=num_generations,
+            mode=mode,
+            anchor=anchor,
+            judge=judge,
+            question_aware=question_aware,
+            per_criterion=per_criterion,
+            min_criteria=min_criteria,
+            length_limit=length_limit,
+            equivalence=equivalence,
+        )
+        self._model: Any = None
+        self._warned_grouping = False
+        self.calls = 0
+        self.seconds = 0.0
+        self.call_seconds: list[float] = []  # wall time of each call, for benchmarks
+        self.last_metrics: dict[str, float] = {}
+        self.usage: dict[str, dict[str, float]] = {}
+
+    @property
+    def anchor(self) -> Any:
+        return self.cat.synthesize.lm
+
+    @property
+    def judge(self) -> Any:
+        return self.cat.judge.lm
+
+    # -- evaluation state ------------------------------------------------------------------------------------
+
+    def bind(self, trainer_or_model: Any) -> CaTReward:
+        """Follow the train/eval state of a trainer's model (TRL's own test: ``model.training``).
+
+        ``TrainerState`` carries no evaluation flag, so the reward reads it from the model; :meth:`callback`
+        binds it automatically. Unbound, every call counts as training (no label metrics).
+        """
+        is_trainer = hasattr(trainer_or_model, "args") and hasattr(trainer_or_model, "model")
+        self._model = trainer_or_model.model if is_trainer else trainer_or_model
+        return self
+
+    @property
+    def evaluating(self) -> bool:
+        """Whether the bound model is in eval mode (TRL is evaluating)."""
+        return self._model is not None and not getattr(self._model, "training", True)
+
+    def callback(self) -> Any:
+        """A ``transformers.TrainerCallback`` that binds this reward to the trainer's model on ``on_init_end``."""
+        return reward_callback(self)
+
+    # -- the TRL contract ------------------------------------------------------------------------------------
+
+    def __call__(
+        self,
+        prompts: Sequence[Any],
+        completions: Sequence[Any],
+        completion_ids: Sequence[Sequence[int]] | None = None,
+        trainer_state: Any = None,
+        log_extra: Any = None,
+        log_metric: Any = None,
+        **columns: Any,
+    ) -> list[float | None]:
+        from cat_dspy import distributed
+
+        start, call = time.perf_counter(), self.calls
+        if len(prompts) != len(completions):
+            raise ValueError(f"{len(prompts)} prompts for {len(completions)} completions")
+        evaluating = self.evaluating
+        n = len(completions)
+        lengths = [len(ids) for ids in completion_ids] if completion_ids is not None else [None] * n
+        # Gold answers are read only while evaluating, and only for the label metrics: never for the reward.
+        golds = [gold_text(a) for a in columns["answer"]] if evaluating and "answer" in columns else [None] * n
+        local = [
+            (prompt_key(p), prompt_question(p), completion_text(c), length, gold)
+            for p, c, length, gold in zip(prompts, completions, lengths, golds, strict=True)
+        ]
+        rank, world = distributed.rank_and_world()
+        parts = distributed.all_gather(local)  # collective 1 (a no-op on one process)
+        offset = sum(len(part) for part in parts[:rank])
+        rows = [row for part in parts for row in part]
+
+        g = (self.num_generations_eval or self.num_generations) if evaluating else self.num_generations
+        groups, blocks_ok = group_completions([row[0] for row in rows], g)
+        if not blocks_ok and not self._warned_grouping:
+            self._warned_grouping = True
+            logger.warning(
+                "CaT reward: %d completions are not consecutive blocks of num_generations=%d with one prompt each; "
+                "grouping by prompt text instead (is num_generations set to TRL's value?)", len(rows), g)
+
+        mine = distributed.owned(len(groups), rank, world)
+        traced = self.trace_every > 0 and rank == 0 and call % self.trace_every == 0 and mlflow_run_active()
+        scored = self._score_groups([[rows[i] for i in groups[k]] for k in mine], traced)
+        results: dict[int, dict[str, Any]] = dict(zip(mine, scored, strict=True))
+        if world > 1:
+            results = {k: v for part in distributed.all_gather(results) for k, v in part.items()}  # collective 2
+
+        rewards: list[float | None] = [None] * len(rows)
+        references: list[str] = [""] * len(rows)
+        for k, indices in enumerate(groups):
+            for j, i in enumerate(indices):
+                rewards[i] = results[k]["rewards"][j]
+                references[i] = results[k]["reference"]
+
+        elapsed = time.perf_counter() - start
+        metrics = self.metrics([results[k] for k in range(len(groups))], n_completions=len(rows))
+        metrics["cat/reward_seconds"] = elapsed
+        self.calls += 1
+        self.seconds += elapsed
+        self.call_seconds.append(elapsed)
+        self.last_metrics = metrics
+        for result in results.values():
+            merge_usage(self.usage, result.get("usage") or {})
+        if log_metric is not None:
+            for key in sorted(metrics):
+                log_metric(key, metrics[key])
+        if log_extra is not None:
+            log_extra("cat_reference", references[offset : offset + n])
+        if rank == 0 and self.artifacts:
+            self._log_artifacts(groups, results, rows, trainer_state, evaluating, call)
+        return rewards[offset : offset + n]
+
+    # -- scoring ---------------------------------------------------------------------------------------------
+
+    def _score_groups(self, groups: list[list[tuple]], traced: bool) -> list[dict[str, Any]]:
+        if not groups:
+            return []
+        run = lambda: self.cat.synthesize.map(self._score_group, groups, num_threads=self.num_threads)  # noqa: E731
+        if not traced:
+            return run()
+        with sampled_traces():
+            return run()
+
+    def _score_group(self, rows: list[tuple]) -> dict[str, Any]:
+        """Score one group; never raises (a failure makes the group invalid)."""
+        rollouts = [row[2] for row in rows]
+        lengths = [row[3] for row in rows]
+        tokens = lengths if all(length is not None for length in lengths) else None
+        try:
+            pred = self.cat.score(rollouts, question=rows[0][1], rollout_tokens=tokens)
+            result = self._result(pred, rows)
+        except Exception as exc:  # a bug or an unexpected backend error must not hang the other ranks
+            logger.exception("CaT reward: scoring a group failed")
+            result = {"valid": False, "failures": [f"reward_error: {type(exc).__name__}: {str(exc)[:300]}"],
+                      "reference": "", "reference_answer": None, "rubric": [], "synthesis_parsed": False}
+        if not result["valid"]:
+            result["rewards"] = [None] * len(rows)
+        return result
+
+    def _result(self, pred: Any, rows: list[tuple]) -> dict[str, Any]:
+        limit = self.length_limit
+        counted = [row[3] if row[3] is not None else self.cat.count_tokens(row[2]) for row in rows]
+        result: dict[str, Any] = {
+            "valid": bool(pred.valid),
+            "rewards": [float(r) for r in pred.rewards],
+            "reference": pred.reference,
+            "reference_answer": pred.reference_answer,
+            "answers": list(pred.answers),
+            "rubric": list(pred.rubric),
+            "verdicts": pred.verdicts,
+            "synthesis_parsed": bool(pred.parsed.get("synthesis")),
+            "failures": list(pred.failures),
+            "usage": pred.usage,
+            "length_hits": sum(1 for c in counted if limit is not None and c > limit),
+            "skipped": False,
+        }
+        if self.skip_unparsed and result["valid"] and not result["synthesis_parsed"]:
+            result["rewards"], result["skipped"] = [None] * len(rows), True
+        if self.mode == "verifiable" and result["valid"]:
+            ref, answers, mode = pred.reference_answer, pred.answers, self.equivalence
+            matches = pred.rewards if limit is None else [verifiable_reward(a, ref, mode=mode) for a in answers]
+            result["outside"] = result["majority_agrees"] = None
+            if ref is not None:  # both metrics are undefined without a reference answer: skip the equivalences
+                majority, _, _ = majority_answer(answers, mode=mode)
+                result["outside"] = not any(m == 1.0 for m in matches)
+                result["majority_agrees"] = None if majority is None else equivalent(ref, majority, mode=mode)
+            gold = rows[0][4]
+            if gold is not None:
+                result["label_correct"] = verifiable_reward(ref, gold, mode=mode)
+                gold_rewards = [verifiable_reward(a, gold, mode=mode) for a in answers]
+                result["reward_agreements"] = sum(m == gr for m, gr in zip(matches, gold_rewards, strict=True))
+        return result
+
+    def metrics(self, results: list[dict[str, Any]], n_completions: int) -> dict[str, float]:
+        """The ``cat/*`` metrics of one call, from the results of all its groups (the same on every rank)."""
+        out: dict[str, float] = {}
+        valid = [r for r in results if r["valid"]]
+        scored = [r for r in valid if not r.get("skipped")]
+
+        def rate(name: str, values: list[float]) -> None:
+            if values:
+                out[name] = sum(values) / len(values)
+
+        rate("cat/synthesis_extracted", [float(r["synthesis_parsed"]) for r in results])
+        out["cat/invalid_groups"] = float(len(results) - len(valid))
+        rate("cat/zero_spread_groups", [float(max(r["rewards"]) == min(r["rewards"])) for r in scored if r["rewards"]])
+        out["cat/length_penalty_hits"] = sum(r.get("length_hits", 0) for r in results) / max(n_completions, 1)
+        if self.skip_unparsed:
+            out["cat/skipped_groups"] = float(sum(1 for r in valid if r.get("skipped")))
+        if self.mode == "verifiable":
+            rate("cat/majority_disagreement",
+                 [float(not r["majority_agrees"]) for r in valid if r.get("majority_agrees") is not None])
+            rate("cat/reference_outside_rollouts", [float(r["outside"]) for r in valid if r.get("outside") is not None])
+            with_gold = [r for r in valid if "label_correct" in r]
+            rate("cat/label_accuracy", [r["label_correct"] for r in with_gold])
+            if with_gold:
+                total = sum(len(r["answers"]) for r in with_gold)
+                out["cat/reward_accuracy"] = sum(r["reward_agreements"] for r in with_gold) / max(total, 1)
+        else:
+            rubrics = [r for r in valid if r["rubric"]]
+            rate("cat/rubric_size", [float(len(r["rubric"])) for r in rubrics])
+            verdicts = [v for r in rubrics for row in (r["verdicts"] or []) for v in row]
+            rate("cat/criterion_pass_rate", [float(v is True) for v in verdicts])
+            out["cat/judge_errors"] = float(
+                sum(1 for r in results for f in r["failures"] if f.startswith("judge_error")))
+        return out
+
+    # -- MLflow ----------------------------------------------------------------------------------------------
+
+    def _log_artifacts(self, groups: list[list[int]], results: dict[int, dict[str, Any]], rows: list[tuple],
+                       trainer_state: Any, evaluating: bool, call: int) -> None:
+        if not mlflow_run_active():
+            return
+        from cat_dspy import tracking
+
+        step = int(getattr(trainer_state, "global_step", 0) or 0)
+        records = []
+        for k, indices in enumerate(groups):
+            r = results[k]
+            records.append({
+                "group": k,
+                "question": rows[indices[0]][1][:2000],
+                "reference": r["reference"][:8000],
+                "reference_answer": r.get("reference_answer"),
+                "rubric": r.get("rubric") or [],
+                "answers": r.get("answers") or [],
+                "rewards": r["rewards"],
+                "failures": r["failures"],
+            })
+        phase = "eval" if evaluating else "train"
+        try:
+            tracking.log_json({"step": step, "phase": phase, "groups": records},
+                              f"cat/{phase}/step_{step:06d}_call_{call:05d}.json")
+        except Exception as exc:  # artifacts are a convenience: never stop training for them
+            logger.warning("CaT reward: could not log the references to MLflow: %s", exc)
+
+    def __repr__(self) -> str:
+        return (f"CaTReward(mode={self.mode!r}, num_generations={self.num_generations}, "
+                f"anchor={getattr(self.anchor, 'model', self.anchor)!r}, judge={getattr(self.judge, 'model', None)!r})")
+
+

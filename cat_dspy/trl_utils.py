@@ -1,0 +1,146 @@
+"""Helpers of the TRL reward: reading TRL's prompts/completions, grouping them, MLflow traces and callbacks."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+
+def completion_text(completion: Any) -> str:
+    """The text of a TRL completion: a string, or the last assistant message of a conversational completion.
+
+    Examples:
+        >>> completion_text("42"), completion_text([{"role": "assistant", "content": "42"}])
+        ('42', '42')
+        >>> parts = [{"type": "text", "text": "4"}, {"type": "text", "text": "2"}]
+        >>> completion_text([{"role": "assistant", "content": parts}])
+        '42'
+    """
+    if completion is None:
+        return ""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, Mapping):
+        return _content_text(completion.get("content"))
+    messages = [m for m in completion if isinstance(m, Mapping)]
+    assistant = [m for m in messages if m.get("role") == "assistant"] or messages
+    return _content_text(assistant[-1].get("content")) if assistant else ""
+
+
+def prompt_question(prompt: Any) -> str:
+    """The question of a TRL prompt: the string itself, or the content of the last user message.
+
+    Examples:
+        >>> prompt_question([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}])
+        '2+2?'
+    """
+    if isinstance(prompt, str):
+        return prompt
+    messages = [m for m in prompt or [] if isinstance(m, Mapping)]
+    users = [m for m in messages if m.get("role") == "user"] or messages
+    return _content_text(users[-1].get("content")) if users else ""
+
+
+def prompt_key(prompt: Any) -> str:
+    """A canonical string identifying a prompt (whole conversation, system message included), for grouping."""
+    return prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True, ensure_ascii=False, default=str)
+
+
+def _content_text(content: Any) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, Sequence):
+        return "".join(p.get("text") or "" for p in content if isinstance(p, Mapping) and p.get("type") == "text")
+    return str(content)
+
+
+def group_completions(keys: Sequence[str], num_generations: int) -> tuple[list[list[int]], bool]:
+    """Split completion indices into groups: consecutive blocks of ``num_generations`` (TRL's layout).
+
+    The blocks are verified to hold one prompt each; when they do not (or the count is not a multiple), the
+    completions are grouped by prompt instead, in order of first appearance.
+
+    Returns:
+        ``(groups, blocks_ok)``.
+
+    Examples:
+        >>> group_completions(["a", "a", "b", "b"], 2)
+        ([[0, 1], [2, 3]], True)
+        >>> group_completions(["a", "b", "a", "b"], 2)
+        ([[0, 2], [1, 3]], False)
+    """
+    n = len(keys)
+    if num_generations > 0 and n % num_generations == 0:
+        blocks = [list(range(start, start + num_generations)) for start in range(0, n, num_generations)]
+        if all(keys[i] == keys[block[0]] for block in blocks for i in block):
+            return blocks, True
+    by_prompt: dict[str, list[int]] = {}
+    for i, key in enumerate(keys):
+        by_prompt.setdefault(key, []).append(i)
+    return list(by_prompt.values()), False
+
+
+
+def mlflow_run_active() -> bool:
+    mlflow = sys.modules.get("mlflow")  # MLflow never imported: no run can be active
+    return mlflow is not None and mlflow.active_run() is not None
+
+
+def gold_text(answer: Any) -> str | None:
+    if answer is None:
+        return None
+    text = str(answer).strip()
+    return text or None
+
+
+class sampled_traces:
+    """Record the DSPy traces of the calls inside the block under one MLflow span, without enabling autolog."""
+
+    def __enter__(self) -> None:
+        import dspy
+        import mlflow
+
+        self._span = mlflow.start_span(name="cat_reward")
+        self._span.__enter__()
+        self._context = dspy.context(callbacks=[*dspy.settings.callbacks, _sampled_trace_callback()])
+        self._context.__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        self._context.__exit__(*exc)
+        self._span.__exit__(*exc)
+
+
+def _sampled_trace_callback() -> Any:
+    """MLflow's DSPy tracing callback, active wherever it is passed (its hooks normally wait for ``autolog()``)."""
+    from mlflow.dspy.callback import MlflowCallback
+
+    class SampledMlflowCallback(MlflowCallback):
+        pass
+
+    for name, member in vars(MlflowCallback).items():
+        if name.startswith("on_") and hasattr(member, "__wrapped__"):  # unwrap @skip_if_trace_disabled
+            setattr(SampledMlflowCallback, name, member.__wrapped__)
+    return SampledMlflowCallback()
+
+
+def reward_callback(reward: Any) -> Any:
+    from transformers import TrainerCallback
+
+    class CaTRewardCallback(TrainerCallback):
+        """Binds the CaT reward to the trainer's model, so it knows when TRL evaluates."""
+
+        def on_init_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+            if model is not None:
+                reward.bind(model)
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+            if model is not None:
+                reward.bind(model)
+
+    return CaTRewardCallback()
+
+

@@ -1,0 +1,81 @@
+"""CaT-RL end to end on CPU: ``cat-dspy train`` on the smoke recipe, resume, and TRL's own CLI with ``cat_reward``.
+
+Slow (GRPO steps of the embedded model on CPU: about a minute per step on 2 cores, more under load).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+RECIPE = REPO / "experiments" / "recipes" / "cpu_smoke.yaml"
+BIN = Path(sys.executable).parent
+
+
+def run(cmd: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+                "CUDA_VISIBLE_DEVICES": "", **env}
+    done = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=1500)
+    assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-6000:])
+    return done
+
+
+def test_cpu_smoke_recipe_trains_checkpoints_logs_and_resumes(tmp_path):
+    import mlflow
+
+    out = tmp_path / "out"
+    run([str(BIN / "cat-dspy"), "train", "--config", str(RECIPE), "--output_dir", str(out)], cwd=tmp_path)
+    assert (out / "checkpoint-2" / "model.safetensors").exists()
+    assert json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())["global_step"] == 2
+
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name("cat-dspy-train")
+    (first,) = client.search_runs([experiment.experiment_id])
+    assert first.info.status == "FINISHED"
+    metrics = first.data.metrics
+    assert "rewards/cat_reward/mean" in metrics and "frac_reward_zero_std" in metrics
+    for name in ("cat/synthesis_extracted", "cat/invalid_groups", "cat/zero_spread_groups",
+                 "cat/length_penalty_hits", "cat/reward_seconds"):
+        assert name in metrics, name
+        assert len(client.get_metric_history(first.info.run_id, name)) == 2  # logged at both steps
+    assert first.data.params["cat_mode"] == "verifiable" and first.data.params["anchor_model"] == "local"
+    artifacts = [a.path for a in client.list_artifacts(first.info.run_id, "cat/train")]
+    assert len(artifacts) == 2  # the references of each step
+
+    # a restart with a higher step budget resumes from checkpoint-2 instead of starting over
+    run([str(BIN / "cat-dspy"), "train", "--config", str(RECIPE), "--output_dir", str(out), "--max_steps", "3",
+         "--save_steps", "3"], cwd=tmp_path)
+    assert json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())["global_step"] == 3
+    second = next(r for r in client.search_runs([experiment.experiment_id]) if r.info.run_id != first.info.run_id)
+    assert second.data.params["cat.resumed_from"].endswith("checkpoint-2")
+    assert len(client.get_metric_history(second.info.run_id, "rewards/cat_reward/mean")) == 1  # only step 3
+
+
+def test_trl_cli_uses_the_env_configured_cat_reward(tmp_path):
+    from cat_dspy.lm.models import default_model_path
+
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = [{"prompt": [{"role": "user", "content": f"What is {a} + {a}? End with \\boxed{{answer}}."}]}
+            for a in range(2, 6)]
+    (data / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    done = run(
+        [str(BIN / "trl"), "grpo", "--model_name_or_path", str(default_model_path()), "--dataset_name", str(data),
+         "--reward_funcs", "cat_dspy.rewards.cat_reward", "--num_generations", "4",
+         "--per_device_train_batch_size", "4", "--max_completion_length", "16", "--max_steps", "1",
+         "--use_cpu", "true", "--bf16", "false", "--gradient_checkpointing", "false", "--report_to", "none",
+         "--logging_steps", "1", "--save_strategy", "no", "--output_dir", str(tmp_path / "out")],
+        cwd=tmp_path, CAT_ANCHOR="local", CAT_NUM_GENERATIONS="4", CAT_ANCHOR_MAX_TOKENS="16",
+        PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    )
+    logs = done.stdout + done.stderr
+    assert "'rewards/cat_reward/mean'" in logs and "'cat/synthesis_extracted'" in logs
+    assert (tmp_path / "out" / "model.safetensors").exists()
