@@ -29,8 +29,10 @@ demo: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check cat_dspy tests programs experiments benchmarks
 
+# One torch thread per process: on 2 cores, processes with 2 threads each contend badly (10x slower), and a single
+# process loses nothing measurable with 1 thread (decoding is memory-bound).
 test: lint
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(VENV)/bin/pytest $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/rollouts.py

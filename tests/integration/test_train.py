@@ -36,7 +36,7 @@ def test_cpu_smoke_recipe_trains_checkpoints_logs_and_resumes(tmp_path):
     assert (out / "checkpoint-2" / "model.safetensors").exists()
     assert json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())["global_step"] == 2
 
-    client = mlflow.MlflowClient()
+    client = mlflow.MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])  # the subprocess wrote here
     experiment = client.get_experiment_by_name("cat-dspy-train")
     (first,) = client.search_runs([experiment.experiment_id])
     assert first.info.status == "FINISHED"

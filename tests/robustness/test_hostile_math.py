@@ -23,7 +23,7 @@ EXPLOSIVE = [  # each of these runs for minutes (or exhausts memory) in sympy wi
     "1000000!",
     "10^{10^{10^{10}}}",
     "(" * 400 + "x+1" + ")" * 400,
-    "\\frac{1}{" * 60 + "2" + "}" * 60,
+    "\\frac{1}{" * 61 + "2" + "}" * 61,  # odd depth: the value is 1/2, never 2, whether or not sympy finishes
 ]
 HOSTILE = [*EXPLOSIVE, "9^9^9^9", "2^{2^{2^{2^{2^{2}}}}}"]
 FALLBACKS = ("timeout_fallback", "error_fallback", "too_long_fallback")

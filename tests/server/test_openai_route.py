@@ -30,6 +30,8 @@ def test_solve_mixes_backends_per_role(cli, proxy_factory) -> None:
     usage, posts = result["usage"], _posts(proxy)
     assert len(result["rollouts"]) == 2 and not any(f.startswith("rollout_error") for f in result["failures"])
     assert any(r.strip() for r in result["rollouts"])
+    # --seed 0 with G=2: each request carries its own seed, so the rollouts are not copies of each other.
+    assert len({p["body"].get("seed") for p in posts}) == len(posts) and len(set(result["rollouts"])) == 2
     # Every HTTP request is a policy call (verifiable mode: the judge has nothing to do), and vice versa.
     assert usage["policy"]["calls"] == len(posts) >= 1
     assert all(p["body"]["model"] == "smollm2" and p["body"]["max_tokens"] == 32 for p in posts)
