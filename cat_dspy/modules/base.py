@@ -8,6 +8,7 @@ value and records why, so rewards can count failures instead of crashing a train
 from __future__ import annotations
 
 import contextvars
+import copy
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -32,6 +33,15 @@ class RoleModule(dspy.Module):
         super().__init__()
         self.lm = lm
         self.adapter = adapter or FreeTextAdapter()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> RoleModule:
+        """Copy the module's prompts and state, but share its LM: optimizers deep-copy programs constantly, and
+        copying an LM would copy its backend (for the local engine, the model weights and batcher)."""
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        for name, value in self.__dict__.items():
+            setattr(new, name, value if name == "lm" else copy.deepcopy(value, memo))
+        return new
 
     def call(
         self, predictor: dspy.Predict, config: dict[str, Any] | None = None, **inputs: Any

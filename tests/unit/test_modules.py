@@ -158,3 +158,13 @@ def test_propose_rubric_flags_short_rubrics():
     lm = scripted_lm(["<rubric><criterion>one</criterion><criterion>two</criterion></rubric>"])
     pred = ProposeRubric(lm=lm)(reference="r")
     assert pred.criteria == ["one", "two"] and not pred.parsed
+
+
+def test_deepcopy_shares_the_role_lm_but_copies_prompts():
+    import copy
+
+    lm = scripted_lm(["x"])
+    cat = CaT(g=2, policy=lm, anchor=lm)
+    clone = copy.deepcopy(cat)
+    assert clone.rollout.lm is lm and clone.synthesize.lm is lm
+    assert clone.synthesize.synthesize is not cat.synthesize.synthesize
