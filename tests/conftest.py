@@ -38,8 +38,11 @@ def _isolated_stores(tmp_path, monkeypatch):
     import dspy
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    if "mlflow" in sys.modules:  # an earlier test's set_tracking_uri() would otherwise win over the env var
+    for name in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):  # set by mlflow/TRL in-process
+        monkeypatch.delenv(name, raising=False)
+    if "mlflow" in sys.modules:  # an earlier test's set_tracking_uri()/set_experiment() would otherwise leak in
         sys.modules["mlflow"].set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+        monkeypatch.setattr(sys.modules["mlflow"].tracking.fluent, "_active_experiment_id", None)
     monkeypatch.chdir(tmp_path)
     dspy.configure_cache(enable_disk_cache=True, enable_memory_cache=True, disk_cache_dir=str(tmp_path / "dspy_cache"))
     yield
