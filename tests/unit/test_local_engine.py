@@ -314,7 +314,7 @@ def test_make_lm_for_api_models_and_refusals(tiny_dir: Path) -> None:
 
 def test_default_model_converts_once_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CAT_DSPY_CACHE", str(tmp_path))
-    monkeypatch.setattr(models, "_gguf_file", lambda: tmp_path / "model.gguf")
+    monkeypatch.setattr(models, "embedded_gguf", lambda: tmp_path / "model.gguf")
     calls = []
 
     def fake_convert(gguf: Path, out: Path) -> None:
