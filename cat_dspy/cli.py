@@ -54,6 +54,15 @@ def add_role_arguments(parser: argparse.ArgumentParser) -> None:
         group.add_argument(f"--{role}-max-tokens", type=int, default=None, help=argparse.SUPPRESS)
 
 
+def add_answer_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--equivalence`` and ``--extraction``: how final answers are compared and read (verifiable mode)."""
+    group = parser.add_argument_group("answers")
+    group.add_argument("--equivalence", choices=("symbolic", "string"), default="symbolic",
+                       help="answer matching: string match then math-verify (default), or string only (the paper)")
+    group.add_argument("--extraction", choices=("strict", "flexible"), default="strict",
+                       help="final answers: box, #### or 'the answer is' only (default), or else the last number")
+
+
 def role_settings(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """The model string and sampling options of each role, as parsed from ``args`` (no secrets, loggable)."""
     settings = {}
@@ -97,6 +106,7 @@ def _add_solve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a report")
     parser.add_argument("--experiment", default="cat-dspy-solve", help="MLflow experiment (default: cat-dspy-solve)")
     parser.add_argument("--traces", action="store_true", help="record DSPy traces in MLflow (mlflow.dspy.autolog)")
+    add_answer_arguments(parser)
     add_role_arguments(parser)
 
 
@@ -125,6 +135,7 @@ def solve(args: argparse.Namespace) -> dict[str, Any]:
 
     from cat_dspy import tracking
     from cat_dspy.modules import CaT
+    from cat_dspy.program_file import load_program
 
     console = Console(stderr=True, quiet=args.json and not sys.stderr.isatty())
     status, callback = _stage_status(console)
@@ -142,11 +153,14 @@ def solve(args: argparse.Namespace) -> dict[str, Any]:
             question_aware=args.question_aware,
             per_criterion=args.per_criterion,
             length_limit=args.length_limit,
+            equivalence=args.equivalence,
+            extraction=args.extraction,
             temperature=role_settings(args)["policy"]["temperature"],
         )
         if args.program:
-            cat.load(args.program)
-        params = {"g": args.g, "mode": args.mode, "question_aware": args.question_aware, "seed": args.seed}
+            load_program(cat, args.program)
+        params = {"g": args.g, "mode": args.mode, "question_aware": args.question_aware, "seed": args.seed,
+                  "equivalence": args.equivalence, "extraction": args.extraction}
         params |= {f"{role}.{k}": v for role, opts in role_settings(args).items() for k, v in opts.items()}
         params["program"] = args.program
         with tracking.run(args.experiment, run_name="solve", traces=args.traces):

@@ -78,7 +78,8 @@ def compare(base: Sequence[float], optimized: Sequence[float]) -> dict[str, Any]
     return {"n": len(base), **stats, "scores": {"base": base, "optimized": optimized}}
 
 
-def group_baselines(examples: Sequence[dspy.Example], equivalence: str = "symbolic") -> dict[str, dict[str, float]]:
+def group_baselines(examples: Sequence[dspy.Example], equivalence: str = "symbolic",
+                    extraction: str = "strict") -> dict[str, dict[str, float]]:
     """Context for a synthesis score on the same groups: majority-vote accuracy and "any rollout right" (oracle).
 
     Examples:
@@ -88,7 +89,7 @@ def group_baselines(examples: Sequence[dspy.Example], equivalence: str = "symbol
     """
     majority, oracle = [], []
     for ex in examples:
-        answers = [extract_answer(r) for r in ex.rollouts]
+        answers = [extract_answer(r, extraction) for r in ex.rollouts]
         top, _, _ = majority_answer(answers, mode=equivalence)
         majority.append(float(equivalent(ex.answer, top, mode=equivalence)))
         oracle.append(float(any(equivalent(ex.answer, a, mode=equivalence) for a in answers)))
@@ -129,7 +130,8 @@ class SynthesisMetric(CaTMetric):
     boxed answer at all.
 
     Args:
-        equivalence: ``"symbolic"`` or ``"string"`` answer matching (:func:`cat_dspy.answers.equivalent`).
+        equivalence, extraction: How answers are compared and read (:func:`cat_dspy.answers.equivalent`,
+            :func:`cat_dspy.extraction.extract_answer`).
 
     Examples:
         >>> gold = dspy.Example(rollouts=["\\\\boxed{4}", "\\\\boxed{5}", "\\\\boxed{5}"], answer="4")
@@ -142,16 +144,16 @@ class SynthesisMetric(CaTMetric):
         The synthesis kept the majority answer 5 (2 of 3 rollouts) and dropped the correct minority answer of rollout 1.
     """
 
-    def __init__(self, equivalence: str = "symbolic") -> None:
+    def __init__(self, equivalence: str = "symbolic", extraction: str = "strict") -> None:
         super().__init__()
-        self.equivalence = equivalence
+        self.equivalence, self.extraction = equivalence, extraction
 
     def score(self, gold: dspy.Example, pred: Any) -> dspy.Prediction:
         rollouts = list(gold.rollouts)
         reference = getattr(pred, "reference", None) or ""
-        got = getattr(pred, "answer", None) or extract_answer(reference)
+        got = getattr(pred, "answer", None) or extract_answer(reference, self.extraction)
         same = lambda a, b: equivalent(a, b, mode=self.equivalence)  # noqa: E731
-        answers = [extract_answer(r) for r in rollouts]
+        answers = [extract_answer(r, self.extraction) for r in rollouts]
         right = [same(gold.answer, a) for a in answers]
         correct = same(gold.answer, got)
         if got is None:
@@ -335,9 +337,8 @@ def contrast(rollouts: list[str], correct: list[bool], gold: str) -> tuple[list[
     return [*rollouts, swapped], [*correct, not all(correct)]
 
 
-def rubric_example(
-    example_id: str, reference: str, rollouts: list[str], gold: str, equivalence: str = "symbolic"
-) -> dspy.Example:
+def rubric_example(example_id: str, reference: str, rollouts: list[str], gold: str, equivalence: str = "symbolic",
+                   extraction: str = "strict") -> dspy.Example:
     """A rubric example: the reference (input), the rollouts and their gold correctness, with both classes present.
 
     Examples:
@@ -345,7 +346,7 @@ def rubric_example(
         >>> ex.inputs().keys(), ex.correct
         (['reference'], [False, False, True])
     """
-    correct = [equivalent(gold, extract_answer(r), mode=equivalence) for r in rollouts]
+    correct = [equivalent(gold, extract_answer(r, extraction), mode=equivalence) for r in rollouts]
     group, labels = contrast(list(rollouts), correct, gold)
     example = dspy.Example(id=example_id, reference=reference, rollouts=group, correct=labels, answer=gold)
     return example.with_inputs("reference")

@@ -5,7 +5,7 @@ is compiled with ``BootstrapFewShot``, ``MIPROv2`` or ``GEPA`` against a labelle
 on examples built from a seeded, disjoint train/dev/test split. The whole program is saved as DSPy JSON, so
 ``solve``, ``eval`` and ``train`` load it with ``--program PATH``. The compile is one MLflow run
 (``mlflow.dspy.autolog(log_compiles=True, log_evals=True)``) holding the params, the saved program and, with
-``--test N``, a held-out base-vs-optimized report.
+``--test N``, a held-out base-vs-optimized report. Program files: :mod:`cat_dspy.program_file`.
 
 The modules call their LM under :class:`~cat_dspy.adapters.FreeTextAdapter` whatever the optimizer does, so
 bootstrapped demos render through it. During a compile the target's LM is lent through ``dspy.settings.lm`` instead
@@ -27,7 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from cat_dspy.cli import add_role_arguments, build_roles, role_settings
+from cat_dspy.cli import add_answer_arguments, add_role_arguments, build_roles, role_settings
+from cat_dspy.program_file import save_program
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache", default=None, help="folder for cached rollouts and references")
     parser.add_argument("--experiment", default="cat-dspy-optimize", help="MLflow experiment")
     parser.add_argument("--traces", action="store_true", help="also record DSPy traces in MLflow")
+    add_answer_arguments(parser)
     add_role_arguments(parser)
 
 
@@ -176,7 +178,7 @@ def build_examples(args: argparse.Namespace, program: Any, items: list[Any], cac
 
     references = cached(caches["references"], items, reference, args.threads)
     return [
-        rubric_example(i.id, references[i.id], rollouts[i.id], i.answer, program.equivalence)
+        rubric_example(i.id, references[i.id], rollouts[i.id], i.answer, program.equivalence, program.extraction)
         for i in items
         if i.id in references
     ]
@@ -281,7 +283,7 @@ def make_metric(target: str, program: Any) -> Any:
     from cat_dspy.metrics import JudgeMetric, RubricMetric, SynthesisMetric
 
     if target == "synthesize":
-        return SynthesisMetric(equivalence=program.equivalence)
+        return SynthesisMetric(equivalence=program.equivalence, extraction=program.extraction)
     if target == "rubric":
         return RubricMetric(program.judge, min_criteria=program.propose_rubric.min_criteria)
     return JudgeMetric()
@@ -296,28 +298,6 @@ def evaluate(module: Any, examples: list, metric: Any, threads: int, run_name: s
     with mlflow.start_run(run_name=run_name, nested=True):
         result = evaluator(module)
     return [float(score) for _, _, score in result.results]
-
-
-def save_program(program: Any, path: str | Path, meta: dict[str, Any]) -> Path:
-    """``program.save(path)`` (DSPy JSON) plus a ``cat_dspy`` entry describing how it was made."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    program.save(str(path))
-    state = json.loads(path.read_text())
-    state["cat_dspy"] = meta
-    path.write_text(json.dumps(state, indent=2, ensure_ascii=False))
-    return path
-
-
-def load_program(program: Any, path: str | Path) -> Any:
-    """``program.load(path)``, warning when the file was made for another mode or synthesis form."""
-    meta = json.loads(Path(path).read_text()).get("cat_dspy") or {}
-    for key in ("mode", "question_aware"):
-        ours = program.mode if key == "mode" else program.synthesize.question_aware
-        if key in meta and meta[key] != ours:
-            logger.warning("%s was optimized with %s=%s, loaded into %s=%s", path, key, meta[key], key, ours)
-    program.load(str(path))
-    return program
 
 
 def optimize(args: argparse.Namespace) -> dict[str, Any]:
@@ -338,6 +318,7 @@ def optimize(args: argparse.Namespace) -> dict[str, Any]:
     random.seed(seed)
     settings, lms = role_settings(args), build_roles(args)
     common = {"g": args.g, "question_aware": args.question_aware, "per_criterion": args.per_criterion,
+              "equivalence": args.equivalence, "extraction": args.extraction,
               "temperature": settings["policy"]["temperature"], **{r: lms[r] for r in ("policy", "anchor", "judge")}}
     program = CaT(mode=mode, **common)
     data_cat = program if mode == "verifiable" else CaT(mode="verifiable", **common)
@@ -356,7 +337,8 @@ def optimize(args: argparse.Namespace) -> dict[str, Any]:
     meta = {"target": args.target, "optimizer": args.optimizer, "budget": args.budget, "mode": mode,
             "question_aware": args.question_aware, "per_criterion": args.per_criterion, "dataset": str(args.dataset),
             "train": args.train, "dev": args.dev, "test": args.test, "g": args.g, "seed": seed, "demos": args.demos,
-            "reflection_lm": getattr(proposer, "model", None), "reference_judge": args.reference_judge}
+            "reflection_lm": getattr(proposer, "model", None), "reference_judge": args.reference_judge,
+            "equivalence": args.equivalence, "extraction": args.extraction}
     params = meta | {f"{role}.{k}": v for role, opts in settings.items() for k, v in opts.items()} | {"out": str(out)}
     with tracking.run(args.experiment, run_name=f"optimize-{args.target}-{args.optimizer}"):
         mlflow.dspy.autolog(log_traces=args.traces, log_compiles=True, log_evals=True, silent=True)
@@ -388,7 +370,7 @@ def optimize(args: argparse.Namespace) -> dict[str, Any]:
                                  evaluate(compiled, testset, metric, args.threads, "test-optimized"))
                 report |= {"target": args.target, "optimizer": args.optimizer, "changes": changes}
                 if args.target == "synthesize":
-                    report["rollout_baselines"] = group_baselines(testset, program.equivalence)
+                    report["rollout_baselines"] = group_baselines(testset, program.equivalence, program.extraction)
                 mlflow.log_metrics({f"test.{name}.{stat}": report[name][stat]
                                     for name in ("base", "optimized", "difference") for stat in ("mean", "se")})
                 report_path = tracking.write_json(report, out.with_name(out.stem + ".report.json"))

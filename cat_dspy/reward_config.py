@@ -40,6 +40,8 @@ REWARD_OPTIONS: dict[str, tuple[type, tuple[str, ...]]] = {
     "min_criteria": (int, ()),
     "length_limit": (int, ()),
     "equivalence": (str, ()),
+    "extraction": (str, ()),
+    "program": (str, ("cat_program",)),
     "skip_unparsed": (bool, ("cat_skip_unparsed",)),
     "num_threads": (int, ("cat_num_threads",)),
     "artifacts": (bool, ("cat_artifacts",)),
@@ -188,11 +190,17 @@ def build_reward(options: Mapping[str, Any], **overrides: Any) -> CaTReward:
         logger.warning("CaT reward: no judge configured; the anchor judges the rubric (the paper uses GPT-4o)")
         judge = anchor
     kwargs = {name: opts[name] for name in _REWARD_KWARGS if opts.get(name) is not None}
-    return CaTReward(anchor, judge=judge, mode=mode, **kwargs)
+    reward = CaTReward(anchor, judge=judge, mode=mode, **kwargs)
+    if opts.get("program"):  # optimized synthesis / rubric / judge prompts (cat-dspy optimize --out)
+        from cat_dspy.program_file import load_program
+
+        load_program(reward.cat, opts["program"])
+    return reward
 
 
 _REWARD_KWARGS = ("num_generations", "num_generations_eval", "question_aware", "per_criterion", "min_criteria",
-                  "length_limit", "equivalence", "skip_unparsed", "num_threads", "artifacts", "trace_every")
+                  "length_limit", "equivalence", "extraction", "skip_unparsed", "num_threads", "artifacts",
+                  "trace_every")
 
 
 class EnvCaTReward:

@@ -131,6 +131,17 @@ def _config_classes() -> dict[str, type]:
             metadata={"help": "Answer equivalence: 'symbolic' or 'string' (the paper's string match).",
                       "choices": ["symbolic", "string"]},
         )
+        extraction: str = field(
+            default="strict",
+            metadata={"help": "Final-answer extraction: 'strict' (box, ####, 'the answer is'; the paper) or "
+                              "'flexible' (else the last number, for models that answer in prose).",
+                      "choices": ["strict", "flexible"]},
+        )
+        cat_program: str | None = field(
+            default=None,
+            metadata={"help": "A saved CaT program (cat-dspy optimize --out): the reward uses its optimized "
+                              "synthesis, rubric and judge prompts."},
+        )
         cat_skip_unparsed: bool = field(
             default=False,
             metadata={"help": "Reward None (skip) instead of 0 for groups whose reference has no answer."},

@@ -77,6 +77,7 @@ class CaTReward:
         min_criteria: Rubric mode: criteria a rubric must have to count as parsed.
         length_limit: Reward −1 for completions longer than this many tokens (paper: 750 on HealthBench).
         equivalence: ``"symbolic"`` or ``"string"`` (the paper's string match) answer equivalence.
+        extraction: ``"strict"`` (explicit answer forms, the paper) or ``"flexible"`` (else the last number).
         skip_unparsed: Give ``None`` (skip) instead of 0 to groups whose reference has no answer / is empty.
         num_threads: Groups scored concurrently per process (default: all of them).
         artifacts: Log each call's references and rubrics as an MLflow artifact when a run is active (rank 0).
@@ -104,6 +105,7 @@ class CaTReward:
         min_criteria: int = 5,
         length_limit: int | None = None,
         equivalence: str = "symbolic",
+        extraction: str = "strict",
         skip_unparsed: bool = False,
         num_threads: int | None = None,
         artifacts: bool = True,
@@ -143,6 +145,7 @@ class CaTReward:
             min_criteria=min_criteria,
             length_limit=length_limit,
             equivalence=equivalence,
+            extraction=extraction,
         )
         self._model: Any = None
         self._warned_grouping = False

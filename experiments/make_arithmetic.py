@@ -14,11 +14,11 @@ import random
 from pathlib import Path
 
 
-def make_items(n: int, rng: random.Random, seen: set[str]) -> list[dict]:
-    """``n`` new questions ``What is a + b?`` / ``a - b`` with their answers, none in ``seen``."""
+def make_items(n: int, rng: random.Random, seen: set[str], low: int = 2, high: int = 40) -> list[dict]:
+    """``n`` new questions ``What is a + b?`` / ``a - b`` (operands in [low, high]) with answers, none in ``seen``."""
     items = []
     while len(items) < n:
-        a, b = rng.randint(2, 40), rng.randint(2, 40)
+        a, b = rng.randint(low, high), rng.randint(low, high)
         op = rng.choice("+-")
         if op == "-" and b > a:
             a, b = b, a
@@ -36,12 +36,14 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=256)
     parser.add_argument("--test", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--low", type=int, default=2, help="smallest operand")
+    parser.add_argument("--high", type=int, default=40, help="largest operand")
     args = parser.parse_args()
     rng, seen = random.Random(args.seed), set()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for split, n in (("test", args.test), ("train", args.train)):
-        rows = make_items(n, rng, seen)
+        rows = make_items(n, rng, seen, args.low, args.high)
         (out / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         print(f"{out / split}.jsonl: {len(rows)} items")
 

@@ -40,7 +40,7 @@ def _methods(text: str) -> list[str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``cat-dspy eval``."""
-    from cat_dspy.cli import add_role_arguments
+    from cat_dspy.cli import add_answer_arguments, add_role_arguments
 
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", required=True,
@@ -57,8 +57,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                     help="G values; max(G) rollouts are sampled once per question (default: 1,2,4,8)")
     ev.add_argument("--methods", type=_methods, default=DEFAULT_METHODS, metavar="M,M,...",
                     help=f"of single,majority,self_bon,min_ppl,cat,cat_q (default: {DEFAULT_METHODS})")
-    ev.add_argument("--equivalence", choices=("symbolic", "string"), default="symbolic",
-                    help="answer equivalence for majority clustering and grading (default: symbolic)")
     ev.add_argument("--prompt-prefix", default="", help="text prepended to every question (Qwen 3: '/no_think ')")
     ev.add_argument("--rollout-strategy", choices=("concurrent", "n", "auto"), default="concurrent",
                     help="one request per rollout (exact per-rollout tokens; default) or one with n=G (vLLM)")
@@ -69,6 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ev.add_argument("--runs-root", default="runs", help="root of the default run folders (default: runs)")
     ev.add_argument("--no-progress", action="store_true", help="no progress bar")
     ev.add_argument("--json", action="store_true", help="print the summary rows as JSON lines")
+    add_answer_arguments(parser)
     add_role_arguments(parser)
 
 
@@ -125,7 +124,7 @@ def _evaluate(args: argparse.Namespace, items: list, mode: str, config: dict[str
     lms = build_roles(args)
     programs = build_programs(lms, mode=mode, g=max(args.g), logprobs="min_ppl" in args.methods,
                               temperature=settings["policy"]["temperature"], program=args.program,
-                              rollout_strategy=args.rollout_strategy)
+                              rollout_strategy=args.rollout_strategy, extraction=args.extraction)
     result = run_eval(items, programs, args.g, args.methods, run_dir, mode=mode, equivalence=args.equivalence,
                       prompt_prefix=args.prompt_prefix, num_threads=args.num_threads,
                       progress=not args.no_progress, cache=not args.no_cache)

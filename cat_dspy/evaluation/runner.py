@@ -33,10 +33,10 @@ from typing import Any
 
 import dspy
 
-from cat_dspy.answers import extract_answer
 from cat_dspy.data import Item
 from cat_dspy.evaluation.grading import RubricGrader, grade_answer
 from cat_dspy.evaluation.methods import VERIFIABLE_ONLY, SelfBestOfN, apply_methods, mean_nll, select_majority
+from cat_dspy.extraction import extract_answer
 from cat_dspy.modules import CaT, Rollout, Synthesize
 from cat_dspy.signatures import with_question
 from cat_dspy.tracking import redact
@@ -59,7 +59,8 @@ class Programs:
 
 
 def build_programs(lms: dict[str, Any], *, mode: str, g: int, logprobs: bool = False, temperature: float = 1.0,
-                   program: str | os.PathLike | None = None, rollout_strategy: str = "concurrent") -> Programs:
+                   program: str | os.PathLike | None = None, rollout_strategy: str = "concurrent",
+                   extraction: str = "strict") -> Programs:
     """Build the modules of an evaluation from one LM per role.
 
     Args:
@@ -73,14 +74,17 @@ def build_programs(lms: dict[str, Any], *, mode: str, g: int, logprobs: bool = F
         rollout_strategy: :class:`~cat_dspy.modules.Rollout` strategy. ``"concurrent"`` (default) makes one
             request per rollout, so each rollout's tokens are known exactly; ``"n"``/``"auto"`` may send one
             request with ``n=G`` (faster on vLLM), whose tokens :func:`attributed_usage` then splits evenly.
+        extraction: How the references' final answers are read (``"strict"`` or ``"flexible"``).
     """
     cat = CaT(g=g, mode=mode, policy=lms["policy"], anchor=lms["anchor"], judge=lms["judge"],
-              temperature=temperature)
+              temperature=temperature, extraction=extraction)
     if program is not None:
-        cat.load(str(program))
+        from cat_dspy.program_file import load_program  # warns when the file was made for another mode
+
+        load_program(cat, program)
     cat.rollout.logprobs = logprobs
     cat.rollout.strategy = rollout_strategy
-    synth_q = Synthesize(mode=cat.synthesize.mode, question_aware=True, lm=lms["anchor"])
+    synth_q = Synthesize(mode=cat.synthesize.mode, question_aware=True, extraction=extraction, lm=lms["anchor"])
     synth_q.synthesize.signature = with_question(cat.synthesize.synthesize.signature)
     synth_q.synthesize.demos = list(cat.synthesize.synthesize.demos)
     return Programs(rollout=cat.rollout, synthesize=cat.synthesize, synthesize_q=synth_q,
@@ -172,7 +176,8 @@ def evaluate_question(item: Item, programs: Programs, gs: Sequence[int], methods
     with track_role(usage, "policy", programs.policy_lm):
         sampled = programs.rollout(question=question, n=g_max)
     rollouts = list(sampled.rollouts)
-    answers = [extract_answer(r) for r in rollouts] if verifiable else None
+    extraction = programs.synthesize.extraction  # rollouts are read as the references are
+    answers = [extract_answer(r, extraction) for r in rollouts] if verifiable else None
     nlls = [mean_nll(lp) for lp in sampled.logprobs] if sampled.logprobs is not None else None
     per_rollout = [_rollout_usage(u) for u in sampled.usage]
     cache_hits = sum(1 for u, f in zip(per_rollout, sampled.failures, strict=True) if u["calls"] == 0 and not f)

@@ -12,7 +12,7 @@ from typing import Any
 
 import dspy
 
-from cat_dspy.answers import extract_answer
+from cat_dspy.extraction import extract_answer
 from cat_dspy.modules.judge import Judge
 from cat_dspy.modules.rollout import Rollout
 from cat_dspy.modules.rubric import ProposeRubric
@@ -43,6 +43,8 @@ class CaT(dspy.Module):
         min_criteria: Criteria the rubric must have to count as parsed.
         length_limit: Reward −1 for rollouts longer than this many tokens (the paper: 750 on HealthBench).
         equivalence: ``"symbolic"`` (string match, then math-verify, time-limited) or ``"string"`` (the paper).
+        extraction: How final answers are read from rollouts and reference: ``"strict"`` (box, ``####``, "the
+            answer is"; the paper) or ``"flexible"`` (else the last number, for models that answer in prose).
         temperature: Rollout sampling temperature.
         count_tokens: Token counter for the length penalty when the caller gives no counts
             (defaults to whitespace words).
@@ -68,6 +70,7 @@ class CaT(dspy.Module):
         min_criteria: int = 5,
         length_limit: int | None = None,
         equivalence: str = "symbolic",
+        extraction: str = "strict",
         temperature: float = 1.0,
         count_tokens: Callable[[str], int] | None = None,
     ):
@@ -81,7 +84,8 @@ class CaT(dspy.Module):
         verifiable = mode == "verifiable"
         self.rollout = Rollout(n=g, signature=Solve if verifiable else Respond, temperature=temperature, lm=policy)
         self.synthesize = Synthesize(
-            mode="reasoning" if verifiable else "freeform", question_aware=question_aware, lm=anchor
+            mode="reasoning" if verifiable else "freeform", question_aware=question_aware, extraction=extraction,
+            lm=anchor,
         )
         self.propose_rubric = ProposeRubric(min_criteria=min_criteria, lm=anchor)
         self.judge = Judge(per_criterion=per_criterion, lm=judge)
@@ -89,6 +93,11 @@ class CaT(dspy.Module):
     @property
     def g(self) -> int:
         return self.rollout.n
+
+    @property
+    def extraction(self) -> str:
+        """How final answers are read (``"strict"`` or ``"flexible"``); held by the Synthesize step, so it is saved."""
+        return self.synthesize.extraction
 
     def forward(self, question: str) -> dspy.Prediction:
         """Sample G rollouts for ``question``, then :meth:`score` them."""
@@ -131,7 +140,8 @@ class CaT(dspy.Module):
         elif not synthesis.parsed:
             failures.append("reference_without_answer" if self.mode == "verifiable" else "empty_reference")
 
-        answers: list[str | None] = [extract_answer(r) for r in rollouts] if self.mode == "verifiable" else []
+        verifiable = self.mode == "verifiable"
+        answers: list[str | None] = [extract_answer(r, self.extraction) for r in rollouts] if verifiable else []
         rubric: list[str] = []
         verdicts: list[list[bool]] | None = None
         parsed: dict[str, Any] = {"synthesis": synthesis.parsed}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dspy
 
-from cat_dspy.answers import extract_answer
+from cat_dspy.extraction import EXTRACTIONS, extract_answer
 from cat_dspy.modules.base import RoleModule
 from cat_dspy.signatures import SynthesizeFreeform, SynthesizeReasoning, with_question
 
@@ -18,6 +18,8 @@ class Synthesize(RoleModule):
     Args:
         mode: ``"reasoning"`` (math: SUMMARY + UNIFIED RESPONSE ending in a boxed answer) or ``"freeform"``.
         question_aware: Show the anchor the question too.
+        extraction: How the reference's final answer is read: ``"strict"`` or ``"flexible"`` (last number
+            fallback; :func:`cat_dspy.extraction.extract_answer`).
         lm: The frozen anchor LM.
 
     Examples:
@@ -32,13 +34,17 @@ class Synthesize(RoleModule):
         self,
         mode: str = "reasoning",
         question_aware: bool = False,
+        extraction: str = "strict",
         lm: dspy.BaseLM | None = None,
         adapter: dspy.Adapter | None = None,
     ):
         super().__init__(lm=lm, adapter=adapter)
         if mode not in ("reasoning", "freeform"):
             raise ValueError(f"Synthesize mode must be 'reasoning' or 'freeform', got {mode!r}")
+        if extraction not in EXTRACTIONS:
+            raise ValueError(f"Synthesize extraction must be one of {EXTRACTIONS}, got {extraction!r}")
         self.mode = mode
+        self.extraction = extraction
         self.question_aware = question_aware
         signature = SynthesizeReasoning if mode == "reasoning" else SynthesizeFreeform
         self.synthesize = dspy.Predict(with_question(signature) if question_aware else signature)
@@ -58,6 +64,6 @@ class Synthesize(RoleModule):
             inputs["question"] = question
         pred, error = self.call(self.synthesize, **inputs)
         reference = (pred.reference or "") if pred is not None else ""
-        answer = extract_answer(reference) if self.mode == "reasoning" else None
+        answer = extract_answer(reference, self.extraction) if self.mode == "reasoning" else None
         parsed = answer is not None if self.mode == "reasoning" else bool(reference.strip())
         return dspy.Prediction(reference=reference, answer=answer, parsed=parsed, error=error)

@@ -211,3 +211,26 @@ def test_too_long_answers_skip_the_worker():
 def test_shutdown_then_lazy_restart():
     shutdown_equivalence_workers()
     assert equivalent(r"\sqrt{25}", "5")
+
+
+# ----------------------------------------------------------------------------------------- flexible extraction
+@pytest.mark.parametrize(
+    ("text", "strict", "flexible"),
+    [
+        ("3 + 4 = 7", None, "7"),
+        ("It costs $1,250, so 1,250.", None, "1,250"),
+        ("Then -3.5 is left", None, "-3.5"),
+        ("Count: 15, 16, 17,", None, "17"),
+        (r"so \boxed{7}, not 8", "7", "7"),  # an explicit form still wins over the last number
+        ("The answer is 9. Check: 9 + 1 = 10", "9", "9"),
+        ("no digits at all", None, None),
+    ],
+)
+def test_flexible_extraction_falls_back_to_the_last_number(text, strict, flexible):
+    assert extract_answer(text) == strict
+    assert extract_answer(text, "flexible") == flexible
+
+
+def test_unknown_extraction_is_refused():
+    with pytest.raises(ValueError, match="extraction must be one of"):
+        extract_answer("7", "lenient")

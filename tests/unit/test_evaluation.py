@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import threading
@@ -257,3 +258,28 @@ def test_standard_error_and_program_loading(tmp_path):
     assert programs.synthesize.synthesize.signature.instructions == "MERGE THESE CAREFULLY."
     assert programs.synthesize_q.synthesize.signature.instructions == "MERGE THESE CAREFULLY."
     assert "question" in programs.synthesize_q.synthesize.signature.input_fields
+
+
+def test_flexible_extraction_grades_prose_answers(tmp_path):
+    def run(extraction: str):
+        rollouts = itertools.cycle(["3 + 4 = 7", "it is 8", "7 I think", "seven?"])
+        lock = threading.Lock()
+
+        def policy(prompt: str) -> str:
+            with lock:
+                return next(rollouts)
+
+        lms = {"policy": scripted_lm(policy), "anchor": scripted_lm(lambda p: "They mostly say 3 + 4 = 7"),
+               "judge": scripted_lm(lambda p: "no")}
+        programs = build_programs(lms, mode="verifiable", g=4, extraction=extraction)
+        assert programs.synthesize.extraction == programs.synthesize_q.extraction == extraction
+        run = run_eval(items_for({"Q0": "7"}), programs, [4], ["majority", "cat"], tmp_path / extraction,
+                       progress=False)
+        return run.records[0]
+
+    strict = run("strict")
+    assert strict["rollout_correct"] == [False] * 4 and not any(r["correct"] for r in strict["results"])
+    flexible = run("flexible")
+    assert sorted(flexible["rollout_correct"]) == [False, False, True, True]
+    assert [(r["method"], r["answer"], r["correct"]) for r in flexible["results"]] == [("majority", "7", True),
+                                                                                       ("cat", "7", True)]

@@ -168,3 +168,17 @@ def test_deepcopy_shares_the_role_lm_but_copies_prompts():
     clone = copy.deepcopy(cat)
     assert clone.rollout.lm is lm and clone.synthesize.lm is lm
     assert clone.synthesize.synthesize is not cat.synthesize.synthesize
+
+
+def test_flexible_extraction_reads_prose_rollouts_and_references():
+    rollouts = ["3 + 4 = 7", "3 + 4 is 8", "I think 7."]
+    reference = "# SUMMARY Two say 7, one says 8. 3 + 4 = 7"
+    strict = CaT(g=3, policy=scripted_lm(rollouts), anchor=scripted_lm([reference]))(question="3 + 4?")
+    assert strict.rewards == [0.0, 0.0, 0.0] and "reference_without_answer" in strict.failures
+    cat = CaT(g=3, policy=scripted_lm(rollouts), anchor=scripted_lm([reference]), extraction="flexible")
+    pred = cat(question="3 + 4?")
+    assert pred.reference_answer == "7" and sorted(pred.answers) == ["7", "7", "8"]
+    assert sorted(pred.rewards) == [0.0, 1.0, 1.0] and pred.failures == []
+    assert cat.extraction == "flexible"
+    with pytest.raises(ValueError, match="extraction"):
+        CaT(g=2, extraction="last")

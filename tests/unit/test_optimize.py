@@ -12,7 +12,8 @@ import pytest
 from cat_dspy import cli
 from cat_dspy.metrics import JudgeMetric, RubricMetric, SynthesisMetric, compare, contrast
 from cat_dspy.modules import CaT, Judge
-from cat_dspy.optimize import compile_target, load_program, save_program
+from cat_dspy.optimize import compile_target
+from cat_dspy.program_file import load_program, save_program
 from cat_dspy.testing import scripted_lm
 
 UNIFIED = "# SUMMARY ok\n# UNIFIED RESPONSE\nTherefore, the final answer is: $\\boxed{{{}}}$. I hope it is correct."

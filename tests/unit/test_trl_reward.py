@@ -399,3 +399,26 @@ def test_cli_hands_every_argument_to_trl(monkeypatch):
     monkeypatch.setattr(train, "main", lambda s, t, m: seen.update(s=s, t=t) or Trainer())
     assert cli.main(["train", "--config", str(REPO / "experiments/recipes/cpu_smoke.yaml"), "--max_steps", "7"]) == 0
     assert seen["t"].max_steps == 7 and seen["s"].dataset_limit == 8 and seen["ended"]
+
+
+def test_extraction_option_reaches_the_reward():
+    reward = rewards_module.build_reward({"anchor": scripted_lm(["so 3 + 4 = 7"]), "extraction": "flexible",
+                                          "num_generations": 2})
+    assert reward.cat.extraction == "flexible"
+    assert reward(prompts=["3 + 4?", "3 + 4?"], completions=["7", "it is 8"]) == [1.0, 0.0]
+
+
+def test_reward_loads_an_optimized_program(tmp_path, caplog):
+    from cat_dspy.modules import CaT
+    from cat_dspy.program_file import save_program
+
+    tuned = CaT(g=2, extraction="flexible")
+    tuned.synthesize.synthesize.signature = tuned.synthesize.synthesize.signature.with_instructions("Reconcile: X")
+    path = save_program(tuned, tmp_path / "synth.json", {"mode": "verifiable", "extraction": "flexible"})
+    seen = []
+    anchor = scripted_lm(lambda prompt: seen.append(prompt) or "so 3 + 4 = 7")
+    reward = rewards_module.build_reward({"anchor": anchor, "num_generations": 2, "cat_program": str(path)})
+    assert reward.cat.synthesize.synthesize.signature.instructions == "Reconcile: X"
+    assert "extraction=flexible" in caplog.text  # the file was tuned for flexible answers, the reward reads strict
+    assert reward(prompts=["q", "q"], completions=["\\boxed{7}", "\\boxed{8}"]) == [0.0, 0.0]  # strict: no answer
+    assert "Reconcile: X" in seen[0]
