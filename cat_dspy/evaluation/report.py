@@ -57,7 +57,9 @@ def summarize(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     Returns:
         Dicts with ``method``, ``g``, ``n``, ``accuracy``, ``stderr``, ``fallbacks`` (count) and ``fallback_kinds``,
         ``usage`` (per role: calls, prompt/completion tokens, seconds), ``tokens`` (all roles), ``calls``, and
-        for cat/cat_q on verifiable sets ``disagree_rate``, ``n_disagree``, ``accuracy_when_disagree``,
+        on verifiable sets ``rollout_accuracy`` / ``rollout_stderr`` (the mean over questions of the share of the
+        first G rollouts that are right: the policy's expected single-sample accuracy, with less variance than
+        ``single``), and for cat/cat_q ``disagree_rate``, ``n_disagree``, ``accuracy_when_disagree``,
         ``all_wrong_rate``, ``right_when_all_wrong`` (share of all questions) and ``right_given_all_wrong``.
     """
     groups: dict[tuple[str, int], list[tuple[dict[str, Any], dict[str, Any]]]] = {}
@@ -85,6 +87,9 @@ def summarize(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             "tokens": sum(c["prompt_tokens"] + c["completion_tokens"] for c in usage.values()),
             "seconds": sum(c["seconds"] for c in usage.values()),
         }
+        if verifiable:
+            shares = [sum(rec["rollout_correct"][:g]) / g for rec, _ in pairs]
+            row["rollout_accuracy"], row["rollout_stderr"] = mean_stderr(shares)
         if verifiable and method in ("cat", "cat_q"):
             disagree = [r for _, r in pairs if r.get("disagrees")]
             all_wrong = [(rec, r) for rec, r in pairs if not any(rec["rollout_correct"][:g])]
@@ -103,7 +108,8 @@ def summarize(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def row_metrics(row: dict[str, Any]) -> dict[str, float]:
     """The numeric MLflow metrics of one summary row (None values are left out)."""
-    keys = ("n", "accuracy", "stderr", "fallbacks", "calls", "tokens", "seconds", "disagree_rate", "n_disagree",
+    keys = ("n", "accuracy", "stderr", "rollout_accuracy", "rollout_stderr", "fallbacks", "calls", "tokens", "seconds",
+            "disagree_rate", "n_disagree",
             "accuracy_when_disagree", "all_wrong_rate", "right_when_all_wrong", "right_given_all_wrong")
     metrics = {k: float(row[k]) for k in keys if row.get(k) is not None}
     for role, counts in row["usage"].items():

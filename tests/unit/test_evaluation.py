@@ -283,3 +283,17 @@ def test_flexible_extraction_grades_prose_answers(tmp_path):
     assert sorted(flexible["rollout_correct"]) == [False, False, True, True]
     assert [(r["method"], r["answer"], r["correct"]) for r in flexible["results"]] == [("majority", "7", True),
                                                                                        ("cat", "7", True)]
+
+
+def test_summary_reports_the_mean_rollout_accuracy_per_g():
+    def record(qid, correct):
+        results = [{"method": "single", "g": g, "index": 0, "answer": "x", "correct": correct[0]} for g in (1, 4)]
+        usage = [{"calls": 1, "prompt_tokens": 5, "completion_tokens": 5, "seconds": 0.1}] * 4
+        return {"id": qid, "mode": "verifiable", "rollout_correct": correct, "results": results,
+                "rollout_usage": usage, "rollout_seconds": 0.4}
+
+    rows = summarize([record("a", [True, False, True, True]), record("b", [False, False, False, True])])
+    by_g = {row["g"]: row for row in rows}
+    assert by_g[1]["rollout_accuracy"] == pytest.approx(0.5) and by_g[1]["accuracy"] == pytest.approx(0.5)
+    assert by_g[4]["rollout_accuracy"] == pytest.approx((0.75 + 0.25) / 2)
+    assert by_g[4]["rollout_stderr"] == pytest.approx(mean_stderr([0.75, 0.25])[1])
