@@ -369,16 +369,18 @@ def make_parser(prog: str | None = None) -> Any:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``cat-dspy train``: everything goes to TRL's parser (``cat-dspy train -h`` lists it)."""
+    """How ``cat-dspy -h`` lists ``train``; its options are TRL's (:func:`run_argv`, ``cat-dspy train -h``)."""
     parser.add_argument("trl_args", nargs=argparse.REMAINDER, metavar="--config RECIPE.yaml [--key value ...]",
                         help="a recipe (experiments/recipes/*.yaml) and overrides of any of its fields")
-    # TrlParser owns every option: stop argparse from reading --config, --max_steps, -h, ... as its own options.
-    parser.prefix_chars = "\0"
 
 
 def run(args: argparse.Namespace) -> int:
     """Train a policy with GRPO and the CaT reward (TRL), from a YAML recipe."""
-    argv = list(getattr(args, "trl_args", None) or [])
+    return run_argv(list(getattr(args, "trl_args", None) or []))
+
+
+def run_argv(argv: list[str]) -> int:
+    """``cat-dspy train ARGV``: TrlParser owns every option (``--config``, ``--max_steps``, ``-h``, ...)."""
     script_args, training_args, model_args = make_parser(prog="cat-dspy train").parse_args_and_config(argv)
     trainer = main(script_args, training_args, model_args)
     trainer.end()  # end the trackers and the process group, as TRL's own scripts do

@@ -397,8 +397,10 @@ def test_cli_hands_every_argument_to_trl(monkeypatch):
             seen["ended"] = True
 
     monkeypatch.setattr(train, "main", lambda s, t, m: seen.update(s=s, t=t) or Trainer())
-    assert cli.main(["train", "--config", str(REPO / "experiments/recipes/cpu_smoke.yaml"), "--max_steps", "7"]) == 0
+    recipe = str(REPO / "experiments/recipes/cpu_smoke.yaml")
+    assert cli.main(["train", "--config", recipe, "--max_steps", "7", "--extraction", "flexible"]) == 0
     assert seen["t"].max_steps == 7 and seen["s"].dataset_limit == 8 and seen["ended"]
+    assert train.reward_options(seen["t"], None)["extraction"] == "flexible"
 
 
 def test_extraction_option_reaches_the_reward():
