@@ -246,9 +246,32 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+class WarnOnce(logging.Filter):
+    """Let the first record starting with ``prefix`` through and drop the repeats (DSPy warns once per truncated
+    completion: hundreds of identical lines in a run of small token budgets).
+
+    Examples:
+        >>> f = WarnOnce("LM response was truncated")
+        >>> rec = lambda msg: logging.LogRecord("dspy", logging.WARNING, __file__, 1, msg, None, None)
+        >>> [f.filter(rec(m)) for m in ("LM response was truncated", "LM response was truncated", "other")]
+        [True, False, True]
+    """
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix, self.seen = prefix, 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.getMessage().startswith(self.prefix):
+            return True
+        self.seen += 1
+        return self.seen == 1
+
+
 def main(argv: list[str] | None = None) -> int:
     """The ``cat-dspy`` console script."""
     logging.basicConfig(level=os.environ.get("CAT_DSPY_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("dspy.clients.lm").addFilter(WarnOnce("LM response was truncated"))
     parser = argparse.ArgumentParser(prog="cat-dspy", description="Compute as Teacher as DSPy programs.")
     sub = parser.add_subparsers(dest="command", required=True)
     modules = {}
