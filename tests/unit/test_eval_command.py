@@ -124,3 +124,26 @@ def test_every_eval_recipe_builds_valid_eval_commands():
                     assert (args.prompt_prefix == "/no_think ") == (family == "qwen3")
                     if smoke:
                         assert max(args.g) <= 2 and args.limit <= 2 and args.max_tokens <= 32
+
+
+def test_before_after_pairs_questions_and_reports_the_difference():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "experiments" / "before_after.py"
+    spec = importlib.util.spec_from_file_location("before_after", path)
+    before_after = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(before_after)
+
+    def record(correct: bool, rollouts: list[bool]) -> dict:
+        return {"results": [{"method": "cat", "g": 4, "correct": correct}], "rollout_correct": rollouts}
+
+    before = {"a": record(False, [False] * 4), "b": record(True, [True, False, False, False]),
+              "only-before": record(True, [True] * 4)}
+    after = {"a": record(True, [True, True, False, False]), "b": record(True, [True] * 4)}
+    rows = {r["method"]: r for r in before_after.paired(before, after)}
+    assert rows["cat"]["n"] == 2 and rows["cat"]["before"]["mean"] == 0.5 and rows["cat"]["after"]["mean"] == 1.0
+    assert rows["cat"]["difference"]["mean"] == 0.5 and rows["cat"]["difference"]["se"] == pytest.approx(0.5)
+    assert rows["rollouts"]["before"]["mean"] == pytest.approx(0.125)
+    assert rows["rollouts"]["difference"]["mean"] == pytest.approx((0.5 + 0.75) / 2)
+    with pytest.raises(SystemExit, match="no finished question"):
+        before_after.paired({"x": record(True, [True])}, after)
