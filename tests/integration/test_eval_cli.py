@@ -15,7 +15,8 @@ pytestmark = pytest.mark.integration
 
 def test_eval_on_the_embedded_model_then_compare_and_resume(data_dir, capsys):
     argv = ["eval", "--dataset", "gsm8k", "--data-dir", str(data_dir), "--limit", "2", "--g", "1,2", "--methods",
-            "single,majority,self_bon,min_ppl,cat", "--max-tokens", "32", "--experiment", "it", "--no-progress"]
+            "single,majority,self_bon,min_ppl,cat", "--max-tokens", "32", "--experiment", "it", "--no-progress",
+            "--extraction", "flexible"]
     assert main(argv) == 0
     out = capsys.readouterr().out
     run_dir = Path(re.search(r"run dir: (\S+)", out).group(1))
@@ -27,6 +28,8 @@ def test_eval_on_the_embedded_model_then_compare_and_resume(data_dir, capsys):
         assert {(r["method"], r["g"]) for r in record["results"]} == {
             (m, g) for m in ("single", "majority", "self_bon", "min_ppl", "cat") for g in (1, 2)}
         assert not any(r["fallback"] == "no_logprobs" for r in record["results"])
+        single = next(r for r in record["results"] if (r["method"], r["g"]) == ("single", 1))
+        assert (single["answer"] is not None) == bool(re.search(r"\d", record["rollouts"][0]))  # flexible: last number
     assert (run_dir / "accuracy_vs_g.png").is_file()
 
     assert main(["compare", "--experiment", "it", "--json"]) == 0
