@@ -15,6 +15,8 @@ import os
 import sys
 from typing import Any
 
+from cat_dspy.extraction import EXTRACTIONS
+
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 ROLES = ("policy", "anchor", "judge")
@@ -59,7 +61,7 @@ def add_answer_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("answers")
     group.add_argument("--equivalence", choices=("symbolic", "string"), default="symbolic",
                        help="answer matching: string match then math-verify (default), or string only (the paper)")
-    group.add_argument("--extraction", choices=("strict", "flexible"), default="strict",
+    group.add_argument("--extraction", choices=EXTRACTIONS, default="strict",
                        help="final answers: box, #### or 'the answer is' only (default), or else the last number")
 
 
@@ -271,7 +273,9 @@ class WarnOnce(logging.Filter):
 def main(argv: list[str] | None = None) -> int:
     """The ``cat-dspy`` console script."""
     logging.basicConfig(level=os.environ.get("CAT_DSPY_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("dspy.clients.lm").addFilter(WarnOnce("LM response was truncated"))
+    dspy_lm_logger = logging.getLogger("dspy.clients.lm")
+    if not any(isinstance(f, WarnOnce) for f in dspy_lm_logger.filters):  # main() may run many times in a process
+        dspy_lm_logger.addFilter(WarnOnce("LM response was truncated"))
     parser = argparse.ArgumentParser(prog="cat-dspy", description="Compute as Teacher as DSPy programs.")
     sub = parser.add_subparsers(dest="command", required=True)
     modules = {}

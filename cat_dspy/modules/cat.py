@@ -96,7 +96,7 @@ class CaT(dspy.Module):
 
     @property
     def extraction(self) -> str:
-        """How final answers are read (``"strict"`` or ``"flexible"``); held by the Synthesize step, so it is saved."""
+        """How final answers are read (``"strict"`` or ``"flexible"``); the Synthesize step holds it (one source)."""
         return self.synthesize.extraction
 
     def forward(self, question: str) -> dspy.Prediction:
