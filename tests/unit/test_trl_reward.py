@@ -273,6 +273,7 @@ def test_env_configured_cat_reward_resolves_like_trl(monkeypatch):
     monkeypatch.setenv("CAT_ANCHOR_MAX_TOKENS", "64")
     monkeypatch.setenv("CAT_NUM_GENERATIONS", "2")
     monkeypatch.setenv("CAT_LENGTH_LIMIT", "100")
+    monkeypatch.setenv("CAT_EXTRACTION", "flexible")
     reward = resolve_like_trl("cat_dspy.rewards.cat_reward")
     assert reward is rewards_module.cat_reward and isinstance(reward, EnvCaTReward)
     monkeypatch.setattr(rewards_module, "cat_reward", EnvCaTReward())  # a fresh one: leave the global alone
@@ -286,6 +287,7 @@ def test_env_configured_cat_reward_resolves_like_trl(monkeypatch):
     assert made == [("hosted_vllm/base-model",
                      {"temperature": 0.7, "max_tokens": 64, "api_base": "http://anchor:8001/v1"})]
     assert reward.reward.num_generations == 2 and reward.reward.length_limit == 100
+    assert reward.reward.cat.extraction == "flexible"
 
 
 def test_reward_config_file_accepts_a_training_recipe(monkeypatch):
