@@ -31,8 +31,8 @@ import dspy
 
 from cat_dspy import make_lm
 from cat_dspy.lm.models import engine_of
+from cat_dspy.lm.servers import EMBEDDED_ALIAS, Server, embedded_gguf, launch, stop
 from cat_dspy.modules import Rollout
-from cat_dspy.serve import EMBEDDED_ALIAS, Server, embedded_gguf, launch, stop
 
 PROMPT = "Explain step by step how to compute 17 * 24, then check the result another way."
 QUESTION = "A baker makes 24 rolls and sells 3 bags of 5 rolls. How many rolls are left?"

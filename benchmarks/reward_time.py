@@ -50,8 +50,8 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args, overrides = parser.parse_known_args()
 
-    from cat_dspy import train
     from cat_dspy.lm.models import engine_of
+    from cat_dspy.rl import train
 
     with tempfile.TemporaryDirectory(prefix="cat-reward-time-") as tmp:
         os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{tmp}/mlflow.db")

@@ -3,7 +3,7 @@
 The current policy samples G rollouts; a frozen anchor synthesizes one reference from them (question-blind);
 each rollout is rewarded by agreement with the reference's answer (verifiable tasks) or by the fraction of
 self-proposed rubric criteria an independent judge marks satisfied (non-verifiable tasks). At test time the
-reference is the answer; in CaT-RL the reward drives GRPO (:mod:`cat_dspy.rewards`, :mod:`cat_dspy.train`).
+reference is the answer; in CaT-RL the reward drives GRPO (:mod:`cat_dspy.rewards`, :mod:`cat_dspy.rl.train`).
 
 Public names are imported lazily, so ``import cat_dspy`` (and ``cat-dspy --help``) does not import torch.
 """

@@ -4,7 +4,7 @@ Small models (the embedded SmolLM2-135M among them) cannot follow DSPy's ``[[ ##
 8–10 of 10 calls fail to parse (``shared/docs/local-stack.md`` §3). CaT does not need them: every signature in
 :mod:`cat_dspy.signatures` has exactly one free-text output, so this adapter sends the instruction as the system
 message, the inputs as the user message, and takes the **whole completion** as the output. Anything structured
-inside that text (criteria, verdicts) is parsed leniently by :mod:`cat_dspy.parsing`.
+inside that text (criteria, verdicts) is parsed leniently by :mod:`cat_dspy.scoring.parsing`.
 
 Inputs are rendered as quoted data: several inputs (or a list input) are wrapped in XML-like sections, and any
 text inside a value that would open or close one of the prompt's own sections is neutralised, so a rollout can

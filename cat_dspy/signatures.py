@@ -5,7 +5,7 @@ reasoning synthesis prompt; see ``shared/docs/cat-paper.md`` §1.3–1.4). Every
 inputs and a single free-text output, so :class:`cat_dspy.adapters.FreeTextAdapter` can use the whole
 completion as the output and small models that cannot follow DSPy's field markers still work. Structured
 content (criteria, verdicts) is asked for as XML inside that free text and parsed leniently by
-:mod:`cat_dspy.parsing`.
+:mod:`cat_dspy.scoring.parsing`.
 
 DSPy optimizers tune these instructions (and add demos) like any other signature.
 """

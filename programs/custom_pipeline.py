@@ -11,8 +11,8 @@ from __future__ import annotations
 import dspy
 
 from cat_dspy import Rollout, Synthesize, make_lm
-from cat_dspy.answers import extract_answer
-from cat_dspy.rewards import majority_answer, verifiable_reward
+from cat_dspy.scoring.equivalence import extract_answer
+from cat_dspy.scoring.rewards import majority_answer, verifiable_reward
 from cat_dspy.signatures import Solve
 
 QUESTION = "Tom has 3 boxes with 12 apples each. He gives away 10 apples. How many apples are left?"

@@ -1,7 +1,8 @@
 """Grading against gold, the only place where labels are used.
 
 Verifiable sets (GSM8K, MATH, AIME): a method's final answer is right when it is equivalent to the gold answer
-(:func:`cat_dspy.answers.equivalent`, symbolic by default). HealthBench: the method's response is graded against the
+(:func:`~cat_dspy.scoring.equivalence.equivalent`, symbolic by default).
+HealthBench: the method's response is graded against the
 physician rubric with the simple-evals formula (``openai/simple-evals``, ``healthbench_eval.py``): the judge LM
 marks each rubric item met or not, one call per item; the example score is the points of the met items divided by
 the total positive points (negative-point items subtract, so an example can score below 0); the benchmark score is
@@ -15,9 +16,9 @@ from typing import Any
 
 import dspy
 
-from cat_dspy.answers import equivalent
 from cat_dspy.modules.base import RoleModule
-from cat_dspy.parsing import parse_verdict
+from cat_dspy.scoring.equivalence import equivalent
+from cat_dspy.scoring.parsing import parse_verdict
 
 
 class GradeRubricItem(dspy.Signature):

@@ -18,10 +18,10 @@ from typing import Any
 
 import dspy
 
+from cat_dspy.lm.usage import track_role
 from cat_dspy.modules.base import RoleModule
-from cat_dspy.rewards import majority_answer
+from cat_dspy.scoring.rewards import majority_answer
 from cat_dspy.signatures import SelectBest
-from cat_dspy.usage import track_role
 
 METHODS = ("single", "majority", "self_bon", "min_ppl", "cat", "cat_q")
 VERIFIABLE_ONLY = ("majority",)  # the most common *final answer* has no meaning for free-text responses

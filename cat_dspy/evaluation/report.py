@@ -19,7 +19,7 @@ from typing import Any
 
 from cat_dspy.evaluation.grading import clipped_mean
 from cat_dspy.evaluation.runner import attributed_usage
-from cat_dspy.usage import merge_usage
+from cat_dspy.lm.usage import merge_usage
 
 ROLE_KEYS = ("calls", "prompt_tokens", "completion_tokens", "seconds")
 CHILD_TAG = "cat_dspy.eval"  # "parent" on the eval run, "child" on each (method, G) run

@@ -33,14 +33,14 @@ from typing import Any
 
 import dspy
 
-from cat_dspy.data import Item
+from cat_dspy.datasets import Item
 from cat_dspy.evaluation.grading import RubricGrader, grade_answer
 from cat_dspy.evaluation.methods import VERIFIABLE_ONLY, SelfBestOfN, apply_methods, mean_nll, select_majority
-from cat_dspy.extraction import extract_answer
+from cat_dspy.lm.usage import empty_usage, merge_usage, track_role
 from cat_dspy.modules import CaT, Rollout, Synthesize
+from cat_dspy.scoring.extraction import extract_answer
 from cat_dspy.signatures import with_question
 from cat_dspy.tracking import redact
-from cat_dspy.usage import empty_usage, merge_usage, track_role
 
 RESULTS_FILE = "results.jsonl"
 TOKEN_KEYS = ("calls", "prompt_tokens", "completion_tokens")
@@ -79,7 +79,7 @@ def build_programs(lms: dict[str, Any], *, mode: str, g: int, logprobs: bool = F
     cat = CaT(g=g, mode=mode, policy=lms["policy"], anchor=lms["anchor"], judge=lms["judge"],
               temperature=temperature, extraction=extraction)
     if program is not None:
-        from cat_dspy.program_file import load_program  # warns when the file was made for another mode
+        from cat_dspy.optimization.program_file import load_program  # warns when the file was made for another mode
 
         load_program(cat, program)
     cat.rollout.logprobs = logprobs
@@ -278,7 +278,7 @@ def run_eval(items: Sequence[Item], programs: Programs, gs: Sequence[int], metho
     """Evaluate ``items`` with resume from ``run_dir``.
 
     Args:
-        items: The questions (validated by :func:`cat_dspy.data.load_dataset`).
+        items: The questions (validated by :func:`cat_dspy.datasets.load_dataset`).
         programs: From :func:`build_programs`.
         gs: G values; max(G) rollouts are sampled per question.
         methods: Method names (:data:`~cat_dspy.evaluation.methods.METHODS`).

@@ -12,14 +12,14 @@ from typing import Any
 
 import dspy
 
-from cat_dspy.extraction import extract_answer
+from cat_dspy.lm.usage import track_role
 from cat_dspy.modules.judge import Judge
 from cat_dspy.modules.rollout import Rollout
 from cat_dspy.modules.rubric import ProposeRubric
 from cat_dspy.modules.synthesize import Synthesize
-from cat_dspy.rewards import length_penalty, rubric_reward, verifiable_reward
+from cat_dspy.scoring.extraction import extract_answer
+from cat_dspy.scoring.rewards import length_penalty, rubric_reward, verifiable_reward
 from cat_dspy.signatures import Respond, Solve
-from cat_dspy.usage import track_role
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import dspy
 
 from cat_dspy.adapters import _RESERVED, quote
 from cat_dspy.modules.base import RoleModule
-from cat_dspy.parsing import parse_verdict, parse_verdicts
+from cat_dspy.scoring.parsing import parse_verdict, parse_verdicts
 from cat_dspy.signatures import JudgeAll, JudgeOne
 
 _MIN_ECHO_CHARS = 16  # below this, only whole lines are cut: "no" must not turn "not met" into "t met"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dspy
 
 from cat_dspy.modules.base import RoleModule
-from cat_dspy.parsing import parse_criteria
+from cat_dspy.scoring.parsing import parse_criteria
 from cat_dspy.signatures import ProposeRubric as ProposeRubricSignature
 
 

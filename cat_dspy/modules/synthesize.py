@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dspy
 
-from cat_dspy.extraction import EXTRACTIONS, extract_answer
 from cat_dspy.modules.base import RoleModule
+from cat_dspy.scoring.extraction import EXTRACTIONS, extract_answer
 from cat_dspy.signatures import SynthesizeFreeform, SynthesizeReasoning, with_question
 
 
@@ -19,7 +19,7 @@ class Synthesize(RoleModule):
         mode: ``"reasoning"`` (math: SUMMARY + UNIFIED RESPONSE ending in a boxed answer) or ``"freeform"``.
         question_aware: Show the anchor the question too.
         extraction: How the reference's final answer is read: ``"strict"`` or ``"flexible"`` (last number
-            fallback; :func:`cat_dspy.extraction.extract_answer`).
+            fallback; :func:`cat_dspy.scoring.extraction.extract_answer`).
         lm: The frozen anchor LM.
 
     Examples:

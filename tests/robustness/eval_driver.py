@@ -80,7 +80,7 @@ def main(argv: list[str]) -> int:
     import argparse
 
     from cat_dspy import cli
-    from cat_dspy.evaluation import cli as eval_cli
+    from cat_dspy.cli import eval as eval_cli
 
     log_path, delay, sep, *rest = argv
     assert sep == "--", "usage: eval_driver.py CALL_LOG DELAY_S -- <eval arguments>"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cat_dspy import cli
-from cat_dspy.data import DataError, load_dataset
+from cat_dspy.datasets import DataError, load_dataset
 from cat_dspy.testing import scripted_lm
 
 pytestmark = pytest.mark.robustness
@@ -74,7 +74,7 @@ def test_bad_files_name_file_and_line(tmp_path):
 
 
 def test_eval_fails_before_any_lm_call(tmp_path, monkeypatch, capsys):
-    from cat_dspy.evaluation import cli as eval_cli
+    from cat_dspy.cli import eval as eval_cli
 
     built, engines = [], []
 

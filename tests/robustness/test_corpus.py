@@ -9,10 +9,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from cat_dspy.answers import equivalence_stats, equivalent, extract_answer
 from cat_dspy.modules import CaT, Judge, ProposeRubric, Synthesize
-from cat_dspy.parsing import parse_criteria, parse_verdict, parse_verdicts
-from cat_dspy.rewards import rubric_reward, verifiable_reward
+from cat_dspy.scoring.equivalence import equivalence_stats, equivalent, extract_answer
+from cat_dspy.scoring.parsing import parse_criteria, parse_verdict, parse_verdicts
+from cat_dspy.scoring.rewards import rubric_reward, verifiable_reward
 from cat_dspy.testing import scripted_lm
 
 from . import make_corpus

@@ -1,5 +1,5 @@
 """Backend faults at 30 %: the CaT reward and ``eval`` finish, retries stay bounded, and every request and every item
-ends answered or explicitly failed, with counts that add up (``cat_dspy.faults`` injects the faults)."""
+ends answered or explicitly failed, with counts that add up (``cat_dspy.testing.faults`` injects the faults)."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ import dspy
 import pytest
 from dspy.utils.exceptions import LMRateLimitError, LMServerError, LMTimeoutError, LMTransportError
 
-from cat_dspy.data import Item
+from cat_dspy.datasets import Item
 from cat_dspy.evaluation.runner import build_programs, run_eval
-from cat_dspy.faults import FaultyEngine, faulty_lm
 from cat_dspy.modules import CaT
 from cat_dspy.rewards import CaTReward
 from cat_dspy.testing import scripted_lm
+from cat_dspy.testing.faults import FaultyEngine, faulty_lm
 
 pytestmark = pytest.mark.robustness
 

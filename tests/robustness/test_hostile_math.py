@@ -10,8 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from cat_dspy.answers import equivalence_stats, equivalent
 from cat_dspy.rewards import CaTReward, verifiable_reward
+from cat_dspy.scoring.equivalence import equivalence_stats, equivalent
 from cat_dspy.testing import scripted_lm
 
 pytestmark = pytest.mark.robustness

@@ -118,7 +118,7 @@ def test_traces_are_redacted(tmp_path, caplog):
 
 
 def test_eval_never_leaks(tmp_path, monkeypatch, caplog, capsys):
-    from cat_dspy.evaluation import cli as eval_cli
+    from cat_dspy.cli import eval as eval_cli
 
     caplog.set_level(logging.DEBUG)
     monkeypatch.setattr(cli, "build_roles", leaky_roles)
@@ -145,7 +145,7 @@ def test_solve_records_traces(monkeypatch):
 
 
 def test_eval_results_file_is_redacted(tmp_path):
-    from cat_dspy.data import Item
+    from cat_dspy.datasets import Item
     from cat_dspy.evaluation.runner import build_programs, run_eval
 
     programs = build_programs(leaky_roles(), mode="verifiable", g=1)

@@ -43,7 +43,7 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     for module in ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context"):
         if importlib.util.find_spec(module) is None:
             pytest.skip(f"llama-cpp-python[server] is not installed (no {module}); see Makefile")
-    from cat_dspy.serve import embedded_gguf, stop, wait_ready
+    from cat_dspy.lm.servers import embedded_gguf, stop, wait_ready
 
     try:
         gguf = embedded_gguf()

@@ -76,8 +76,8 @@ def test_canary_key_never_reaches_mlflow_or_artifacts(cli, proxy_factory, monkey
     assert canary not in str(result)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("cat_dspy.evaluation.cli") is None,
-                    reason="the eval CLI (cat_dspy.evaluation.cli) does not exist yet")
+@pytest.mark.skipif(importlib.util.find_spec("cat_dspy.cli.eval") is None,
+                    reason="the eval CLI (cat_dspy.cli.eval) does not exist yet")
 def test_eval_through_server(cli, proxy_factory, data_dir: Path) -> None:
     """``cat-dspy eval --limit 2`` with policy and anchor on the server; usage per role matches the wire."""
     proxy = proxy_factory()

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from cat_dspy.answers import (
+from cat_dspy.scoring.equivalence import (
     equivalence_stats,
     equivalent,
     extract_answer,

@@ -13,8 +13,8 @@ import dspy
 import pytest
 from dspy.utils import DummyLM
 
-from cat_dspy import serve
 from cat_dspy.lm import models
+from cat_dspy.lm import servers as serve
 from cat_dspy.lm.models import make_lm, note_ignores_n, samples_with_n
 from cat_dspy.modules.rollout import Rollout
 

@@ -1,4 +1,4 @@
-"""Tests for cat_dspy.data: named sets (read from shared/data, skipped when absent), user JSONL, validation."""
+"""Tests for cat_dspy.datasets: named sets (read from shared/data, skipped when absent), user JSONL, validation."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from cat_dspy import data
-from cat_dspy.data import DATASETS, DataError, Item, load_dataset, sample_questions, split_items
+from cat_dspy import datasets as data
+from cat_dspy.datasets import DATASETS, DataError, Item, load_dataset, sample_questions, split_items
 
 
 def _find_data_dir() -> Path | None:
@@ -60,13 +60,13 @@ def no_shared(monkeypatch):
 
 @pytest.fixture
 def answers_module(monkeypatch):
-    """cat_dspy.answers.extract_answer, or a stand-in (last \\boxed{}) while that module does not exist yet."""
+    """cat_dspy.scoring.extraction.extract_answer, or a stand-in (last \\boxed{}) while it does not exist."""
     try:
-        from cat_dspy.answers import extract_answer  # noqa: F401
+        from cat_dspy.scoring.extraction import extract_answer  # noqa: F401
     except ImportError:
-        fake = types.ModuleType("cat_dspy.answers")
+        fake = types.ModuleType("cat_dspy.scoring.extraction")
         fake.extract_answer = lambda text: (re.findall(r"\\boxed\{([^{}]*)\}", text or "") or [None])[-1]
-        monkeypatch.setitem(sys.modules, "cat_dspy.answers", fake)
+        monkeypatch.setitem(sys.modules, "cat_dspy.scoring.extraction", fake)
 
 
 # --- named sets --------------------------------------------------------------------------------------------------

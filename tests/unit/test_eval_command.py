@@ -100,7 +100,7 @@ def test_every_eval_recipe_builds_valid_eval_commands():
 
     import yaml
 
-    from cat_dspy.evaluation import cli as eval_cli
+    from cat_dspy.cli import eval as eval_cli
 
     root = Path(__file__).resolve().parents[2] / "experiments"
     spec = importlib.util.spec_from_file_location("run_eval_recipe", root / "run_eval_recipe.py")

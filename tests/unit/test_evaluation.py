@@ -10,7 +10,7 @@ from collections import Counter, defaultdict
 
 import pytest
 
-from cat_dspy.data import Item
+from cat_dspy.datasets import Item
 from cat_dspy.evaluation.grading import RubricGrader, clipped_mean, healthbench_score
 from cat_dspy.evaluation.methods import SelfBestOfN, apply_methods, select_majority, select_min_ppl
 from cat_dspy.evaluation.report import mean_stderr, summarize

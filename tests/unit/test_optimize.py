@@ -10,10 +10,10 @@ import dspy
 import pytest
 
 from cat_dspy import cli
-from cat_dspy.metrics import JudgeMetric, RubricMetric, SynthesisMetric, compare, contrast
 from cat_dspy.modules import CaT, Judge
-from cat_dspy.optimize import compile_target
-from cat_dspy.program_file import load_program, save_program
+from cat_dspy.optimization.compile import compile_target
+from cat_dspy.optimization.metrics import JudgeMetric, RubricMetric, SynthesisMetric, compare, contrast
+from cat_dspy.optimization.program_file import load_program, save_program
 from cat_dspy.testing import scripted_lm
 
 UNIFIED = "# SUMMARY ok\n# UNIFIED RESPONSE\nTherefore, the final answer is: $\\boxed{{{}}}$. I hope it is correct."
@@ -217,7 +217,7 @@ def _scripted_roles(monkeypatch):
         return UNIFIED.format(re.search(r"\\boxed\{(\d+)\}", tail).group(1))
 
     lms = {"policy": scripted_lm(policy), "anchor": scripted_lm(anchor), "judge": scripted_lm(["yes"])}
-    monkeypatch.setattr("cat_dspy.optimize.build_roles", lambda args: lms)
+    monkeypatch.setattr("cat_dspy.optimization.compile.build_roles", lambda args: lms)
     monkeypatch.setattr("cat_dspy.cli.build_roles", lambda args: lms)
     return lms
 
@@ -292,7 +292,7 @@ def test_mipro_with_a_free_text_proposer(monkeypatch):
     import argparse
 
     from cat_dspy.adapters import FreeTextAdapter
-    from cat_dspy.optimize import make_optimizer
+    from cat_dspy.optimization.compile import make_optimizer
 
     program = CaT(g=2, anchor=scripted_lm(lambda p: UNIFIED.format(4 if "Reconcile" in p else 5)))
     proposer = scripted_lm(["Reconcile the rollouts and keep the answer they agree on."])
@@ -307,9 +307,9 @@ def test_mipro_with_a_free_text_proposer(monkeypatch):
 def test_judge_examples_from_healthbench_physician_rubrics(data_dir):
     import argparse
 
-    from cat_dspy.data import load_dataset
-    from cat_dspy.metrics import judge_examples
-    from cat_dspy.optimize import ideal_completions
+    from cat_dspy.datasets import load_dataset
+    from cat_dspy.optimization.compile import ideal_completions
+    from cat_dspy.optimization.metrics import judge_examples
 
     items = load_dataset("healthbench", data_dir=data_dir)[:20]
     ideals = ideal_completions(argparse.Namespace(data_dir=data_dir), items)

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from cat_dspy.parsing import parse_criteria, parse_verdict, parse_verdicts
+from cat_dspy.scoring.parsing import parse_criteria, parse_verdict, parse_verdicts
 
 
 @pytest.fixture(autouse=True)

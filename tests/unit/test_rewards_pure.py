@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cat_dspy.rewards import length_penalty, majority_answer, rubric_reward, verifiable_reward
+from cat_dspy.scoring.rewards import length_penalty, majority_answer, rubric_reward, verifiable_reward
 
 
 @pytest.fixture(autouse=True)

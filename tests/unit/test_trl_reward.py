@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from cat_dspy import rewards as rewards_module
-from cat_dspy.rewards import CaTReward, EnvCaTReward, group_completions, reward_options_from_env
+from cat_dspy.rewards import CaTReward, EnvCaTReward
+from cat_dspy.rl.config import normalize_reward_options, reward_options_from_env
+from cat_dspy.rl.inputs import group_completions
 from cat_dspy.testing import scripted_lm
 
 REPO = Path(__file__).resolve().parents[2]
@@ -110,7 +112,7 @@ def test_blocks_that_mix_prompts_are_regrouped_by_prompt(caplog):
     reward = CaTReward(anchor, num_generations=2)
     prompts, completions = batch({"g0": ["1", "9"], "g1": ["2", "9"]})
     order = [0, 2, 1, 3]  # interleaved: every block of 2 mixes the prompts
-    with caplog.at_level(logging.WARNING, logger="cat_dspy.rewards"):
+    with caplog.at_level(logging.WARNING, logger="cat_dspy.rl.reward"):
         out = reward(prompts=[prompts[i] for i in order], completions=[completions[i] for i in order])
     assert out == [1.0, 1.0, 0.0, 0.0]
     assert anchor.group_calls == {"g0": 1, "g1": 1}
@@ -295,7 +297,7 @@ def test_reward_config_file_accepts_a_training_recipe(monkeypatch):
     options = reward_options_from_env({"CAT_REWARD_CONFIG": str(recipe), "CAT_MODE": "verifiable"})
     assert options["anchor"] == "local" and options["num_generations"] == 4 and options["anchor_max_tokens"] == 48
     with pytest.raises(ValueError, match="unknown CaT reward option"):
-        rewards_module.normalize_reward_options({"anchr": "local"})
+        normalize_reward_options({"anchr": "local"})
     with pytest.raises(ValueError, match="boolean"):
         reward_options_from_env({"CAT_QUESTION_AWARE": "maybe"})
 
@@ -308,18 +310,18 @@ def test_cat_reward_configure_and_reset():
     assert reward._reward is None
 
 
-# -- cat_dspy.train: the recipe side (no training here; tests/integration/test_train.py trains) -------------------
+# -- cat_dspy.rl.train: the recipe side (no training here; tests/integration/test_train.py trains) -------------------
 
 
 def parse_recipe(*overrides: str):
-    from cat_dspy.train import make_parser
+    from cat_dspy.rl.train import make_parser
 
     return make_parser().parse_args_and_config(["--config", str(REPO / "experiments/recipes/cpu_smoke.yaml"),
                                                 *overrides])
 
 
 def test_smoke_recipe_parses_into_the_three_dataclasses():
-    from cat_dspy.train import CaTGRPOConfig, reward_options
+    from cat_dspy.rl.train import CaTGRPOConfig, reward_options
 
     script_args, training_args, model_args = parse_recipe("--max_steps", "5", "--length_limit", "750")
     assert isinstance(training_args, CaTGRPOConfig)
@@ -341,7 +343,7 @@ TRAINING_RECIPES = ["cpu_smoke", "gsm8k_smollm2",
 
 @pytest.mark.parametrize("name", TRAINING_RECIPES)
 def test_training_recipes_parse(name):
-    from cat_dspy.train import make_parser
+    from cat_dspy.rl.train import make_parser
 
     argv = ["--config", str(REPO / "experiments" / "recipes" / f"{name}.yaml")]
     if name != "cpu_smoke":  # GPU recipes: parse them here without a GPU
@@ -364,7 +366,7 @@ def test_training_recipes_parse(name):
 
 
 def test_training_prompts_carry_no_labels_and_eval_keeps_gold(data_dir):
-    from cat_dspy.train import build_datasets
+    from cat_dspy.rl.train import build_datasets
 
     script_args, training_args, _ = parse_recipe("--data_dir", str(data_dir), "--eval_strategy", "steps",
                                                  "--eval_steps", "1", "--holdout", "4", "--prompt_prefix", "/no_think ")
@@ -378,7 +380,7 @@ def test_training_prompts_carry_no_labels_and_eval_keeps_gold(data_dir):
 
 
 def test_last_checkpoint_is_found_for_resume(tmp_path):
-    from cat_dspy.train import last_checkpoint
+    from cat_dspy.rl.train import last_checkpoint
 
     (tmp_path / "checkpoint-2").mkdir()
     (tmp_path / "checkpoint-10").mkdir()
@@ -390,7 +392,8 @@ def test_last_checkpoint_is_found_for_resume(tmp_path):
 
 
 def test_cli_hands_every_argument_to_trl(monkeypatch):
-    from cat_dspy import cli, train
+    from cat_dspy import cli
+    from cat_dspy.rl import train
 
     seen = {}
 
@@ -414,7 +417,7 @@ def test_extraction_option_reaches_the_reward():
 
 def test_reward_loads_an_optimized_program(tmp_path, caplog):
     from cat_dspy.modules import CaT
-    from cat_dspy.program_file import save_program
+    from cat_dspy.optimization.program_file import save_program
 
     tuned = CaT(g=2, extraction="flexible")
     tuned.synthesize.synthesize.signature = tuned.synthesize.synthesize.signature.with_instructions("Reconcile: X")

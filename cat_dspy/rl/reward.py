@@ -11,9 +11,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from cat_dspy.answers import equivalent
-from cat_dspy.rewards import majority_answer, verifiable_reward
-from cat_dspy.trl_utils import (
+from cat_dspy.lm.usage import merge_usage
+from cat_dspy.rl.inputs import (
     completion_text,
     gold_text,
     group_completions,
@@ -23,7 +22,8 @@ from cat_dspy.trl_utils import (
     reward_callback,
     sampled_traces,
 )
-from cat_dspy.usage import merge_usage
+from cat_dspy.scoring.equivalence import equivalent
+from cat_dspy.scoring.rewards import majority_answer, verifiable_reward
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ class CaTReward:
         name: str = "cat_reward",
     ):
         from cat_dspy.modules.cat import CaT
-        from cat_dspy.reward_config import _lm_from_string
+        from cat_dspy.rl.config import _lm_from_string
 
         if isinstance(anchor, str):
             anchor = _lm_from_string(anchor)
@@ -196,7 +196,7 @@ class CaTReward:
         log_metric: Any = None,
         **columns: Any,
     ) -> list[float | None]:
-        from cat_dspy import distributed
+        from cat_dspy.rl import distributed
 
         start, call = time.perf_counter(), self.calls
         if len(prompts) != len(completions):

@@ -20,8 +20,8 @@ from typing import Any
 
 import dspy
 
-from cat_dspy.answers import equivalent, extract_answer
-from cat_dspy.rewards import majority_answer, rubric_reward
+from cat_dspy.scoring.equivalence import equivalent, extract_answer
+from cat_dspy.scoring.rewards import majority_answer, rubric_reward
 
 _UNSET: Any = object()  # marks "called with DSPy's three-argument form"
 
@@ -130,8 +130,8 @@ class SynthesisMetric(CaTMetric):
     boxed answer at all.
 
     Args:
-        equivalence, extraction: How answers are compared and read (:func:`cat_dspy.answers.equivalent`,
-            :func:`cat_dspy.extraction.extract_answer`).
+        equivalence, extraction: How answers are compared and read (:func:`cat_dspy.scoring.equivalence.equivalent`,
+            :func:`cat_dspy.scoring.extraction.extract_answer`).
 
     Examples:
         >>> gold = dspy.Example(rollouts=["\\\\boxed{4}", "\\\\boxed{5}", "\\\\boxed{5}"], answer="4")

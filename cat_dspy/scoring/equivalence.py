@@ -1,4 +1,4 @@
-"""Answer equivalence (CaT verifiable reward, paper §1.5); extraction lives in :mod:`cat_dspy.extraction`.
+"""Answer equivalence (CaT verifiable reward, paper §1.5); extraction lives in :mod:`cat_dspy.scoring.extraction`.
 
 The symbolic check runs in long-lived worker processes: fresh interpreters started with ``subprocess`` (spawn-like:
 no fork of a parent holding torch threads, no re-import of the caller's ``__main__`` or of ``cat_dspy``). Each request
@@ -23,7 +23,7 @@ import time
 __all__ = ["equivalence_stats", "equivalent", "extract_answer", "normalize_answer", "reset_equivalence_stats"]
 __all__ += ["shutdown_equivalence_workers"]
 
-from cat_dspy.extraction import extract_answer  # noqa: E402 - re-exported: the historical home of extraction
+from cat_dspy.scoring.extraction import extract_answer  # noqa: E402 - re-exported: the historical home of extraction
 
 # --------------------------------------------------------------------------------------------- normalization
 _WRAPPER = re.compile(r"\\(?:text|textbf|textit|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")

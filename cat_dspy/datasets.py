@@ -380,7 +380,7 @@ def _gsm8k_final(solution: str, where: str) -> str:
 
 
 def _boxed(solution: str) -> str | None:
-    from cat_dspy.answers import extract_answer  # lazy: only MATH-style records without an answer need it
+    from cat_dspy.scoring.extraction import extract_answer  # lazy: only MATH-style records without an answer need it
 
     return (extract_answer(solution) or "").strip() or None
 

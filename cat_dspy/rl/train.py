@@ -4,7 +4,7 @@ The recipe is parsed by TRL's ``TrlParser`` over three dataclasses, open-r1 styl
 (data), :class:`CaTGRPOConfig` (TRL's ``GRPOConfig`` plus the CaT options) and TRL's ``ModelConfig``; any field can
 be overridden on the command line, and an ``env:`` block sets environment variables. :func:`main` then
 
-1. loads the questions with :func:`cat_dspy.data.load_dataset` into a conversational ``prompt`` column (the gold
+1. loads the questions with :func:`cat_dspy.datasets.load_dataset` into a conversational ``prompt`` column (the gold
    ``answer`` is kept only in the evaluation set, for ``cat/label_accuracy``; the training set has no labels),
 2. builds the CaT reward (:class:`cat_dspy.rewards.CaTReward`) with the frozen anchor: by default the initial
    checkpoint (the embedded SmolLM2-135M when ``model_name_or_path`` is unset), loaded once in eval mode, apart from
@@ -165,7 +165,7 @@ def _config_classes() -> dict[str, type]:
 
     classes = {"CaTScriptArguments": CaTScriptArguments, "CaTGRPOConfig": CaTGRPOConfig}
     for name, cls in classes.items():  # picklable (Trainer saves training_args.bin) and documented as ours
-        cls.__module__, cls.__qualname__ = "cat_dspy.train", name  # also under `python -m cat_dspy.train`
+        cls.__module__, cls.__qualname__ = "cat_dspy.rl.train", name  # also under `python -m cat_dspy.rl.train`
     return classes
 
 
@@ -218,7 +218,7 @@ def build_datasets(script_args: Any, training_args: Any) -> tuple[Any, Any]:
     """``(train, eval)`` ``datasets.Dataset`` objects: ``prompt`` (+ ``id``), and ``answer`` in eval only."""
     from datasets import Dataset
 
-    from cat_dspy.data import load_dataset
+    from cat_dspy.datasets import load_dataset
 
     common = {"data_dir": script_args.data_dir, "question_field": script_args.question_field,
               "answer_field": script_args.answer_field}

@@ -1,11 +1,12 @@
 """``cat-dspy optimize``: compile one of CaT's prompts with a DSPy optimizer and save the whole program.
 
 The target submodule of a :class:`~cat_dspy.modules.CaT` program (``synthesize``, ``propose_rubric`` or ``judge``)
-is compiled with ``BootstrapFewShot``, ``MIPROv2`` or ``GEPA`` against a labelled metric (:mod:`cat_dspy.metrics`)
+is compiled with ``BootstrapFewShot``, ``MIPROv2`` or ``GEPA`` against a labelled metric
+(:mod:`cat_dspy.optimization.metrics`)
 on examples built from a seeded, disjoint train/dev/test split. The whole program is saved as DSPy JSON, so
 ``solve``, ``eval`` and ``train`` load it with ``--program PATH``. The compile is one MLflow run
 (``mlflow.dspy.autolog(log_compiles=True, log_evals=True)``) holding the params, the saved program and, with
-``--test N``, a held-out base-vs-optimized report. Program files: :mod:`cat_dspy.program_file`.
+``--test N``, a held-out base-vs-optimized report. Program files: :mod:`cat_dspy.optimization.program_file`.
 
 The modules call their LM under :class:`~cat_dspy.adapters.FreeTextAdapter` whatever the optimizer does, so
 bootstrapped demos render through it. During a compile the target's LM is lent through ``dspy.settings.lm`` instead
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from cat_dspy.cli import add_answer_arguments, add_role_arguments, build_roles, role_settings
-from cat_dspy.program_file import save_program
+from cat_dspy.optimization.program_file import save_program
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ def cached(cache: JsonlCache, items: list[Any], make: Callable[[Any], Any | None
 
 def split(args: argparse.Namespace, usable: Callable[[Any], bool]) -> tuple[list, list, list]:
     """Seeded, disjoint train/dev/test items of ``--dataset`` (only those ``usable`` for the target)."""
-    from cat_dspy.data import DATASETS, DataError, load_dataset, split_items
+    from cat_dspy.datasets import DATASETS, DataError, load_dataset, split_items
 
     spec = DATASETS.get(str(args.dataset).lower())
     split_name = args.split or ("train" if spec is not None and "train" in spec.files else None)
@@ -133,7 +134,7 @@ def ideal_completions(args: argparse.Namespace, items: list[Any]) -> dict[str, s
 
     JSONL files keep the field in ``item.meta``; for named sets it is read from the source line of each item.
     """
-    from cat_dspy.data import data_dirs
+    from cat_dspy.datasets import data_dirs
 
     found, lines = {}, {}
     for item in items:
@@ -154,7 +155,7 @@ def build_examples(args: argparse.Namespace, program: Any, items: list[Any], cac
     """The target's ``dspy.Example`` list for ``items`` (inputs marked; labels kept for the metric only)."""
     import dspy
 
-    from cat_dspy.metrics import rubric_example
+    from cat_dspy.optimization.metrics import rubric_example
 
     if args.target == "judge":
         return judge_examples(args, items, caches)
@@ -185,10 +186,10 @@ def build_examples(args: argparse.Namespace, program: Any, items: list[Any], cac
 
 
 def judge_examples(args: argparse.Namespace, items: list[Any], caches: dict[str, JsonlCache]) -> list:
-    """Judge examples from items with rubrics and ideal completions (:func:`cat_dspy.metrics.judge_examples`)."""
+    """Judge examples from items with rubrics and ideal completions (see ``optimization.metrics.judge_examples``)."""
     from cat_dspy.lm.models import make_lm
-    from cat_dspy.metrics import judge_examples as build
     from cat_dspy.modules import Judge
+    from cat_dspy.optimization.metrics import judge_examples as build
 
     reference, model = None, args.reference_judge
     if model:
@@ -280,7 +281,7 @@ def compile_target(program: Any, target: str, optimizer: Any, trainset: list, va
 
 def make_metric(target: str, program: Any) -> Any:
     """The labelled metric of ``target`` (the rubric metric judges with the program's judge)."""
-    from cat_dspy.metrics import JudgeMetric, RubricMetric, SynthesisMetric
+    from cat_dspy.optimization.metrics import JudgeMetric, RubricMetric, SynthesisMetric
 
     if target == "synthesize":
         return SynthesisMetric(equivalence=program.equivalence, extraction=program.extraction)
@@ -308,8 +309,8 @@ def optimize(args: argparse.Namespace) -> dict[str, Any]:
     from cat_dspy import tracking
     from cat_dspy.adapters import FreeTextAdapter
     from cat_dspy.lm.models import cache_dir
-    from cat_dspy.metrics import compare, group_baselines, mean_se
     from cat_dspy.modules import CaT
+    from cat_dspy.optimization.metrics import compare, group_baselines, mean_se
 
     mode = args.mode or ("verifiable" if args.target == "synthesize" else "rubric")
     if args.target == "synthesize" and mode != "verifiable":

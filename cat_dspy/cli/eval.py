@@ -86,7 +86,7 @@ def eval_config(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate CaT and the selection baselines on a dataset (resumable, logged to MLflow)."""
-    from cat_dspy.data import DataError, load_dataset
+    from cat_dspy.datasets import DataError, load_dataset
     from cat_dspy.evaluation.runner import args_hash, mode_of
 
     # 1. Data first: a bad line must fail before any model is built or called.

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from cat_dspy.trl_reward import CaTReward
+from cat_dspy.rl.reward import CaTReward
 
 logger = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ def build_reward(options: Mapping[str, Any], **overrides: Any) -> CaTReward:
     kwargs = {name: opts[name] for name in _REWARD_KWARGS if opts.get(name) is not None}
     reward = CaTReward(anchor, judge=judge, mode=mode, **kwargs)
     if opts.get("program"):  # optimized synthesis / rubric / judge prompts (cat-dspy optimize --out)
-        from cat_dspy.program_file import load_program
+        from cat_dspy.optimization.program_file import load_program
 
         load_program(reward.cat, opts["program"])
     return reward

@@ -15,7 +15,7 @@ import os
 import sys
 from typing import Any
 
-from cat_dspy.extraction import EXTRACTIONS
+from cat_dspy.scoring.extraction import EXTRACTIONS
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
@@ -24,11 +24,11 @@ ROLES = ("policy", "anchor", "judge")
 ROLE_TEMPERATURE = {"policy": 1.0, "anchor": 0.7, "judge": 0.0}
 COMMANDS = {
     "solve": "cat_dspy.cli",
-    "eval": "cat_dspy.evaluation.cli",
+    "eval": "cat_dspy.cli.eval",
     "compare": "cat_dspy.evaluation.compare",
-    "train": "cat_dspy.train",
-    "optimize": "cat_dspy.optimize",
-    "serve": "cat_dspy.serve",
+    "train": "cat_dspy.rl.train",
+    "optimize": "cat_dspy.optimization.compile",
+    "serve": "cat_dspy.lm.servers",
 }
 
 
@@ -137,7 +137,7 @@ def solve(args: argparse.Namespace) -> dict[str, Any]:
 
     from cat_dspy import tracking
     from cat_dspy.modules import CaT
-    from cat_dspy.program_file import load_program
+    from cat_dspy.optimization.program_file import load_program
 
     console = Console(stderr=True, quiet=args.json and not sys.stderr.isatty())
     status, callback = _stage_status(console)
