@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+CHILD_TAG = "cat_dspy.eval"  # "parent" on an eval run, "child" on each of its (method, G) runs
 _SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL)", re.IGNORECASE)
 
 

@@ -15,13 +15,11 @@ import os
 import sys
 from typing import Any
 
+from cat_dspy.lm.roles import ROLE_TEMPERATURE, ROLES
 from cat_dspy.scoring.extraction import EXTRACTIONS
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-ROLES = ("policy", "anchor", "judge")
-# Sampling defaults per role: the policy explores, the anchor reconciles, the judge decides.
-ROLE_TEMPERATURE = {"policy": 1.0, "anchor": 0.7, "judge": 0.0}
 COMMANDS = {
     "solve": "cat_dspy.cli",
     "eval": "cat_dspy.cli.eval",

@@ -14,8 +14,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-ROLES = ("policy", "anchor")
-CHILD_TAG = "cat_dspy.eval"  # the same as cat_dspy.evaluation.report.CHILD_TAG (kept here: no heavy import)
+from cat_dspy.lm.roles import ROLES
+from cat_dspy.tracking import CHILD_TAG
+
+CALL_ROLES = ROLES[:2]  # the table's "calls" columns: policy and anchor
 METHOD_ORDER = ("single", "majority", "self_bon", "min_ppl", "cat", "cat_q")
 
 
@@ -78,7 +80,7 @@ def print_rows(rows: Sequence[dict[str, Any]], title: str | None = None, file: A
     show_eval = len({r.get("eval") for r in rows}) > 1
     table = Table(title=title)
     columns = (["eval"] if show_eval else []) + ["method", "G", "accuracy ± se", "n", "fallbacks"]
-    columns += [f"{role} calls" for role in ROLES] + ["tokens", "tokens/q", "seconds", "disagree", "acc|disagree"]
+    columns += [f"{role} calls" for role in CALL_ROLES] + ["tokens", "tokens/q", "seconds", "disagree", "acc|disagree"]
     for name in columns:
         table.add_column(name, justify="left" if name in ("eval", "method") else "right")
     for r in rows:
@@ -92,7 +94,7 @@ def print_rows(rows: Sequence[dict[str, Any]], title: str | None = None, file: A
         cells = [str(r["eval"])] if show_eval else []
         cells += [str(r["method"]), str(r["g"]), "–" if acc is None else f"{acc:.3f} ± {se or 0:.3f}", _num(n),
                   _num(r.get("fallbacks"))]
-        cells += [_num(role(x, "calls")) for x in ROLES]
+        cells += [_num(role(x, "calls")) for x in CALL_ROLES]
         tokens = r.get("tokens")
         cells += [_num(tokens), _num(tokens / n if tokens is not None and n else None), _num(r.get("seconds"), 1)]
         cells += [_num(r.get("disagree_rate"), 3), _num(r.get("accuracy_when_disagree"), 3)]

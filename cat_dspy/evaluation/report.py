@@ -20,9 +20,9 @@ from typing import Any
 from cat_dspy.evaluation.grading import clipped_mean
 from cat_dspy.evaluation.runner import attributed_usage
 from cat_dspy.lm.usage import merge_usage
+from cat_dspy.tracking import CHILD_TAG
 
 ROLE_KEYS = ("calls", "prompt_tokens", "completion_tokens", "seconds")
-CHILD_TAG = "cat_dspy.eval"  # "parent" on the eval run, "child" on each (method, G) run
 PLOT_FILE = "accuracy_vs_g.png"
 TABLE_FILE = "results_table.json"
 

@@ -32,13 +32,15 @@ import torch
 from dspy import lm15
 from dspy.clients.engines.base import validate_request
 
-from cat_dspy.lm.models import default_model_path, load_model, resolve_device, resolve_dtype, shared_engine
+from cat_dspy.lm.hf import default_model_dir, default_model_path, load_model, resolve_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
 
 _DROPPED = ("response_format", "reasoning", "frequency_penalty", "presence_penalty", "tool_choice", "probabilities")
 _STATS = ("generate_calls", "requests", "rows", "prompt_tokens", "completion_tokens", "generate_seconds")
 _TOKENIZER_LOCK = threading.Lock()  # a fast tokenizer used from several threads raises "Already borrowed"
+_ENGINES: dict[tuple[str, str, str], LocalEngine] = {}
+_ENGINES_LOCK = threading.Lock()
 
 
 @dataclass
@@ -396,3 +398,22 @@ class AsyncLocalEngine:
     def load_state(cls, state: dict[str, Any]) -> AsyncLocalEngine:
         """An async twin of the shared engine for ``state``."""
         return cls(shared_engine(**state))
+
+
+def shared_engine(
+    model_path: str | os.PathLike | None = None, *, device: str | None = None, dtype: str | None = None, **knobs: Any
+) -> LocalEngine:
+    """The process-wide :class:`LocalEngine` for (path, device, dtype); a None path is the default model.
+
+    Non-None ``max_batch_size`` / ``batch_window_s`` in ``knobs`` also update an existing engine.
+    """
+    dev = resolve_device(device)
+    path = Path(model_path).expanduser().resolve() if model_path else default_model_dir()
+    key = (str(path), str(dev), str(resolve_dtype(dtype, dev)))
+    knobs = {name: value for name, value in knobs.items() if value is not None}
+    with _ENGINES_LOCK:
+        if key not in _ENGINES:
+            _ENGINES[key] = LocalEngine(model_path, device=device, dtype=dtype, **knobs)
+        for name, value in knobs.items():
+            setattr(_ENGINES[key], name, value)
+        return _ENGINES[key]

@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cat_dspy.lm.models import embedded_gguf
+from cat_dspy.lm.hf import embedded_gguf
+from cat_dspy.lm.roles import ROLES
 
-ROLES = ("policy", "anchor", "judge")
 DEFAULT_VLLM_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the embedded model, as vLLM loads it
 EMBEDDED_ALIAS = "smollm2"
 

@@ -14,8 +14,6 @@ from typing import Any
 
 import dspy
 
-ROLES = ("policy", "anchor", "judge")
-
 
 def empty_usage() -> dict[str, float]:
     """A zeroed usage record for one role.

@@ -308,7 +308,7 @@ def optimize(args: argparse.Namespace) -> dict[str, Any]:
 
     from cat_dspy import tracking
     from cat_dspy.adapters import FreeTextAdapter
-    from cat_dspy.lm.models import cache_dir
+    from cat_dspy.lm.hf import cache_dir
     from cat_dspy.modules import CaT
     from cat_dspy.optimization.metrics import compare, group_baselines, mean_se
 

@@ -11,7 +11,8 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from cat_dspy.rl.reward import CaTReward
+from cat_dspy.lm.roles import role_lm
+from cat_dspy.rl.reward import REWARD_MAX_TOKENS, CaTReward
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,6 @@ ENV_PREFIX = "CAT_"
 CONFIG_ENV = "CAT_REWARD_CONFIG"
 """Path of a YAML file of :data:`REWARD_OPTIONS` (a whole ``cat-dspy train`` recipe works: other keys are ignored)."""
 _ALIASES = {alias: name for name, (_, aliases) in REWARD_OPTIONS.items() for alias in (name, *aliases)}
-ROLE_DEFAULTS = {"anchor": {"temperature": 0.7, "max_tokens": 1024}, "judge": {"temperature": 0.0, "max_tokens": 256}}
 
 
 def _convert(name: str, value: Any) -> Any:
@@ -128,20 +128,13 @@ def reward_options_from_env(environ: Mapping[str, str] | None = None) -> dict[st
     return options
 
 
-def _lm_from_string(model: str, role: str = "anchor", **options: Any) -> Any:
-    from cat_dspy.lm.models import make_lm
-
-    settings = {**ROLE_DEFAULTS.get(role, {}), **{k: v for k, v in options.items() if v is not None}}
-    return make_lm(model, **settings)
-
-
 def _model_default_anchor(model_name_or_path: str | None) -> str:
     """The anchor model string for the initial checkpoint: π_0 is the policy before training."""
     from pathlib import Path
 
     if not model_name_or_path:
         return "local"
-    from cat_dspy.lm.models import default_model_dir
+    from cat_dspy.lm.hf import default_model_dir
 
     path = Path(model_name_or_path).expanduser()
     if path.is_dir():
@@ -173,18 +166,20 @@ def build_reward(options: Mapping[str, Any], **overrides: Any) -> CaTReward:
     anchor = opts.get("anchor") or _model_default_anchor(opts.get("model_name_or_path"))
     if isinstance(anchor, str):
         settings = {"temperature": opts.get("anchor_temperature"), "top_p": opts.get("anchor_top_p"),
-                    "top_k": opts.get("anchor_top_k"), "max_tokens": opts.get("anchor_max_tokens")}
+                    "top_k": opts.get("anchor_top_k"),
+                    "max_tokens": opts.get("anchor_max_tokens") or REWARD_MAX_TOKENS["anchor"]}
         if anchor.startswith("local"):
             settings["device"] = opts.get("anchor_device")
         else:
             settings["api_base"] = opts.get("anchor_api_base")
-        anchor = _lm_from_string(anchor, "anchor", **settings, **(opts.get("anchor_lm_kwargs") or {}))
+        anchor = role_lm(anchor, "anchor", **settings, **(opts.get("anchor_lm_kwargs") or {}))
     judge = opts.get("judge")
     if isinstance(judge, str):
-        settings = {"temperature": opts.get("judge_temperature"), "max_tokens": opts.get("judge_max_tokens")}
+        settings = {"temperature": opts.get("judge_temperature"),
+                    "max_tokens": opts.get("judge_max_tokens") or REWARD_MAX_TOKENS["judge"]}
         if not judge.startswith("local"):
             settings["api_base"] = opts.get("judge_api_base")
-        judge = _lm_from_string(judge, "judge", **settings, **(opts.get("judge_lm_kwargs") or {}))
+        judge = role_lm(judge, "judge", **settings, **(opts.get("judge_lm_kwargs") or {}))
     mode = opts.get("mode") or "verifiable"
     if mode == "rubric" and judge is None:
         logger.warning("CaT reward: no judge configured; the anchor judges the rubric (the paper uses GPT-4o)")

@@ -26,6 +26,8 @@ from cat_dspy.scoring.equivalence import equivalent
 from cat_dspy.scoring.rewards import majority_answer, verifiable_reward
 
 logger = logging.getLogger(__name__)
+# Completion limits of the reward's LMs: the anchor writes a whole reference solution, the judge one verdict line.
+REWARD_MAX_TOKENS = {"anchor": 1024, "judge": 256}
 
 REWARD_METRICS = (
     "cat/synthesis_extracted",  # fraction of groups whose reference has an extractable answer (freeform: non-empty)
@@ -112,13 +114,13 @@ class CaTReward:
         trace_every: int = 0,
         name: str = "cat_reward",
     ):
+        from cat_dspy.lm.roles import role_lm
         from cat_dspy.modules.cat import CaT
-        from cat_dspy.rl.config import _lm_from_string
 
         if isinstance(anchor, str):
-            anchor = _lm_from_string(anchor)
+            anchor = role_lm(anchor, "anchor", max_tokens=REWARD_MAX_TOKENS["anchor"])
         if isinstance(judge, str):
-            judge = _lm_from_string(judge)
+            judge = role_lm(judge, "judge", max_tokens=REWARD_MAX_TOKENS["judge"])
         if anchor is None:
             raise ValueError("CaTReward needs the frozen anchor LM (e.g. make_lm('local'))")
         if mode == "rubric" and judge is None:

@@ -313,7 +313,7 @@ def main(script_args: Any, training_args: Any, model_args: Any, callbacks: list[
     transformers.set_seed(training_args.seed)
     model_path = model_args.model_name_or_path
     if not model_path:
-        from cat_dspy.lm.models import default_model_path
+        from cat_dspy.lm.hf import default_model_path
 
         model_path = str(default_model_path())
     train_dataset, eval_dataset = build_datasets(script_args, training_args)

@@ -60,7 +60,7 @@ def test_cpu_smoke_recipe_trains_checkpoints_logs_and_resumes(tmp_path):
 
 
 def test_trl_cli_uses_the_env_configured_cat_reward(tmp_path):
-    from cat_dspy.lm.models import default_model_path
+    from cat_dspy.lm.hf import default_model_path
 
     data = tmp_path / "data"
     data.mkdir()

@@ -16,8 +16,9 @@ import torch
 from dspy.clients.cache import Cache
 from dspy.lm15 import Config, ContextLengthError, Message, Request, UnsupportedFeatureError
 
-from cat_dspy.lm import models
-from cat_dspy.lm.local import AsyncLocalEngine, LocalEngine, load_model
+from cat_dspy.lm import hf
+from cat_dspy.lm.hf import load_model
+from cat_dspy.lm.local import AsyncLocalEngine, LocalEngine
 from cat_dspy.lm.models import engine_of, local_model_id, make_lm
 
 CHATML = (
@@ -314,21 +315,21 @@ def test_make_lm_for_api_models_and_refusals(tiny_dir: Path) -> None:
 
 def test_default_model_converts_once_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CAT_DSPY_CACHE", str(tmp_path))
-    monkeypatch.setattr(models, "embedded_gguf", lambda: tmp_path / "model.gguf")
+    monkeypatch.setattr(hf, "embedded_gguf", lambda: tmp_path / "model.gguf")
     calls = []
 
     def fake_convert(gguf: Path, out: Path) -> None:
         calls.append(out)
         if len(calls) == 1:
             raise OSError("disk full")
-        for name in models._SAVED:
+        for name in hf._SAVED:
             (out / name).write_text("{}")
 
-    monkeypatch.setattr(models, "_convert", fake_convert)
+    monkeypatch.setattr(hf, "_convert", fake_convert)
     with pytest.raises(OSError):
-        models.default_model_path()
+        hf.default_model_path()
     target = tmp_path / "models" / "smollm2-135m-instruct"
     assert not target.exists() and [p.name for p in target.parent.iterdir()] == ["smollm2-135m-instruct.lock"]
-    paths = concurrently(lambda i: models.default_model_path(), 3)
+    paths = concurrently(lambda i: hf.default_model_path(), 3)
     assert paths == [target] * 3 and len(calls) == 2
-    assert sorted(p.name for p in target.iterdir()) == sorted(models._SAVED)
+    assert sorted(p.name for p in target.iterdir()) == sorted(hf._SAVED)

@@ -1,0 +1,102 @@
+"""The package's layers: no import cycle among ``cat_dspy`` modules, function-level imports included.
+
+Every ``import``/``from ... import`` statement of every module is read with :mod:`ast` (wherever it sits: module
+level, inside functions, in try blocks), except those under ``if TYPE_CHECKING:``, which never run; a string constant
+that names a ``cat_dspy`` module (a lazy table for :func:`importlib.import_module`) counts as an import too. A cycle,
+even one closed only by a lazy import inside a function, means two modules that cannot be understood apart.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+from pathlib import Path
+
+import cat_dspy
+
+ROOT = Path(cat_dspy.__file__).parent
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def all_modules() -> dict[str, Path]:
+    return {module_name(p): p for p in ROOT.rglob("*.py")}
+
+
+def _type_checking_nodes(tree: ast.AST) -> set[int]:
+    skip: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            skip.update(id(n) for stmt in node.body for n in ast.walk(stmt))
+    return skip
+
+
+def imports_of(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """The ``cat_dspy`` modules ``name`` imports (a ``from pkg import sub`` counts as importing ``pkg.sub``)."""
+    tree = ast.parse(path.read_text(), str(path))
+    skip = _type_checking_nodes(tree)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.split(".")[0] == "cat_dspy")
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module
+            if node.level:
+                base = importlib.util.resolve_name("." * node.level + (node.module or ""), package)
+            if not base or base.split(".")[0] != "cat_dspy":
+                continue
+            subs = [f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in modules]
+            found.update(subs)
+            if len(subs) < len(node.names):
+                found.add(base)
+        elif isinstance(node, ast.Constant) and node.value in modules:
+            found.add(node.value)  # a lazy table for importlib ({"eval": "cat_dspy.cli.eval"})
+    return {m for m in found if m in modules and m != name}
+
+
+def import_graph() -> dict[str, set[str]]:
+    modules = all_modules()
+    return {name: imports_of(name, path, modules) for name, path in modules.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of ``graph`` as a list of modules (first == last), or None."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_find_cycle_finds_a_planted_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "d": {"a", "c"}}) is None
+
+
+def test_graph_sees_function_level_imports():
+    graph = import_graph()
+    assert "cat_dspy.lm.models" in graph["cat_dspy.modules.rollout"]  # imported inside a method only
+
+
+def test_no_import_cycle_among_cat_dspy_modules():
+    assert find_cycle(import_graph()) is None, f"import cycle: {' -> '.join(find_cycle(import_graph()))}"
