@@ -40,7 +40,7 @@ def _methods(text: str) -> list[str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``cat-dspy eval``."""
-    from cat_dspy.cli import add_answer_arguments, add_role_arguments
+    from cat_dspy.cli.common import add_answer_arguments, add_role_arguments
 
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", required=True,
@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace, items: list, mode: str, config: dict[str, Any], run_dir: Path,
               notes: list[str]) -> int:
     from cat_dspy import tracking
-    from cat_dspy.cli import build_roles, role_settings
+    from cat_dspy.cli.common import build_roles, role_settings
     from cat_dspy.evaluation.compare import print_rows
     from cat_dspy.evaluation.report import log_eval, summarize
     from cat_dspy.evaluation.runner import build_programs, run_eval

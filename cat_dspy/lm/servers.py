@@ -1,4 +1,4 @@
-"""``cat-dspy serve``: the OpenAI-compatible servers that policy, anchor and judge talk to.
+"""The OpenAI-compatible servers that policy, anchor and judge talk to (planned, launched, stopped).
 
 vLLM (GPU): one ``vllm serve`` per distinct model, each on its own port and its own GPUs
 (``CUDA_VISIBLE_DEVICES``), with ``--tensor-parallel-size``/``--data-parallel-size`` per server. For CaT-RL
@@ -8,7 +8,8 @@ vLLM (GPU): one ``vllm serve`` per distinct model, each on its own port and its 
 llama.cpp (CPU): ``python -m llama_cpp.server`` on the embedded GGUF (or any GGUF), the fast CPU path
 (``pip install "llama-cpp-python[server]"``). It ignores ``n``, so rollouts go out as concurrent requests.
 
-Without ``--run`` the commands are printed (copy them to the GPU machine); with ``--run`` they are launched,
+``cat-dspy serve`` (:mod:`cat_dspy.cli.serve`): without ``--run`` the commands are printed (copy them to the
+GPU machine); with ``--run`` they are launched,
 waited for (``/v1/models``), and stopped together on Ctrl-C. Either way the matching ``cat-dspy`` role flags
 are printed last.
 """
@@ -19,7 +20,6 @@ import argparse
 import contextlib
 import os
 import shlex
-import signal
 import subprocess
 import sys
 import time
@@ -145,25 +145,6 @@ def role_flags(servers: list[Server], backend: str, host: str) -> str:
     return shlex.join(flags) if served else ""
 
 
-def _report(servers: list[Server], args: argparse.Namespace, launched: bool) -> None:
-    verb = "started" if launched else "run"
-    for server in servers:
-        print(f"# {'+'.join(server.roles)}: {server.model} at {server.url(args.host)} ({verb})")
-        if not launched:
-            print(server.shell())
-    flags = role_flags(servers, args.backend, args.host)
-    if flags:
-        if args.backend == "llamacpp":  # LiteLLM's openai/ route insists on a key; hosted_vllm/ makes one up
-            print("# then, with a dummy key in the environment (the server checks none): OPENAI_API_KEY=sk-local")
-        command = "train ..." if args.target == "rl" else "solve QUESTION"
-        print(f"cat-dspy {command} {flags}")
-    for server in servers:
-        if server.weight_synced:
-            print(f"# CaT-RL: train with GRPOConfig(use_vllm=True, vllm_mode='server', "
-                  f"vllm_server_base_url='http://{args.host}:{server.port}') on GPUs outside "
-                  f"CUDA_VISIBLE_DEVICES={server.env['CUDA_VISIBLE_DEVICES']}")
-
-
 def wait_ready(url: str, timeout: float, process: subprocess.Popen | None = None) -> None:
     """Wait until ``url``/models answers 200.
 
@@ -216,56 +197,3 @@ def stop(processes: list[subprocess.Popen], grace: float = 10.0) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``cat-dspy serve``."""
-    parser.add_argument("--backend", choices=("vllm", "llamacpp"), default="vllm",
-                        help="vllm (GPU) or llamacpp (CPU, the embedded GGUF by default)")
-    parser.add_argument("--for", dest="target", choices=("test-time", "rl"), default="test-time",
-                        help="rl: the policy server is TRL's weight-synced one; anchor/judge get their own")
-    for role in ROLES:
-        parser.add_argument(f"--{role}", default=None, metavar="MODEL",
-                            help=f"{role} model: HF id or path (vllm), GGUF path or 'local' (llamacpp)")
-    parser.add_argument("--roles", default=",".join(ROLES), help="roles to serve (default: policy,anchor,judge)")
-    parser.add_argument("--no-share", action="store_true", help="one server per role even for the same model")
-    parser.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8000, help="first port; servers take consecutive ports")
-    parser.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm: GPUs per model replica")
-    parser.add_argument("--data-parallel-size", type=int, default=1, help="vllm: replicas behind each server")
-    parser.add_argument("--gpus", default=None, help="vllm: GPU ids to hand out in order (default: 0,1,...)")
-    parser.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="vllm: per-GPU memory share")
-    parser.add_argument("--max-model-len", type=int, default=None, help="vllm: context length")
-    parser.add_argument("--n-ctx", type=int, default=4096, help="llamacpp: context length (default: 4096)")
-    parser.add_argument("--n-threads", type=int, default=None, help="llamacpp: CPU threads")
-    parser.add_argument("--extra", default="", help="extra arguments appended to every server command")
-    parser.add_argument("--run", action="store_true", help="launch the servers and keep them up until Ctrl-C")
-    parser.add_argument("--startup-timeout", type=float, default=900.0, help="seconds to wait for each server")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Print (or --run) the vLLM / llama.cpp servers for policy, anchor and judge."""
-    try:
-        servers = plan_vllm(args) if args.backend == "vllm" else plan_llamacpp(args)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"cat-dspy serve: {exc}", file=sys.stderr)
-        return 2
-    if not args.run:
-        _report(servers, args, launched=False)
-        return 0
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in the background (SIG_IGN)
-    try:
-        processes = launch(servers, args.host, args.startup_timeout)
-    except KeyboardInterrupt:
-        return 130
-    _report(servers, args, launched=True)
-    sys.stdout.flush()
-    try:
-        while all(p.poll() is None for p in processes):
-            time.sleep(1.0)
-        return next(p.returncode for p in processes if p.poll() is not None) or 1
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        stop(processes)

@@ -15,7 +15,6 @@ of the module attribute: optimizers deep-copy the student many times, and a copi
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import contextvars
 import hashlib
@@ -25,10 +24,10 @@ import random
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cat_dspy.cli import add_answer_arguments, add_role_arguments, build_roles, role_settings
 from cat_dspy.optimization.program_file import save_program
 
 logger = logging.getLogger(__name__)
@@ -38,44 +37,45 @@ OPTIMIZERS = ("bootstrap", "mipro", "gepa")
 AUTO = ("light", "medium", "heavy")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``cat-dspy optimize``."""
-    parser.add_argument("--target", choices=TARGETS, required=True, help="the CaT prompt to optimize")
-    parser.add_argument("--dataset", required=True, help="named set (gsm8k, math, healthbench, ...) or a JSONL path")
-    parser.add_argument("--split", default=None, help="split of a named set (default: train where it has one)")
-    parser.add_argument("--data-dir", default=None, help="folder holding the named sets")
-    parser.add_argument("--train", type=int, default=20, help="training examples (default: 20)")
-    parser.add_argument("--dev", type=int, default=10, help="validation examples (default: 10)")
-    parser.add_argument("--test", type=int, default=0, help="held-out examples for a base-vs-optimized report")
-    parser.add_argument("--g", type=int, default=4, help="rollouts per question, G (default: 4)")
-    parser.add_argument("--optimizer", choices=OPTIMIZERS, default="bootstrap")
-    parser.add_argument(
-        "--budget", default="light", help="light|medium|heavy, or N: GEPA metric calls, MIPRO trials, bootstrap rounds"
-    )
-    parser.add_argument("--demos", type=int, default=2, help="max bootstrapped demos per prompt (default: 2)")
-    parser.add_argument("--reflection-lm", default=None, metavar="MODEL", help="GEPA reflection / MIPRO proposal LM")
-    parser.add_argument("--reference-judge", default=None, metavar="MODEL", help="judge target: label with this judge")
-    parser.add_argument("--criteria", type=int, default=6, help="judge target: criteria per example (default: 6)")
-    parser.add_argument("--mode", choices=("verifiable", "rubric"), default=None, help="mode of the saved program")
-    parser.add_argument("--question-aware", action="store_true", help="show the anchor the question (ablation)")
-    parser.add_argument("--per-criterion", action="store_true", help="one judge call per criterion (paper form)")
-    parser.add_argument("--threads", type=int, default=4, help="concurrent examples (default: 4)")
-    parser.add_argument("--out", default=None, help="program file (default: programs/<target>-<optimizer>.json)")
-    parser.add_argument("--cache", default=None, help="folder for cached rollouts and references")
-    parser.add_argument("--experiment", default="cat-dspy-optimize", help="MLflow experiment")
-    parser.add_argument("--traces", action="store_true", help="also record DSPy traces in MLflow")
-    add_answer_arguments(parser)
-    add_role_arguments(parser)
+class OptimizeError(ValueError):
+    """Options that cannot work together (the CLI prints the message and exits)."""
 
 
-def run(args: argparse.Namespace) -> int:
-    """Optimize one CaT prompt (synthesize, rubric or judge) with a DSPy optimizer and save the program."""
-    result = optimize(args)
-    print(f"saved {args.target} program ({args.optimizer}) to {result['out']}")
-    if report := result.get("report"):
-        for name in ("base", "optimized", "difference"):
-            print(f"  held-out {name}: {report[name]['mean']:.3f} ± {report[name]['se']:.3f} (n={report['n']})")
-    return 0
+@dataclass
+class OptimizeConfig:
+    """What :func:`optimize` compiles, on which data, with which optimizer (``cat-dspy optimize`` flags, one each).
+
+    The role LMs are passed to :func:`optimize` separately. ``budget``: light|medium|heavy, or an integer (GEPA
+    metric calls, MIPRO trials, bootstrap rounds). ``cache``: folder of cached rollouts/references, "none" for
+    memory only, None for the cat-dspy cache. ``out`` defaults to ``programs/<target>-<optimizer>.json``.
+    """
+
+    target: str
+    dataset: str
+    split: str | None = None
+    data_dir: str | None = None
+    train: int = 20
+    dev: int = 10
+    test: int = 0
+    g: int = 4
+    optimizer: str = "bootstrap"
+    budget: str = "light"
+    demos: int = 2
+    reflection_lm: str | None = None
+    reference_judge: str | None = None
+    criteria: int = 6
+    mode: str | None = None
+    question_aware: bool = False
+    per_criterion: bool = False
+    threads: int = 4
+    out: str | None = None
+    cache: str | None = None
+    experiment: str = "cat-dspy-optimize"
+    traces: bool = False
+    equivalence: str = "symbolic"
+    extraction: str = "strict"
+    seed: int | None = None
+    api_base: str | None = None
 
 
 class JsonlCache:
@@ -113,7 +113,7 @@ def cached(cache: JsonlCache, items: list[Any], make: Callable[[Any], Any | None
     return {item.id: cache.get(item.id) for item in items if cache.get(item.id) is not None}
 
 
-def split(args: argparse.Namespace, usable: Callable[[Any], bool]) -> tuple[list, list, list]:
+def split(args: OptimizeConfig, usable: Callable[[Any], bool]) -> tuple[list, list, list]:
     """Seeded, disjoint train/dev/test items of ``--dataset`` (only those ``usable`` for the target)."""
     from cat_dspy.datasets import DATASETS, DataError, load_dataset, split_items
 
@@ -125,11 +125,11 @@ def split(args: argparse.Namespace, usable: Callable[[Any], bool]) -> tuple[list
     return split_items(items, train=args.train, dev=args.dev, test=args.test, seed=seed_of(args))
 
 
-def seed_of(args: argparse.Namespace) -> int:
+def seed_of(args: OptimizeConfig) -> int:
     return 0 if args.seed is None else args.seed
 
 
-def ideal_completions(args: argparse.Namespace, items: list[Any]) -> dict[str, str]:
+def ideal_completions(args: OptimizeConfig, items: list[Any]) -> dict[str, str]:
     """Physician-written ideal completions by item id (HealthBench's ``ideal_completions_data``).
 
     JSONL files keep the field in ``item.meta``; for named sets it is read from the source line of each item.
@@ -151,7 +151,7 @@ def ideal_completions(args: argparse.Namespace, items: list[Any]) -> dict[str, s
     return found
 
 
-def build_examples(args: argparse.Namespace, program: Any, items: list[Any], caches: dict[str, JsonlCache]) -> list:
+def build_examples(args: OptimizeConfig, program: Any, items: list[Any], caches: dict[str, JsonlCache]) -> list:
     """The target's ``dspy.Example`` list for ``items`` (inputs marked; labels kept for the metric only)."""
     import dspy
 
@@ -185,7 +185,7 @@ def build_examples(args: argparse.Namespace, program: Any, items: list[Any], cac
     ]
 
 
-def judge_examples(args: argparse.Namespace, items: list[Any], caches: dict[str, JsonlCache]) -> list:
+def judge_examples(args: OptimizeConfig, items: list[Any], caches: dict[str, JsonlCache]) -> list:
     """Judge examples from items with rubrics and ideal completions (see ``optimization.metrics.judge_examples``)."""
     from cat_dspy.lm.models import make_lm
     from cat_dspy.modules import Judge
@@ -198,7 +198,7 @@ def judge_examples(args: argparse.Namespace, items: list[Any], caches: dict[str,
     return build(items, ideal_completions(args, items), args.criteria, seed_of(args), reference, caches["labels"])
 
 
-def make_optimizer(args: argparse.Namespace, metric: Any, proposer: Any, task_lm: Any) -> tuple[Any, dict[str, Any]]:
+def make_optimizer(args: OptimizeConfig, metric: Any, proposer: Any, task_lm: Any) -> tuple[Any, dict[str, Any]]:
     """The optimizer named by ``--optimizer`` for ``metric``, and the extra ``compile`` arguments it needs."""
     import dspy
 
@@ -206,7 +206,7 @@ def make_optimizer(args: argparse.Namespace, metric: Any, proposer: Any, task_lm
 
     budget, seed = args.budget, seed_of(args)
     if budget not in AUTO and not budget.isdigit():
-        raise SystemExit(f"--budget must be one of {AUTO} or an integer, got {budget!r}")
+        raise OptimizeError(f"--budget must be one of {AUTO} or an integer, got {budget!r}")
     if args.optimizer == "bootstrap":
         rounds = int(budget) if budget.isdigit() else 1
         return dspy.BootstrapFewShot(
@@ -233,15 +233,15 @@ def make_optimizer(args: argparse.Namespace, metric: Any, proposer: Any, task_lm
     ), {}
 
 
-def proposal_lm(args: argparse.Namespace) -> Any | None:
+def proposal_lm(args: OptimizeConfig, anchor_model: str) -> Any | None:
     """GEPA's reflection LM / MIPRO's proposal LM: ``--reflection-lm``, else a non-local anchor, else an error."""
     from cat_dspy.lm.models import make_lm
 
     if args.optimizer == "bootstrap":
         return None
-    model = args.reflection_lm or role_settings(args)["anchor"]["model"]
+    model = args.reflection_lm or anchor_model
     if args.reflection_lm is None and model.startswith("local"):
-        raise SystemExit(
+        raise OptimizeError(
             f"--optimizer {args.optimizer} needs a capable proposal LM: pass --reflection-lm MODEL (e.g. "
             "openai/gpt-4o-mini). --reflection-lm local forces the embedded model (expect junk instructions)."
         )
@@ -301,8 +301,23 @@ def evaluate(module: Any, examples: list, metric: Any, threads: int, run_name: s
     return [float(score) for _, _, score in result.results]
 
 
-def optimize(args: argparse.Namespace) -> dict[str, Any]:
-    """Build the examples, compile the target, save the program and (``--test``) compare base vs optimized."""
+def optimize(
+    args: OptimizeConfig, lms: dict[str, Any], settings: dict[str, dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """Build the examples, compile the target, save the program and (``test`` > 0) compare base vs optimized.
+
+    Args:
+        args: What to compile, on which data, with which optimizer.
+        lms: The ``dspy.LM`` of each role (``policy``, ``anchor``, ``judge``).
+        settings: Each role's model string and sampling options, logged and used as cache keys (default: read
+            from ``lms``).
+
+    Returns:
+        ``{"out": program path, "changes": per-predictor changes, "examples": n, "report": held-out comparison}``.
+
+    Raises:
+        OptimizeError: Options that cannot work together, or no usable training example.
+    """
     import dspy
     import mlflow
 
@@ -314,10 +329,10 @@ def optimize(args: argparse.Namespace) -> dict[str, Any]:
 
     mode = args.mode or ("verifiable" if args.target == "synthesize" else "rubric")
     if args.target == "synthesize" and mode != "verifiable":
-        raise SystemExit("--target synthesize is scored on gold answers: it needs --mode verifiable")
+        raise OptimizeError("--target synthesize is scored on gold answers: it needs --mode verifiable")
     seed = seed_of(args)
     random.seed(seed)
-    settings, lms = role_settings(args), build_roles(args)
+    settings = settings or {role: {"model": lm.model, **lm.kwargs} for role, lm in lms.items()}
     common = {"g": args.g, "question_aware": args.question_aware, "per_criterion": args.per_criterion,
               "equivalence": args.equivalence, "extraction": args.extraction,
               "temperature": settings["policy"]["temperature"], **{r: lms[r] for r in ("policy", "anchor", "judge")}}
@@ -333,7 +348,7 @@ def optimize(args: argparse.Namespace) -> dict[str, Any]:
     }
     usable = (lambda i: bool(i.rubrics)) if args.target == "judge" else (lambda i: i.verifiable)
     train, dev, test = split(args, usable)
-    metric, proposer = make_metric(args.target, program), proposal_lm(args)
+    metric, proposer = make_metric(args.target, program), proposal_lm(args, settings["anchor"]["model"])
     out = Path(args.out or f"programs/{args.target}-{args.optimizer}.json")
     meta = {"target": args.target, "optimizer": args.optimizer, "budget": args.budget, "mode": mode,
             "question_aware": args.question_aware, "per_criterion": args.per_criterion, "dataset": str(args.dataset),
@@ -350,7 +365,7 @@ def optimize(args: argparse.Namespace) -> dict[str, Any]:
             mlflow.log_metrics({"examples.train": len(trainset), "examples.dev": len(devset),
                                 "examples.test": len(testset)})
             if not trainset:
-                raise SystemExit("no usable training examples (every rollout group failed?)")
+                raise OptimizeError("no usable training examples (every rollout group failed?)")
             base = getattr(program, TARGETS[args.target])
             # Base on the trainset, concurrently: a baseline, and cached calls for the optimizer's sequential pass.
             mlflow.log_metric("train.base", mean_se(evaluate(base, trainset, metric, args.threads, "train-base"))[0])

