@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from cat_dspy.lm.roles import ROLE_TEMPERATURE, ROLES
-from cat_dspy.scoring.extraction import EXTRACTIONS
+from cat_dspy.rl.config import OPTION_FIELDS, REWARD_OPTIONS
 
 
 def add_role_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,10 +36,23 @@ def add_role_arguments(parser: argparse.ArgumentParser) -> None:
 def add_answer_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--equivalence`` and ``--extraction``: how final answers are compared and read (verifiable mode)."""
     group = parser.add_argument_group("answers")
-    group.add_argument("--equivalence", choices=("symbolic", "string"), default="symbolic",
-                       help="answer matching: string match then math-verify (default), or string only (the paper)")
-    group.add_argument("--extraction", choices=EXTRACTIONS, default="strict",
-                       help="final answers: box, #### or 'the answer is' only (default), or else the last number")
+    add_reward_option(group, "equivalence")
+    add_reward_option(group, "extraction")
+
+
+def add_reward_option(parser: Any, name: str, flag: str | None = None) -> None:
+    """Add the CaT reward option ``name`` as ``--name`` (or ``flag``), with the default, type, choices and help of its
+    :class:`~cat_dspy.rl.config.CaTRewardConfig` field: the option is declared there once."""
+    spec = OPTION_FIELDS[name]
+    kind = REWARD_OPTIONS[name][0]
+    options: dict[str, Any] = {"default": spec.default, "help": spec.metadata["help"] + " (default: %(default)s)"}
+    if kind is bool:
+        options["action"] = "store_false" if spec.default else "store_true"
+    else:
+        options["type"] = kind
+    if "choices" in spec.metadata:
+        options["choices"] = spec.metadata["choices"]
+    parser.add_argument(flag or "--" + name.replace("_", "-"), **options)
 
 
 def role_settings(args: argparse.Namespace) -> dict[str, dict[str, Any]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from cat_dspy.cli.common import add_answer_arguments, add_role_arguments, build_roles, role_settings
+from cat_dspy.cli.common import add_answer_arguments, add_reward_option, add_role_arguments, build_roles, role_settings
 from cat_dspy.optimization.compile import OPTIMIZERS, TARGETS, OptimizeConfig, OptimizeError, optimize
 
 
@@ -28,8 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reference-judge", metavar="MODEL", help="judge target: label with this judge")
     parser.add_argument("--criteria", type=int, help="judge target: criteria per example (default: %(default)s)")
     parser.add_argument("--mode", choices=("verifiable", "rubric"), help="mode of the saved program")
-    parser.add_argument("--question-aware", action="store_true", help="show the anchor the question (ablation)")
-    parser.add_argument("--per-criterion", action="store_true", help="one judge call per criterion (paper form)")
+    add_reward_option(parser, "question_aware")
+    add_reward_option(parser, "per_criterion")
     parser.add_argument("--threads", type=int, help="concurrent examples (default: %(default)s)")
     parser.add_argument("--out", help="program file (default: programs/<target>-<optimizer>.json)")
     parser.add_argument("--cache", help="folder for cached rollouts and references")

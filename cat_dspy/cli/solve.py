@@ -7,16 +7,14 @@ import json
 import sys
 from typing import Any
 
-from cat_dspy.cli.common import add_answer_arguments, add_role_arguments, build_roles, role_settings
+from cat_dspy.cli.common import add_answer_arguments, add_reward_option, add_role_arguments, build_roles, role_settings
 
 
 def _add_solve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("question", help="the question to solve")
     parser.add_argument("--g", type=int, default=8, help="rollouts per question, G (default: 8)")
-    parser.add_argument("--mode", choices=("verifiable", "rubric"), default="verifiable")
-    parser.add_argument("--question-aware", action="store_true", help="show the anchor the question (ablation)")
-    parser.add_argument("--per-criterion", action="store_true", help="one judge call per criterion (paper form)")
-    parser.add_argument("--length-limit", type=int, default=None, help="reward -1 above this many tokens")
+    for name in ("mode", "question_aware", "per_criterion", "length_limit"):
+        add_reward_option(parser, name)
     parser.add_argument("--program", default=None, help="a saved (optimized) CaT program to load")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a report")
     parser.add_argument("--experiment", default="cat-dspy-solve", help="MLflow experiment (default: cat-dspy-solve)")

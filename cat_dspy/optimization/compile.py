@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from cat_dspy.optimization.program_file import save_program
+from cat_dspy.rl.config import DEFAULTS
 
 logger = logging.getLogger(__name__)
 
@@ -65,15 +66,15 @@ class OptimizeConfig:
     reference_judge: str | None = None
     criteria: int = 6
     mode: str | None = None
-    question_aware: bool = False
-    per_criterion: bool = False
+    question_aware: bool = DEFAULTS["question_aware"]
+    per_criterion: bool = DEFAULTS["per_criterion"]
     threads: int = 4
     out: str | None = None
     cache: str | None = None
     experiment: str = "cat-dspy-optimize"
     traces: bool = False
-    equivalence: str = "symbolic"
-    extraction: str = "strict"
+    equivalence: str = DEFAULTS["equivalence"]
+    extraction: str = DEFAULTS["extraction"]
     seed: int | None = None
     api_base: str | None = None
 

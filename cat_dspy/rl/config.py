@@ -1,56 +1,143 @@
-"""Configuring the CaT reward from options, a YAML recipe or the environment (``CAT_*``), and ``cat_reward``:
-the module-level reward TRL's CLI resolves by name (``--reward_funcs cat_dspy.rewards.cat_reward``).
+"""Every option of the CaT reward, declared once (:class:`CaTRewardConfig`), and reading them from options, a YAML
+recipe or the environment (``CAT_*``).
+
+The recipe fields (``CaTGRPOConfig`` in :mod:`cat_dspy.rl.train` inherits this dataclass), the ``CAT_<OPTION>``
+variables of ``cat_reward``, :class:`~cat_dspy.rl.reward.CaTReward`'s arguments and the overlapping ``solve`` /
+``eval`` flags all derive from its fields: a field's name is the recipe field; its option name (the
+field name less a ``cat_`` prefix or ``_model`` suffix) is the short name ``CaTReward`` and ``CAT_<OPTION>`` use;
+its default, help and choices are the only ones.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import logging
 import os
-import threading
+import typing
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-from cat_dspy.lm.roles import role_lm
-from cat_dspy.rl.reward import REWARD_MAX_TOKENS, CaTReward
+from cat_dspy.lm.roles import ROLE_TEMPERATURE
+from cat_dspy.scoring.extraction import EXTRACTIONS
 
-logger = logging.getLogger(__name__)
 
-# -- configuration from options, YAML and environment --------------------------------------------------------
+@dataclass
+class CaTRewardConfig:
+    """The CaT reward's options (paper §1.3-1.5): the frozen anchor, the judge, the mode and how answers are read."""
 
-# option -> (type, aliases): aliases are the recipe (CaTGRPOConfig) field names.
+    cat_mode: str = field(
+        default="verifiable",
+        metadata={"choices": ["verifiable", "rubric"],
+                  "help": "CaT reward: 'verifiable' (answer agrees with the synthesized reference) or 'rubric'."},
+    )
+    anchor_model: str | None = field(
+        default=None,
+        metadata={"help": "The frozen anchor π_0: 'local' (embedded model), 'local:<dir>', or a LiteLLM string "
+                  "such as 'hosted_vllm/<model>' served apart from the policy. Default: the initial checkpoint "
+                  "model_name_or_path, loaded once in eval mode. Never TRL's weight-synced vLLM."},
+    )
+    anchor_api_base: str | None = field(default=None, metadata={"help": "Server URL of an API anchor."})
+    anchor_temperature: float = field(default=ROLE_TEMPERATURE["anchor"], metadata={"help": "Anchor temperature."})
+    anchor_top_p: float | None = field(default=None, metadata={"help": "Anchor top-p."})
+    anchor_top_k: int | None = field(default=None, metadata={"help": "Anchor top-k."})
+    anchor_max_tokens: int = field(
+        default=1024, metadata={"help": "Anchor max new tokens (a whole reference solution; the CLI's --max-tokens "
+                                "is a per-call limit for the small embedded model)."}
+    )
+    anchor_device: str | None = field(
+        default=None, metadata={"help": "Device of a local anchor (default: this process's training device)."}
+    )
+    anchor_lm_kwargs: dict | str | None = field(
+        default=None, metadata={"help": "Extra make_lm options of the anchor (JSON object), e.g. extra_body."}
+    )
+    judge_model: str | None = field(
+        default=None,
+        metadata={"help": "The judge (rubric mode): any model string. Default: the anchor."},
+    )
+    judge_api_base: str | None = field(default=None, metadata={"help": "Server URL of an API judge."})
+    judge_temperature: float = field(default=ROLE_TEMPERATURE["judge"], metadata={"help": "Judge temperature."})
+    judge_max_tokens: int = field(default=256, metadata={"help": "Judge max new tokens (one verdict line)."})
+    judge_lm_kwargs: dict | str | None = field(
+        default=None, metadata={"help": "Extra make_lm options of the judge (JSON object)."}
+    )
+    question_aware: bool = field(
+        default=False, metadata={"help": "Show the anchor the question (the paper's ablation; default blind)."}
+    )
+    per_criterion: bool = field(
+        default=False, metadata={"help": "Rubric mode: one judge call per (completion, criterion), as the paper."}
+    )
+    min_criteria: int = field(default=5, metadata={"help": "Rubric mode: criteria a rubric must have (n >= 5)."})
+    length_limit: int | None = field(
+        default=None, metadata={"help": "Reward -1 for completions longer than this many tokens (paper: 750)."}
+    )
+    equivalence: str = field(
+        default="symbolic",
+        metadata={"choices": ["symbolic", "string"],
+                  "help": "Answer equivalence: string match then math-verify ('symbolic'), or string only "
+                  "('string', the paper's)."},
+    )
+    extraction: str = field(
+        default="strict",
+        metadata={"choices": list(EXTRACTIONS),
+                  "help": "Final-answer extraction: 'strict' (box, ####, 'the answer is'; the paper) or "
+                  "'flexible' (else the last number, for models that answer in prose)."},
+    )
+    cat_program: str | None = field(
+        default=None,
+        metadata={"help": "A saved CaT program (cat-dspy optimize --out): the reward uses its "
+                  "optimized synthesis, rubric and judge prompts."},
+    )
+    cat_skip_unparsed: bool = field(
+        default=False,
+        metadata={"help": "Reward None (skip) instead of 0 for groups whose reference has no answer."},
+    )
+    cat_num_threads: int | None = field(
+        default=None,
+        metadata={"help": "Groups scored concurrently per process (default: all of a step)."},
+    )
+    cat_artifacts: bool = field(
+        default=True,
+        metadata={"help": "Log each step's references and rubrics as MLflow artifacts."},
+    )
+    cat_trace_every: int = field(
+        default=0,
+        metadata={"help": "Record the DSPy traces of every N-th reward call in MLflow (0: never)."},
+    )
+
+
+def option_name(f: dataclasses.Field) -> str:
+    """The short option name of a :class:`CaTRewardConfig` field, the one ``CaTReward`` and ``CAT_<OPTION>`` use.
+
+    Recipe fields carry a ``cat_`` prefix or a ``_model`` suffix where TRL's configs would otherwise clash or read
+    ambiguously; the option drops them.
+
+    Examples:
+        >>> [option_name(f) for f in dataclasses.fields(CaTRewardConfig)][:3]
+        ['mode', 'anchor', 'anchor_api_base']
+    """
+    return f.name.removeprefix("cat_").removesuffix("_model")
+
+
+def _kind(annotation: Any) -> type:
+    """The type a string value converts to: the first non-None member of a field's resolved annotation."""
+    return next(t for t in (typing.get_args(annotation) or (annotation,)) if t is not type(None))
+
+
+OPTION_FIELDS = {option_name(f): f for f in dataclasses.fields(CaTRewardConfig)}
+"""Option name -> its :class:`CaTRewardConfig` field."""
+DEFAULTS = {name: f.default for name, f in OPTION_FIELDS.items()}
+"""Option name -> its one default."""
+_HINTS = typing.get_type_hints(CaTRewardConfig)
+# Options TRL declares (GRPOConfig's G, ModelConfig's checkpoint), read by the reward too.
+_TRL_OPTIONS = {"num_generations": int, "num_generations_eval": int, "model_name_or_path": str}
 REWARD_OPTIONS: dict[str, tuple[type, tuple[str, ...]]] = {
-    "anchor": (str, ("anchor_model",)),
-    "anchor_api_base": (str, ()),
-    "anchor_temperature": (float, ()),
-    "anchor_top_p": (float, ()),
-    "anchor_top_k": (int, ()),
-    "anchor_max_tokens": (int, ()),
-    "anchor_device": (str, ()),
-    "anchor_lm_kwargs": (dict, ()),
-    "judge": (str, ("judge_model",)),
-    "judge_api_base": (str, ()),
-    "judge_temperature": (float, ()),
-    "judge_max_tokens": (int, ()),
-    "judge_lm_kwargs": (dict, ()),
-    "mode": (str, ("cat_mode",)),
-    "num_generations": (int, ()),
-    "num_generations_eval": (int, ()),
-    "question_aware": (bool, ()),
-    "per_criterion": (bool, ()),
-    "min_criteria": (int, ()),
-    "length_limit": (int, ()),
-    "equivalence": (str, ()),
-    "extraction": (str, ()),
-    "program": (str, ("cat_program",)),
-    "skip_unparsed": (bool, ("cat_skip_unparsed",)),
-    "num_threads": (int, ("cat_num_threads",)),
-    "artifacts": (bool, ("cat_artifacts",)),
-    "trace_every": (int, ("cat_trace_every",)),
-    "model_name_or_path": (str, ()),
+    **{name: (_kind(_HINTS[f.name]), (f.name,) if f.name != name else ()) for name, f in OPTION_FIELDS.items()},
+    **{name: (kind, ()) for name, kind in _TRL_OPTIONS.items()},
 }
+"""Option -> (type, recipe alias), derived from :class:`CaTRewardConfig` (plus the options TRL declares)."""
 ENV_PREFIX = "CAT_"
-"""``CAT_<OPTION>`` (e.g. ``CAT_ANCHOR``, ``CAT_NUM_GENERATIONS``) configures :data:`cat_reward`."""
+"""``CAT_<OPTION>`` (e.g. ``CAT_ANCHOR``, ``CAT_NUM_GENERATIONS``) configures ``cat_reward``."""
 CONFIG_ENV = "CAT_REWARD_CONFIG"
 """Path of a YAML file of :data:`REWARD_OPTIONS` (a whole ``cat-dspy train`` recipe works: other keys are ignored)."""
 _ALIASES = {alias: name for name, (_, aliases) in REWARD_OPTIONS.items() for alias in (name, *aliases)}
@@ -147,122 +234,3 @@ def _model_default_anchor(model_name_or_path: str | None) -> str:
         raise ValueError(
             f"cannot load the frozen anchor from {model_name_or_path!r} ({exc}); set anchor_model "
             "(e.g. hosted_vllm/<model> with anchor_api_base) to a server of the initial checkpoint") from exc
-
-
-def build_reward(options: Mapping[str, Any], **overrides: Any) -> CaTReward:
-    """A :class:`CaTReward` from :data:`REWARD_OPTIONS` (names or recipe aliases; ``overrides`` win).
-
-    ``anchor`` / ``judge`` are LM objects or model strings for :func:`cat_dspy.lm.models.make_lm`, built with their
-    ``anchor_*`` / ``judge_*`` options. The anchor defaults to the initial checkpoint ``model_name_or_path`` (the
-    embedded model when unset): loaded once, in eval mode, apart from the model being trained. In rubric mode the
-    judge defaults to the anchor.
-
-    Examples:
-        >>> from cat_dspy.testing import scripted_lm
-        >>> build_reward({"anchor_model": scripted_lm(["x"]), "cat_mode": "rubric", "num_generations": 4})
-        CaTReward(mode='rubric', num_generations=4, anchor='scripted/test', judge='scripted/test')
-    """
-    opts = {**normalize_reward_options(options), **normalize_reward_options(overrides)}
-    anchor = opts.get("anchor") or _model_default_anchor(opts.get("model_name_or_path"))
-    if isinstance(anchor, str):
-        settings = {"temperature": opts.get("anchor_temperature"), "top_p": opts.get("anchor_top_p"),
-                    "top_k": opts.get("anchor_top_k"),
-                    "max_tokens": opts.get("anchor_max_tokens") or REWARD_MAX_TOKENS["anchor"]}
-        if anchor.startswith("local"):
-            settings["device"] = opts.get("anchor_device")
-        else:
-            settings["api_base"] = opts.get("anchor_api_base")
-        anchor = role_lm(anchor, "anchor", **settings, **(opts.get("anchor_lm_kwargs") or {}))
-    judge = opts.get("judge")
-    if isinstance(judge, str):
-        settings = {"temperature": opts.get("judge_temperature"),
-                    "max_tokens": opts.get("judge_max_tokens") or REWARD_MAX_TOKENS["judge"]}
-        if not judge.startswith("local"):
-            settings["api_base"] = opts.get("judge_api_base")
-        judge = role_lm(judge, "judge", **settings, **(opts.get("judge_lm_kwargs") or {}))
-    mode = opts.get("mode") or "verifiable"
-    if mode == "rubric" and judge is None:
-        logger.warning("CaT reward: no judge configured; the anchor judges the rubric (the paper uses GPT-4o)")
-        judge = anchor
-    kwargs = {name: opts[name] for name in _REWARD_KWARGS if opts.get(name) is not None}
-    reward = CaTReward(anchor, judge=judge, mode=mode, **kwargs)
-    if opts.get("program"):  # optimized synthesis / rubric / judge prompts (cat-dspy optimize --out)
-        from cat_dspy.optimization.program_file import load_program
-
-        load_program(reward.cat, opts["program"])
-    return reward
-
-
-_REWARD_KWARGS = ("num_generations", "num_generations_eval", "question_aware", "per_criterion", "min_criteria",
-                  "length_limit", "equivalence", "extraction", "skip_unparsed", "num_threads", "artifacts",
-                  "trace_every")
-
-
-class EnvCaTReward:
-    r"""A :class:`CaTReward` built on first use from ``$CAT_REWARD_CONFIG`` and ``CAT_*`` variables.
-
-    This is :data:`cat_reward`, so TRL's own CLI can use CaT by dotted path::
-
-        CAT_ANCHOR=local CAT_NUM_GENERATIONS=4 trl grpo --reward_funcs cat_dspy.rewards.cat_reward \
-            --num_generations 4 ...
-
-    ``configure(**options)`` sets it up explicitly instead (LM objects accepted); ``reset()`` forgets it.
-
-    Examples:
-        >>> from cat_dspy.rewards import cat_reward
-        >>> from cat_dspy.testing import scripted_lm
-        >>> _ = cat_reward.configure(anchor=scripted_lm(["$\\boxed{7}$"]), num_generations=2)
-        >>> cat_reward(prompts=[[{"role": "user", "content": "3+4?"}]] * 2,
-        ...            completions=[[{"role": "assistant", "content": "\\boxed{7}"}],
-        ...                         [{"role": "assistant", "content": "\\boxed{8}"}]])
-        [1.0, 0.0]
-        >>> cat_reward.__name__
-        'cat_reward'
-        >>> cat_reward.reset()
-    """
-
-    def __init__(self, name: str = "cat_reward"):
-        self.__name__ = name
-        self._reward: CaTReward | None = None
-        self._lock = threading.Lock()
-
-    def configure(self, reward: CaTReward | None = None, **options: Any) -> CaTReward:
-        """Use ``reward``, or build one with :func:`build_reward` from ``options`` (LM objects allowed)."""
-        reward = reward if reward is not None else build_reward(options)
-        reward.__name__ = self.__name__
-        with self._lock:
-            self._reward = reward
-        return reward
-
-    def reset(self) -> None:
-        """Forget the reward; the next call configures it again from the environment."""
-        with self._lock:
-            self._reward = None
-
-    @property
-    def reward(self) -> CaTReward:
-        """The configured reward (built from the environment on first access)."""
-        with self._lock:
-            if self._reward is None:
-                options = reward_options_from_env()
-                logger.info("CaT reward configured from the environment: %s", options)
-                self._reward = build_reward(options)
-                self._reward.__name__ = self.__name__
-            return self._reward
-
-    def bind(self, trainer_or_model: Any) -> CaTReward:
-        return self.reward.bind(trainer_or_model)
-
-    def callback(self) -> Any:
-        return self.reward.callback()
-
-    def __call__(self, *args: Any, **kwargs: Any) -> list[float | None]:
-        return self.reward(*args, **kwargs)
-
-    def __repr__(self) -> str:
-        return f"EnvCaTReward({self._reward!r})" if self._reward is not None else "EnvCaTReward(<unconfigured>)"
-
-
-cat_reward = EnvCaTReward()
-"""The CaT reward configured from the environment, for ``trl grpo --reward_funcs cat_dspy.rewards.cat_reward``."""
-

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from cat_dspy.lm.usage import merge_usage
+from cat_dspy.rl.config import DEFAULTS
 from cat_dspy.rl.inputs import (
     completion_text,
     gold_text,
@@ -26,8 +27,6 @@ from cat_dspy.scoring.equivalence import equivalent
 from cat_dspy.scoring.rewards import majority_answer, verifiable_reward
 
 logger = logging.getLogger(__name__)
-# Completion limits of the reward's LMs: the anchor writes a whole reference solution, the judge one verdict line.
-REWARD_MAX_TOKENS = {"anchor": 1024, "judge": 256}
 
 REWARD_METRICS = (
     "cat/synthesis_extracted",  # fraction of groups whose reference has an extractable answer (freeform: non-empty)
@@ -99,28 +98,28 @@ class CaTReward:
         self,
         anchor: Any,
         judge: Any = None,
-        mode: str = "verifiable",
+        mode: str = DEFAULTS["mode"],
         num_generations: int = 8,
         num_generations_eval: int | None = None,
-        question_aware: bool = False,
-        per_criterion: bool = False,
-        min_criteria: int = 5,
-        length_limit: int | None = None,
-        equivalence: str = "symbolic",
-        extraction: str = "strict",
-        skip_unparsed: bool = False,
-        num_threads: int | None = None,
-        artifacts: bool = True,
-        trace_every: int = 0,
+        question_aware: bool = DEFAULTS["question_aware"],
+        per_criterion: bool = DEFAULTS["per_criterion"],
+        min_criteria: int = DEFAULTS["min_criteria"],
+        length_limit: int | None = DEFAULTS["length_limit"],
+        equivalence: str = DEFAULTS["equivalence"],
+        extraction: str = DEFAULTS["extraction"],
+        skip_unparsed: bool = DEFAULTS["skip_unparsed"],
+        num_threads: int | None = DEFAULTS["num_threads"],
+        artifacts: bool = DEFAULTS["artifacts"],
+        trace_every: int = DEFAULTS["trace_every"],
         name: str = "cat_reward",
     ):
         from cat_dspy.lm.roles import role_lm
         from cat_dspy.modules.cat import CaT
 
         if isinstance(anchor, str):
-            anchor = role_lm(anchor, "anchor", max_tokens=REWARD_MAX_TOKENS["anchor"])
+            anchor = role_lm(anchor, "anchor", max_tokens=DEFAULTS["anchor_max_tokens"])
         if isinstance(judge, str):
-            judge = role_lm(judge, "judge", max_tokens=REWARD_MAX_TOKENS["judge"])
+            judge = role_lm(judge, "judge", max_tokens=DEFAULTS["judge_max_tokens"])
         if anchor is None:
             raise ValueError("CaTReward needs the frozen anchor LM (e.g. make_lm('local'))")
         if mode == "rubric" and judge is None:

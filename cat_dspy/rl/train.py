@@ -26,6 +26,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from cat_dspy.rl.config import CaTRewardConfig
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_EXPERIMENT = "cat-dspy-train"
@@ -82,79 +84,8 @@ def _config_classes() -> dict[str, type]:
 
 
     @dataclass
-    class CaTGRPOConfig(GRPOConfig):
-        """TRL's ``GRPOConfig`` plus the CaT reward's options (see :class:`cat_dspy.rewards.CaTReward`)."""
-
-        cat_mode: str = field(
-            default="verifiable",
-            metadata={"help": "CaT reward: 'verifiable' (answer agrees with the synthesized reference) or 'rubric'.",
-                      "choices": ["verifiable", "rubric"]},
-        )
-        anchor_model: str | None = field(
-            default=None,
-            metadata={"help": "The frozen anchor π_0: 'local' (embedded model), 'local:<dir>', or a LiteLLM string "
-                      "such as 'hosted_vllm/<model>' served apart from the policy. Default: the initial checkpoint "
-                      "model_name_or_path, loaded once in eval mode. Never TRL's weight-synced vLLM."},
-        )
-        anchor_api_base: str | None = field(default=None, metadata={"help": "Server URL of an API anchor."})
-        anchor_temperature: float | None = field(default=None, metadata={"help": "Anchor sampling temperature (0.7)."})
-        anchor_top_p: float | None = field(default=None, metadata={"help": "Anchor top-p."})
-        anchor_top_k: int | None = field(default=None, metadata={"help": "Anchor top-k."})
-        anchor_max_tokens: int | None = field(default=None, metadata={"help": "Anchor max new tokens (1024)."})
-        anchor_device: str | None = field(
-            default=None, metadata={"help": "Device of a local anchor (default: this process's training device)."}
-        )
-        anchor_lm_kwargs: dict | str | None = field(
-            default=None, metadata={"help": "Extra make_lm options of the anchor (JSON object), e.g. extra_body."}
-        )
-        judge_model: str | None = field(
-            default=None, metadata={"help": "The judge (rubric mode): any model string. Default: the anchor."}
-        )
-        judge_api_base: str | None = field(default=None, metadata={"help": "Server URL of an API judge."})
-        judge_temperature: float | None = field(default=None, metadata={"help": "Judge temperature (0)."})
-        judge_max_tokens: int | None = field(default=None, metadata={"help": "Judge max new tokens (256)."})
-        judge_lm_kwargs: dict | str | None = field(
-            default=None, metadata={"help": "Extra make_lm options of the judge (JSON object)."}
-        )
-        question_aware: bool = field(
-            default=False, metadata={"help": "Show the anchor the question (the paper's ablation; default blind)."}
-        )
-        per_criterion: bool = field(
-            default=False, metadata={"help": "Rubric mode: one judge call per (completion, criterion), as the paper."}
-        )
-        min_criteria: int = field(default=5, metadata={"help": "Rubric mode: criteria a rubric must have (n >= 5)."})
-        length_limit: int | None = field(
-            default=None, metadata={"help": "Reward -1 for completions longer than this many tokens (paper: 750)."}
-        )
-        equivalence: str = field(
-            default="symbolic",
-            metadata={"help": "Answer equivalence: 'symbolic' or 'string' (the paper's string match).",
-                      "choices": ["symbolic", "string"]},
-        )
-        extraction: str = field(
-            default="strict",
-            metadata={"help": "Final-answer extraction: 'strict' (box, ####, 'the answer is'; the paper) or "
-                              "'flexible' (else the last number, for models that answer in prose).",
-                      "choices": ["strict", "flexible"]},
-        )
-        cat_program: str | None = field(
-            default=None,
-            metadata={"help": "A saved CaT program (cat-dspy optimize --out): the reward uses its optimized "
-                              "synthesis, rubric and judge prompts."},
-        )
-        cat_skip_unparsed: bool = field(
-            default=False,
-            metadata={"help": "Reward None (skip) instead of 0 for groups whose reference has no answer."},
-        )
-        cat_num_threads: int | None = field(
-            default=None, metadata={"help": "Groups scored concurrently per process (default: all of a step)."}
-        )
-        cat_artifacts: bool = field(
-            default=True, metadata={"help": "Log each step's references and rubrics as MLflow artifacts."}
-        )
-        cat_trace_every: int = field(
-            default=0, metadata={"help": "Record the DSPy traces of every N-th reward call in MLflow (0: never)."}
-        )
+    class CaTGRPOConfig(GRPOConfig, CaTRewardConfig):
+        """TRL's ``GRPOConfig`` plus the CaT reward's options (:class:`cat_dspy.rl.config.CaTRewardConfig`)."""
 
         def __post_init__(self) -> None:
             super().__post_init__()
@@ -176,11 +107,8 @@ def __getattr__(name: str) -> Any:
 
 
 def cat_fields() -> list[str]:
-    """The recipe fields :class:`CaTGRPOConfig` adds to ``GRPOConfig``."""
-    from trl import GRPOConfig
-
-    base = {f.name for f in dataclasses.fields(GRPOConfig)}
-    return [f.name for f in dataclasses.fields(_config_classes()["CaTGRPOConfig"]) if f.name not in base]
+    """The recipe fields :class:`CaTGRPOConfig` adds to ``GRPOConfig``: those of ``CaTRewardConfig``."""
+    return [f.name for f in dataclasses.fields(CaTRewardConfig)]
 
 
 def reward_options(training_args: Any, model_path: str | None) -> dict[str, Any]:
