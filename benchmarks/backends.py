@@ -32,6 +32,7 @@ import dspy
 from cat_dspy import make_lm
 from cat_dspy.lm.models import engine_of
 from cat_dspy.lm.servers import EMBEDDED_ALIAS, Server, embedded_gguf, launch, stop
+from cat_dspy.lm.usage import tracker_totals
 from cat_dspy.modules import Rollout
 
 PROMPT = "Explain step by step how to compute 17 * 24, then check the result another way."
@@ -65,7 +66,7 @@ def decode(lm: dspy.LM, max_tokens: int, cpu: CpuClock) -> tuple[int, float, flo
     with dspy.track_usage() as tracker:
         lm(PROMPT, temperature=0.0, max_tokens=max_tokens)
     seconds, cpu_seconds = time.perf_counter() - start, cpu() - cpu_start
-    tokens = sum(int(e.get("completion_tokens") or 0) for es in tracker.usage_data.values() for e in es)
+    tokens = tracker_totals(tracker)["completion_tokens"]
     return tokens, seconds, cpu_seconds
 
 

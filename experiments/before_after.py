@@ -11,8 +11,8 @@ import argparse
 import json
 from pathlib import Path
 
-from cat_dspy.evaluation.report import mean_stderr
 from cat_dspy.evaluation.runner import RESULTS_FILE, ResultStore
+from cat_dspy.scoring.stats import mean_stderr
 
 
 def paired(before: dict, after: dict) -> list[dict]:

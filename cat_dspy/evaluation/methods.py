@@ -19,7 +19,7 @@ from typing import Any
 import dspy
 
 from cat_dspy.lm.usage import track_role
-from cat_dspy.modules.base import RoleModule
+from cat_dspy.modules.base import RoleModule, thread_map
 from cat_dspy.scoring.rewards import majority_answer
 from cat_dspy.signatures import SelectBest
 
@@ -262,5 +262,5 @@ def apply_methods(
     chosen = [m for m in methods if verifiable or m not in VERIFIABLE_ONLY]
     jobs = [(m, g) for m in chosen for g in gs]
     remote_jobs = [job for job in jobs if job[0] in ROLE_OF]
-    done = dict(zip(remote_jobs, RoleModule().map(remote, remote_jobs, num_threads=num_threads), strict=True))
+    done = dict(zip(remote_jobs, thread_map(remote, remote_jobs, num_threads), strict=True))
     return [done[job] if job in done else local(*job) for job in jobs]

@@ -11,7 +11,6 @@ right while all of the first G rollouts were wrong. :func:`log_eval` writes them
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,31 +19,12 @@ from typing import Any
 from cat_dspy.evaluation.grading import clipped_mean
 from cat_dspy.evaluation.runner import attributed_usage
 from cat_dspy.lm.usage import merge_usage
+from cat_dspy.scoring.stats import mean_stderr
 from cat_dspy.tracking import CHILD_TAG
 
 ROLE_KEYS = ("calls", "prompt_tokens", "completion_tokens", "seconds")
 PLOT_FILE = "accuracy_vs_g.png"
 TABLE_FILE = "results_table.json"
-
-
-def mean_stderr(values: Sequence[float]) -> tuple[float | None, float | None]:
-    """Mean and standard error (sample standard deviation / √n; 0 for a single value).
-
-    Examples:
-        >>> mean, se = mean_stderr([1.0, 0.0, 1.0, 0.0])
-        >>> mean, round(se, 4)
-        (0.5, 0.2887)
-        >>> mean_stderr([1.0]), mean_stderr([])
-        ((1.0, 0.0), (None, None))
-    """
-    n = len(values)
-    if n == 0:
-        return None, None
-    mean = sum(values) / n
-    if n == 1:
-        return mean, 0.0
-    var = sum((v - mean) ** 2 for v in values) / (n - 1)
-    return mean, math.sqrt(var / n)
 
 
 def _rate(flags: Sequence[bool]) -> float | None:

@@ -15,6 +15,22 @@ from typing import Any
 import dspy
 
 
+def tracker_totals(tracker: Any) -> dict[str, int]:
+    """Calls and tokens recorded by a ``dspy.track_usage()`` tracker (missing token counts count as 0).
+
+    Examples:
+        >>> from types import SimpleNamespace
+        >>> tracker_totals(SimpleNamespace(usage_data={"m": [{"prompt_tokens": 3, "completion_tokens": None}] * 2}))
+        {'calls': 2, 'prompt_tokens': 6, 'completion_tokens': 0}
+    """
+    entries = [e for es in tracker.usage_data.values() for e in es]
+    return {
+        "calls": len(entries),
+        "prompt_tokens": sum(int(e.get("prompt_tokens") or 0) for e in entries),
+        "completion_tokens": sum(int(e.get("completion_tokens") or 0) for e in entries),
+    }
+
+
 def empty_usage() -> dict[str, float]:
     """A zeroed usage record for one role.
 
@@ -64,11 +80,8 @@ def track_role(usage: dict[str, dict[str, float]], role: str, lm: Any = None) ->
         finally:
             record = usage.setdefault(role, empty_usage())
             record["seconds"] += time.perf_counter() - start
-            for entries in tracker.usage_data.values():
-                record["calls"] += len(entries)
-                for entry in entries:
-                    record["prompt_tokens"] += int(entry.get("prompt_tokens") or 0)
-                    record["completion_tokens"] += int(entry.get("completion_tokens") or 0)
+            for key, value in tracker_totals(tracker).items():
+                record[key] += value
             after = _engine_stats(lm)
             if before is not None and after is not None:
                 record["generate_calls"] += after["generate_calls"] - before["generate_calls"]

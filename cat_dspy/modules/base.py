@@ -21,6 +21,22 @@ from cat_dspy.tracking import redact
 logger = logging.getLogger(__name__)
 
 
+def thread_map(fn: Any, items: list[Any], num_threads: int | None = None) -> list[Any]:
+    """Apply ``fn`` to ``items`` concurrently, each task in a copy of the caller's context.
+
+    The copied context carries DSPy's settings (LM, adapter, callbacks) and the caller's usage tracker *by
+    reference*, so usage recorded on worker threads is not lost (``dspy.Parallel`` deep-copies the tracker
+    per thread), and MLflow trace spans nest under the caller. Concurrent calls are what the local engine
+    batches into a single ``generate``; for API backends they are concurrent requests. ``fn`` should not
+    raise (module calls return failures as data); if it does, the first exception propagates.
+    """
+    if len(items) <= 1:
+        return [fn(item) for item in items]
+    with ThreadPoolExecutor(max_workers=num_threads or len(items)) as pool:
+        futures = [pool.submit(contextvars.copy_context().run, fn, item) for item in items]
+        return [future.result() for future in futures]
+
+
 class RoleModule(dspy.Module):
     """A DSPy module bound to one CaT role (policy, anchor or judge).
 
@@ -67,16 +83,5 @@ class RoleModule(dspy.Module):
             return None, f"{type(exc).__name__}: {message[:500]}"
 
     def map(self, fn: Any, items: list[Any], num_threads: int | None = None) -> list[Any]:
-        """Apply ``fn`` to ``items`` concurrently, each task in a copy of the caller's context.
-
-        The copied context carries DSPy's settings (LM, adapter, callbacks) and the caller's usage tracker *by
-        reference*, so usage recorded on worker threads is not lost (``dspy.Parallel`` deep-copies the tracker
-        per thread), and MLflow trace spans nest under the caller. Concurrent calls are what the local engine
-        batches into a single ``generate``; for API backends they are concurrent requests. ``fn`` should not
-        raise (module calls return failures as data); if it does, the first exception propagates.
-        """
-        if len(items) <= 1:
-            return [fn(item) for item in items]
-        with ThreadPoolExecutor(max_workers=num_threads or len(items)) as pool:
-            futures = [pool.submit(contextvars.copy_context().run, fn, item) for item in items]
-            return [future.result() for future in futures]
+        """Apply ``fn`` to ``items`` concurrently (:func:`thread_map`)."""
+        return thread_map(fn, items, num_threads)

@@ -6,6 +6,7 @@ from typing import Any
 
 import dspy
 
+from cat_dspy.lm.usage import tracker_totals
 from cat_dspy.modules.base import RoleModule
 from cat_dspy.signatures import Solve
 
@@ -136,13 +137,7 @@ class Rollout(RoleModule):
     def _tracked_call(self, question: str, config: dict[str, Any]) -> tuple[Any, str | None, dict[str, int]]:
         with dspy.track_usage() as tracker:  # rolls up into the caller's tracker too
             pred, error = self.call(self.generate, config=config, question=question)
-        entries = [e for es in tracker.usage_data.values() for e in es]
-        tokens = {
-            "calls": len(entries),
-            "prompt_tokens": sum(int(e.get("prompt_tokens") or 0) for e in entries),
-            "completion_tokens": sum(int(e.get("completion_tokens") or 0) for e in entries),
-        }
-        return pred, error, tokens
+        return pred, error, tracker_totals(tracker)
 
     def _sample_concurrent(self, question: str, ids: range) -> list[Sample]:
         name = next(iter(self.generate.signature.output_fields))

@@ -16,18 +16,17 @@ of the module attribute: optimizers deep-copy the student many times, and a copi
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import hashlib
 import json
 import logging
 import random
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cat_dspy.modules.base import thread_map
 from cat_dspy.optimization.program_file import save_program
 from cat_dspy.rl.config import DEFAULTS
 
@@ -109,8 +108,7 @@ def cached(cache: JsonlCache, items: list[Any], make: Callable[[Any], Any | None
         if cache.get(item.id) is None and (value := make(item)) is not None:
             cache.put(item.id, value)
 
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        list(pool.map(lambda item: contextvars.copy_context().run(fill, item), items))
+    thread_map(fill, items, max(1, threads))
     return {item.id: cache.get(item.id) for item in items if cache.get(item.id) is not None}
 
 
@@ -326,7 +324,8 @@ def optimize(
     from cat_dspy.adapters import FreeTextAdapter
     from cat_dspy.lm.hf import cache_dir
     from cat_dspy.modules import CaT
-    from cat_dspy.optimization.metrics import compare, group_baselines, mean_se
+    from cat_dspy.optimization.metrics import compare, group_baselines
+    from cat_dspy.scoring.stats import mean_stderr
 
     mode = args.mode or ("verifiable" if args.target == "synthesize" else "rubric")
     if args.target == "synthesize" and mode != "verifiable":
@@ -369,7 +368,8 @@ def optimize(
                 raise OptimizeError("no usable training examples (every rollout group failed?)")
             base = getattr(program, TARGETS[args.target])
             # Base on the trainset, concurrently: a baseline, and cached calls for the optimizer's sequential pass.
-            mlflow.log_metric("train.base", mean_se(evaluate(base, trainset, metric, args.threads, "train-base"))[0])
+            base_scores = evaluate(base, trainset, metric, args.threads, "train-base")
+            mlflow.log_metric("train.base", mean_stderr(base_scores)[0])
             optimizer, extra = make_optimizer(args, metric, proposer, base.lm)
             local_proposer = args.optimizer == "mipro" and proposer.model.startswith("local")
             with dspy.context(adapter=FreeTextAdapter()) if local_proposer else contextlib.nullcontext():

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import random
 from collections.abc import Sequence
 from typing import Any
@@ -21,7 +20,9 @@ from typing import Any
 import dspy
 
 from cat_dspy.scoring.equivalence import equivalent, extract_answer
+from cat_dspy.scoring.extraction import last_box_span
 from cat_dspy.scoring.rewards import majority_answer, rubric_reward
+from cat_dspy.scoring.stats import mean_stderr
 
 _UNSET: Any = object()  # marks "called with DSPy's three-argument form"
 
@@ -44,25 +45,6 @@ def auc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
     return wins / (len(pos) * len(neg))
 
 
-def mean_se(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and its standard error (sample standard deviation / sqrt(n); 0 for fewer than two values).
-
-    Examples:
-        >>> mean_se([1, 0, 1, 0])
-        (0.5, 0.288...)
-        >>> mean_se([])
-        (0.0, 0.0)
-    """
-    n = len(values)
-    if n == 0:
-        return 0.0, 0.0
-    mean = sum(values) / n
-    if n < 2:
-        return mean, 0.0
-    var = sum((v - mean) ** 2 for v in values) / (n - 1)
-    return mean, math.sqrt(var / n)
-
-
 def compare(base: Sequence[float], optimized: Sequence[float]) -> dict[str, Any]:
     """Held-out comparison of paired per-example scores: each mean with its standard error, and the difference.
 
@@ -73,7 +55,7 @@ def compare(base: Sequence[float], optimized: Sequence[float]) -> dict[str, Any]
     """
     base, optimized = [float(b) for b in base], [float(o) for o in optimized]
     diff = [o - b for b, o in zip(base, optimized, strict=True)]
-    stats = {name: dict(zip(("mean", "se"), mean_se(v), strict=True)) for name, v in
+    stats = {name: dict(zip(("mean", "se"), mean_stderr(v), strict=True)) for name, v in
              (("base", base), ("optimized", optimized), ("difference", diff))}
     return {"n": len(base), **stats, "scores": {"base": base, "optimized": optimized}}
 
@@ -93,7 +75,7 @@ def group_baselines(examples: Sequence[dspy.Example], equivalence: str = "symbol
         top, _, _ = majority_answer(answers, mode=equivalence)
         majority.append(float(equivalent(ex.answer, top, mode=equivalence)))
         oracle.append(float(any(equivalent(ex.answer, a, mode=equivalence) for a in answers)))
-    return {name: dict(zip(("mean", "se"), mean_se(v), strict=True)) for name, v in
+    return {name: dict(zip(("mean", "se"), mean_stderr(v), strict=True)) for name, v in
             (("majority", majority), ("any_correct", oracle))}
 
 
@@ -300,13 +282,8 @@ def with_answer(text: str, answer: str) -> str:
         >>> with_answer("no answer", "7")
         'no answer\\nTherefore, the final answer is: $\\\\boxed{7}$.'
     """
-    start = text.rfind("\\boxed{")
-    if start >= 0:
-        depth = 0
-        for i in range(start + len("\\boxed"), len(text)):
-            depth += {"{": 1, "}": -1}.get(text[i], 0)
-            if depth == 0:
-                return text[: start + len("\\boxed{")] + answer + text[i:]
+    if span := last_box_span(text):
+        return text[: span[0]] + answer + text[span[1] :]
     return f"{text}\nTherefore, the final answer is: $\\boxed{{{answer}}}$."
 
 

@@ -31,6 +31,19 @@ def _clean_tail(ans: str) -> str:
 
 def _last_box_flat(text: str) -> str | None:
     """Content of the last complete (balanced) box, in one linear pass; unbalanced or empty boxes are skipped."""
+    span = last_box_span(text)
+    return None if span is None else text[span[0] : span[1]].strip()
+
+
+def last_box_span(text: str) -> tuple[int, int] | None:
+    """``(start, end)`` of the content of the last complete, non-empty ``\\boxed{}``/``\\fbox{}`` (None if none).
+
+    Examples:
+        >>> text = r"so $\\boxed{\\frac{1}{2}}$ and \\boxed{"
+        >>> start, end = last_box_span(text)
+        >>> text[start:end]
+        '\\\\frac{1}{2}'
+    """
     first = min((i for i in (text.find("\\boxed"), text.find("\\fbox")) if i >= 0), default=-1)
     if first < 0:
         return None
@@ -48,9 +61,8 @@ def _last_box_flat(text: str) -> str | None:
         elif tok[-1] == "{" and tok[1] in "bf":
             stack.append(m.end())
     for start, end in reversed(done):  # empty boxes never overlap, so this stays linear
-        inner = text[start:end].strip()
-        if inner:
-            return inner
+        if text[start:end].strip():
+            return start, end
     return None
 
 

@@ -13,9 +13,10 @@ import pytest
 from cat_dspy.datasets import Item
 from cat_dspy.evaluation.grading import RubricGrader, clipped_mean, healthbench_score
 from cat_dspy.evaluation.methods import SelfBestOfN, apply_methods, select_majority, select_min_ppl
-from cat_dspy.evaluation.report import mean_stderr, summarize
+from cat_dspy.evaluation.report import summarize
 from cat_dspy.evaluation.runner import ResultStore, attributed_usage, build_programs, run_eval
 from cat_dspy.modules import Synthesize
+from cat_dspy.scoring.stats import mean_stderr
 from cat_dspy.testing import scripted_lm
 
 ROLLOUTS = [f"work \\boxed{{{a}}}" for a in ("5", "4", "4.0", "5", "7")]
