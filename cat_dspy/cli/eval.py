@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-DEFAULT_METHODS = "single,majority,self_bon,min_ppl,cat"
+from cat_dspy.evaluation.evaluate import DEFAULT_METHODS
+
 # Arguments that change neither which work is done nor its results (left out of the run-directory hash).
 _NOT_HASHED = ("command", "experiment", "run_dir", "runs_root", "num_threads", "no_progress", "no_cache", "json")
 
@@ -55,8 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ev = parser.add_argument_group("evaluation")
     ev.add_argument("--g", type=_ints, default="1,2,4,8", metavar="G,G,...",
                     help="G values; max(G) rollouts are sampled once per question (default: 1,2,4,8)")
-    ev.add_argument("--methods", type=_methods, default=DEFAULT_METHODS, metavar="M,M,...",
-                    help=f"of single,majority,self_bon,min_ppl,cat,cat_q (default: {DEFAULT_METHODS})")
+    ev.add_argument("--methods", type=_methods, default=",".join(DEFAULT_METHODS), metavar="M,M,...",
+                    help=f"of single,majority,self_bon,min_ppl,cat,cat_q (default: {','.join(DEFAULT_METHODS)})")
     ev.add_argument("--prompt-prefix", default="", help="text prepended to every question (Qwen 3: '/no_think ')")
     ev.add_argument("--rollout-strategy", choices=("concurrent", "n", "auto"), default="concurrent",
                     help="one request per rollout (exact per-rollout tokens; default) or one with n=G (vLLM)")
@@ -115,20 +116,19 @@ def _evaluate(args: argparse.Namespace, items: list, mode: str, config: dict[str
     from cat_dspy import tracking
     from cat_dspy.cli.common import build_roles, role_settings
     from cat_dspy.evaluation.compare import print_rows
-    from cat_dspy.evaluation.report import log_eval, summarize
-    from cat_dspy.evaluation.runner import build_programs, run_eval
+    from cat_dspy.evaluation.evaluate import evaluate
+    from cat_dspy.evaluation.report import log_eval
 
     run_dir.mkdir(parents=True, exist_ok=True)
     tracking.write_json(config, run_dir / "args.json")
     settings = role_settings(args)
     lms = build_roles(args)
-    programs = build_programs(lms, mode=mode, g=max(args.g), logprobs="min_ppl" in args.methods,
-                              temperature=settings["policy"]["temperature"], program=args.program,
-                              rollout_strategy=args.rollout_strategy, extraction=args.extraction)
-    result = run_eval(items, programs, args.g, args.methods, run_dir, mode=mode, equivalence=args.equivalence,
-                      prompt_prefix=args.prompt_prefix, num_threads=args.num_threads,
-                      progress=not args.no_progress, cache=not args.no_cache)
-    rows = summarize(result.records)
+    evaluation = evaluate(items, lms, run_dir, gs=args.g, methods=args.methods, mode=mode,
+                          equivalence=args.equivalence, extraction=args.extraction, program=args.program,
+                          prompt_prefix=args.prompt_prefix, rollout_strategy=args.rollout_strategy,
+                          temperature=settings["policy"]["temperature"], num_threads=args.num_threads,
+                          progress=not args.no_progress, cache=not args.no_cache)
+    rows, result = evaluation.rows, evaluation.run
     params = {**config, "mode": mode, "run_dir": str(run_dir), "questions": len(items)}
     params |= {f"{role}.{k}": v for role, opts in settings.items() for k, v in opts.items()}
     parent_metrics = {"questions": len(items), "resumed": result.resumed, "evaluated": result.evaluated,

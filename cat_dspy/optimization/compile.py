@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cat_dspy.lm.roles import ROLE_TEMPERATURE
 from cat_dspy.modules.base import thread_map
 from cat_dspy.optimization.program_file import save_program
 from cat_dspy.rl.config import DEFAULTS
@@ -332,7 +333,11 @@ def optimize(
         raise OptimizeError("--target synthesize is scored on gold answers: it needs --mode verifiable")
     seed = seed_of(args)
     random.seed(seed)
-    settings = settings or {role: {"model": lm.model, **lm.kwargs} for role, lm in lms.items()}
+    if settings is None:
+        settings = {role: {"model": lm.model, **lm.kwargs} for role, lm in lms.items()}
+        for role, options in settings.items():
+            if options.get("temperature") is None:
+                options["temperature"] = ROLE_TEMPERATURE[role]
     common = {"g": args.g, "question_aware": args.question_aware, "per_criterion": args.per_criterion,
               "equivalence": args.equivalence, "extraction": args.extraction,
               "temperature": settings["policy"]["temperature"], **{r: lms[r] for r in ("policy", "anchor", "judge")}}

@@ -1,0 +1,81 @@
+"""``evaluate``: CaT and the selection baselines on a list of questions, from Python with plain arguments.
+
+``cat-dspy eval`` (:mod:`cat_dspy.cli.eval`) parses flags, loads the data, builds the role LMs, calls this, then
+logs to MLflow and prints the table. Results are resumable: each finished question is kept in ``run_dir``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cat_dspy.lm.roles import ROLE_TEMPERATURE
+from cat_dspy.rl.config import DEFAULTS
+
+DEFAULT_METHODS = ("single", "majority", "self_bon", "min_ppl", "cat")
+
+
+@dataclass
+class Evaluation:
+    """What :func:`evaluate` returns: one summary row per (method, G), and the run (records, usage, timing)."""
+
+    rows: list[dict[str, Any]]
+    run: Any
+    mode: str
+
+
+def evaluate(
+    items: Sequence[Any],
+    lms: dict[str, Any],
+    run_dir: str | Path,
+    *,
+    gs: Sequence[int] = (1, 2, 4, 8),
+    methods: Sequence[str] = DEFAULT_METHODS,
+    mode: str | None = None,
+    equivalence: str = DEFAULTS["equivalence"],
+    extraction: str = DEFAULTS["extraction"],
+    program: str | None = None,
+    prompt_prefix: str = "",
+    rollout_strategy: str = "concurrent",
+    temperature: float | None = None,
+    num_threads: int = 1,
+    progress: bool = False,
+    cache: bool = True,
+) -> Evaluation:
+    """Evaluate ``methods`` at every G of ``gs`` on ``items``; max(G) rollouts are sampled once per question.
+
+    Args:
+        items: Questions (:func:`cat_dspy.datasets.load_dataset`).
+        lms: The ``dspy.LM`` of each role (``policy``, ``anchor``, ``judge``).
+        run_dir: Folder of the results (a rerun resumes) and the DSPy cache.
+        gs: G values.
+        methods: Of ``single, majority, self_bon, min_ppl, cat, cat_q``.
+        mode: ``verifiable`` or ``rubric`` (default: from the items).
+        equivalence: Answer equivalence of the verifiable grading and majority vote.
+        extraction: Final-answer extraction.
+        program: A saved CaT program file to load.
+        prompt_prefix: Text put before every question.
+        rollout_strategy: ``concurrent`` (one request per rollout), ``n`` or ``auto``.
+        temperature: The policy's sampling temperature (default: its LM's, else the policy role's default).
+        num_threads: Questions evaluated concurrently.
+        progress: Show a progress bar.
+        cache: Use DSPy's LM cache.
+
+    Returns:
+        The summary rows and the run.
+    """
+    from cat_dspy.evaluation.report import summarize
+    from cat_dspy.evaluation.runner import build_programs, mode_of, run_eval
+
+    mode = mode or mode_of(items)
+    if temperature is None:
+        temperature = lms["policy"].kwargs.get("temperature")
+    if temperature is None:
+        temperature = ROLE_TEMPERATURE["policy"]
+    programs = build_programs(lms, mode=mode, g=max(gs), logprobs="min_ppl" in methods, temperature=temperature,
+                              program=program, rollout_strategy=rollout_strategy, extraction=extraction)
+    run = run_eval(items, programs, list(gs), list(methods), Path(run_dir), mode=mode, equivalence=equivalence,
+                   prompt_prefix=prompt_prefix, num_threads=num_threads, progress=progress, cache=cache)
+    return Evaluation(rows=summarize(run.records), run=run, mode=mode)
