@@ -1,0 +1,1 @@
+"""Evaluation: CaT against the selection baselines, graded against gold; ``evaluate`` is the Python entry."""

@@ -1,9 +1,8 @@
-"""Helpers of the TRL reward: reading TRL's prompts/completions, grouping them, MLflow traces and callbacks."""
+"""What the TRL reward reads: the question of a TRL prompt, the text of a completion, and the groups of G."""
 
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -85,62 +84,8 @@ def group_completions(keys: Sequence[str], num_generations: int) -> tuple[list[l
 
 
 
-def mlflow_run_active() -> bool:
-    mlflow = sys.modules.get("mlflow")  # MLflow never imported: no run can be active
-    return mlflow is not None and mlflow.active_run() is not None
-
-
 def gold_text(answer: Any) -> str | None:
     if answer is None:
         return None
     text = str(answer).strip()
     return text or None
-
-
-class sampled_traces:
-    """Record the DSPy traces of the calls inside the block under one MLflow span, without enabling autolog."""
-
-    def __enter__(self) -> None:
-        import dspy
-        import mlflow
-
-        self._span = mlflow.start_span(name="cat_reward")
-        self._span.__enter__()
-        self._context = dspy.context(callbacks=[*dspy.settings.callbacks, _sampled_trace_callback()])
-        self._context.__enter__()
-
-    def __exit__(self, *exc: Any) -> None:
-        self._context.__exit__(*exc)
-        self._span.__exit__(*exc)
-
-
-def _sampled_trace_callback() -> Any:
-    """MLflow's DSPy tracing callback, active wherever it is passed (its hooks normally wait for ``autolog()``)."""
-    from mlflow.dspy.callback import MlflowCallback
-
-    class SampledMlflowCallback(MlflowCallback):
-        pass
-
-    for name, member in vars(MlflowCallback).items():
-        if name.startswith("on_") and hasattr(member, "__wrapped__"):  # unwrap @skip_if_trace_disabled
-            setattr(SampledMlflowCallback, name, member.__wrapped__)
-    return SampledMlflowCallback()
-
-
-def reward_callback(reward: Any) -> Any:
-    from transformers import TrainerCallback
-
-    class CaTRewardCallback(TrainerCallback):
-        """Binds the CaT reward to the trainer's model, so it knows when TRL evaluates."""
-
-        def on_init_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
-            if model is not None:
-                reward.bind(model)
-
-        def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
-            if model is not None:
-                reward.bind(model)
-
-    return CaTRewardCallback()
-
-

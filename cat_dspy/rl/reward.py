@@ -12,17 +12,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from cat_dspy.lm.usage import merge_usage
+from cat_dspy.rl.callbacks import mlflow_run_active, reward_callback, sampled_traces
 from cat_dspy.rl.config import DEFAULTS
-from cat_dspy.rl.inputs import (
-    completion_text,
-    gold_text,
-    group_completions,
-    mlflow_run_active,
-    prompt_key,
-    prompt_question,
-    reward_callback,
-    sampled_traces,
-)
+from cat_dspy.rl.inputs import completion_text, gold_text, group_completions, prompt_key, prompt_question
 from cat_dspy.scoring.equivalence import equivalent
 from cat_dspy.scoring.rewards import majority_answer, verifiable_reward
 

@@ -10,8 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from cat_dspy.rewards import CaTReward, verifiable_reward
+from cat_dspy.rewards import CaTReward
 from cat_dspy.scoring.equivalence import equivalence_stats, equivalent
+from cat_dspy.scoring.rewards import verifiable_reward
 from cat_dspy.testing import scripted_lm
 
 pytestmark = pytest.mark.robustness
