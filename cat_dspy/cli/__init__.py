@@ -20,7 +20,7 @@ COMMANDS = {
     "solve": "cat_dspy.cli.solve",
     "eval": "cat_dspy.cli.eval",
     "compare": "cat_dspy.evaluation.compare",
-    "train": "cat_dspy.rl.train",
+    "train": "cat_dspy.cli.train",
     "optimize": "cat_dspy.cli.optimize",
     "serve": "cat_dspy.cli.serve",
 }

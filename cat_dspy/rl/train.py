@@ -16,15 +16,15 @@ be overridden on the command line, and an ``env:`` block sets environment variab
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import functools
 import json
 import logging
 import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any
+
+from trl import GRPOConfig, ScriptArguments
 
 from cat_dspy.rl.config import CaTRewardConfig
 
@@ -33,77 +33,61 @@ logger = logging.getLogger(__name__)
 DEFAULT_EXPERIMENT = "cat-dspy-train"
 
 
-@functools.cache
-def _config_classes() -> dict[str, type]:
-    """Define the recipe dataclasses on first use: importing TRL takes seconds, and ``cat-dspy --help`` imports us."""
-    from trl import GRPOConfig, ScriptArguments
+@dataclass
+class CaTScriptArguments(ScriptArguments):
+    """Where the questions come from (labels are never used for the reward)."""
 
-    @dataclass
-    class CaTScriptArguments(ScriptArguments):
-        """Where the questions come from (labels are never used for the reward)."""
-
-        dataset_name: str | None = field(
-            default="gsm8k",
-            metadata={"help": "A cat-dspy dataset (gsm8k, math500, math, aime24, aime25, healthbench) or a JSONL "
-                      "file."},
-        )
-        dataset_limit: int | None = field(default=None, metadata={"help": "Keep the first N training questions."})
-        dataset_seed: int | None = field(
-            default=None, metadata={"help": "Shuffle the questions with this seed before dataset_limit/holdout."}
-        )
-        data_dir: str | None = field(
-            default=None, metadata={"help": "Directory of the named datasets (default: $CAT_DSPY_DATA or shared/data)."}
-        )
-        question_field: str = field(default="question", metadata={"help": "JSONL files: the question field."})
-        answer_field: str | None = field(
-            default="answer", metadata={"help": "JSONL files: the gold answer field (evaluation metrics only)."}
-        )
-        holdout: int = field(
-            default=0,
-            metadata={"help": "Hold the last N (shuffled) training questions out of training and evaluate on them."},
-        )
-        eval_dataset_name: str | None = field(
-            default=None,
-            metadata={"help": "Evaluation dataset (default: dataset_name, split dataset_test_split); used when "
-                      "eval_strategy is not 'no' and holdout is 0."},
-        )
-        eval_limit: int | None = field(default=None, metadata={"help": "Keep the first N evaluation questions."})
-        system_prompt: str | None = field(
-            default=None,
-            metadata={"help": "System message of every prompt. Default: the Solve instruction (boxed final answer) in "
-                      "verifiable mode, none in rubric mode; '' for none."},
-        )
-        prompt_prefix: str = field(
-            default="", metadata={"help": "Text put before every question, e.g. '/no_think ' for Qwen3 (as the paper)."}
-        )
-        save_final_model: bool = field(default=True, metadata={"help": "Save the final model into output_dir."})
-        auto_resume: bool = field(
-            default=True,
-            metadata={"help": "Resume from the last checkpoint in output_dir when resume_from_checkpoint is unset."},
-        )
+    dataset_name: str | None = field(
+        default="gsm8k",
+        metadata={"help": "A cat-dspy dataset (gsm8k, math500, math, aime24, aime25, healthbench) or a JSONL "
+                  "file."},
+    )
+    dataset_limit: int | None = field(default=None, metadata={"help": "Keep the first N training questions."})
+    dataset_seed: int | None = field(
+        default=None, metadata={"help": "Shuffle the questions with this seed before dataset_limit/holdout."}
+    )
+    data_dir: str | None = field(
+        default=None, metadata={"help": "Directory of the named datasets (default: $CAT_DSPY_DATA or shared/data)."}
+    )
+    question_field: str = field(default="question", metadata={"help": "JSONL files: the question field."})
+    answer_field: str | None = field(
+        default="answer", metadata={"help": "JSONL files: the gold answer field (evaluation metrics only)."}
+    )
+    holdout: int = field(
+        default=0,
+        metadata={"help": "Hold the last N (shuffled) training questions out of training and evaluate on them."},
+    )
+    eval_dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "Evaluation dataset (default: dataset_name, split dataset_test_split); used when "
+                  "eval_strategy is not 'no' and holdout is 0."},
+    )
+    eval_limit: int | None = field(default=None, metadata={"help": "Keep the first N evaluation questions."})
+    system_prompt: str | None = field(
+        default=None,
+        metadata={"help": "System message of every prompt. Default: the Solve instruction (boxed final answer) in "
+                  "verifiable mode, none in rubric mode; '' for none."},
+    )
+    prompt_prefix: str = field(
+        default="", metadata={"help": "Text put before every question, e.g. '/no_think ' for Qwen3 (as the paper)."}
+    )
+    save_final_model: bool = field(default=True, metadata={"help": "Save the final model into output_dir."})
+    auto_resume: bool = field(
+        default=True,
+        metadata={"help": "Resume from the last checkpoint in output_dir when resume_from_checkpoint is unset."},
+    )
 
 
-    @dataclass
-    class CaTGRPOConfig(GRPOConfig, CaTRewardConfig):
-        """TRL's ``GRPOConfig`` plus the CaT reward's options (:class:`cat_dspy.rl.config.CaTRewardConfig`)."""
+@dataclass
+class CaTGRPOConfig(GRPOConfig, CaTRewardConfig):
+    """TRL's ``GRPOConfig`` plus the CaT reward's options (:class:`cat_dspy.rl.config.CaTRewardConfig`)."""
 
-        def __post_init__(self) -> None:
-            super().__post_init__()
-            for name in ("anchor_lm_kwargs", "judge_lm_kwargs"):
-                value = getattr(self, name)
-                if isinstance(value, str):
-                    setattr(self, name, json.loads(value) if value.strip() else None)
-
-    classes = {"CaTScriptArguments": CaTScriptArguments, "CaTGRPOConfig": CaTGRPOConfig}
-    for name, cls in classes.items():  # picklable (Trainer saves training_args.bin) and documented as ours
-        cls.__module__, cls.__qualname__ = "cat_dspy.rl.train", name  # also under `python -m cat_dspy.rl.train`
-    return classes
-
-
-def __getattr__(name: str) -> Any:
-    if name in ("CaTScriptArguments", "CaTGRPOConfig"):
-        return _config_classes()[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("anchor_lm_kwargs", "judge_lm_kwargs"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                setattr(self, name, json.loads(value) if value.strip() else None)
 
 
 def cat_fields() -> list[str]:
@@ -292,19 +276,7 @@ def make_parser(prog: str | None = None) -> Any:
     """TRL's parser over the three dataclasses (``--config`` YAML, ``--key value`` overrides, ``env:`` block)."""
     from trl import ModelConfig, TrlParser
 
-    classes = _config_classes()
-    return TrlParser((classes["CaTScriptArguments"], classes["CaTGRPOConfig"], ModelConfig), prog=prog)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """How ``cat-dspy -h`` lists ``train``; its options are TRL's (:func:`run_argv`, ``cat-dspy train -h``)."""
-    parser.add_argument("trl_args", nargs=argparse.REMAINDER, metavar="--config RECIPE.yaml [--key value ...]",
-                        help="a recipe (experiments/recipes/*.yaml) and overrides of any of its fields")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Train a policy with GRPO and the CaT reward (TRL), from a YAML recipe."""
-    return run_argv(list(getattr(args, "trl_args", None) or []))
+    return TrlParser((CaTScriptArguments, CaTGRPOConfig, ModelConfig), prog=prog)
 
 
 def run_argv(argv: list[str]) -> int:
@@ -315,9 +287,7 @@ def run_argv(argv: list[str]) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(run(argparse.Namespace(trl_args=sys.argv[1:])))
+if __name__ == "__main__":  # python -m cat_dspy.rl.train: run the imported module, so the configs pickle by name
+    from cat_dspy.rl.train import run_argv as _run_argv
 
-
-__all__ = [  # noqa: F822 - the two dataclasses come from __getattr__
-    "CaTGRPOConfig", "CaTScriptArguments", "add_arguments", "build_datasets", "main", "make_parser", "run"]
+    sys.exit(_run_argv(sys.argv[1:]))
