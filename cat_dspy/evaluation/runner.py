@@ -6,8 +6,9 @@ apply_methods`); only then is the gold answer or rubric used, to grade (:mod:`~c
 whole G sweep therefore costs one max(G) generation.
 
 Resume: a run directory holds a DSPy disk cache (every LM result, content-addressed) and ``results.jsonl``, one
-record per finished question, appended and fsync'd as each question finishes. A rerun with the same arguments
-re-reads finished questions without any LM call, and a question that was in flight re-uses its cached calls.
+record per finished question, appended and fsync'd as each question finishes (a
+:class:`~cat_dspy.jsonl_store.JsonlStore`: a line torn by a crash is dropped on the next run). A rerun with the same
+arguments re-reads finished questions without any LM call, and a question that was in flight re-uses its cached calls.
 
 Compute accounting (:func:`attributed_usage`): a (method, G) is charged the first G rollouts' calls and tokens
 (``single``: the first rollout only) plus its own calls. Counts come from DSPy's usage tracker, which records no
@@ -23,7 +24,6 @@ import hashlib
 import json
 import os
 import sys
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -37,6 +37,7 @@ from cat_dspy.data import Item
 from cat_dspy.evaluation.grading import RubricGrader, grade_answer
 from cat_dspy.evaluation.methods import VERIFIABLE_ONLY, SelfBestOfN, apply_methods, mean_nll, select_majority
 from cat_dspy.extraction import extract_answer
+from cat_dspy.jsonl_store import JsonlStore
 from cat_dspy.modules import CaT, Rollout, Synthesize
 from cat_dspy.signatures import with_question
 from cat_dspy.tracking import redact
@@ -122,43 +123,6 @@ def dspy_cache_in(directory: str | os.PathLike) -> Iterator[None]:
     finally:
         with dspy._cache_lock:
             dspy.cache = previous
-
-
-class ResultStore:
-    """An append-only JSONL of finished questions; every line is flushed and fsync'd when written."""
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self._lock = threading.Lock()
-
-    def load(self) -> dict[str, dict[str, Any]]:
-        """The finished records by question id (the first record of an id wins).
-
-        A last line cut short by a crash is dropped and truncated away, so later appends stay valid.
-        """
-        if not self.path.exists():
-            return {}
-        data = self.path.read_bytes()
-        end = data.rfind(b"\n") + 1
-        if end < len(data):  # a partial last line: nothing after the last newline is a finished record
-            with self.path.open("r+b") as fh:
-                fh.truncate(end)
-        records: dict[str, dict[str, Any]] = {}
-        for line in data[:end].splitlines():
-            if line.strip():
-                record = json.loads(line)
-                records.setdefault(record["id"], record)
-        return records
-
-    def append(self, record: dict[str, Any]) -> None:
-        """Append one record durably."""
-        line = json.dumps(redact(record), ensure_ascii=False, default=str) + "\n"  # keys never reach disk
-        with self._lock:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a", encoding="utf-8") as fh:
-                fh.write(line)
-                fh.flush()
-                os.fsync(fh.fileno())
 
 
 def _rollout_usage(usage: dict[str, Any]) -> dict[str, int]:
@@ -296,7 +260,7 @@ def run_eval(items: Sequence[Item], programs: Programs, gs: Sequence[int], metho
         raise ValueError(f"G values must be >= 1, got {gs}")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    store = ResultStore(run_dir / RESULTS_FILE)
+    store = JsonlStore(run_dir / RESULTS_FILE)
     done = store.load()
     todo = [item for item in items if item.id not in done]
     start = time.perf_counter()
@@ -307,7 +271,7 @@ def run_eval(items: Sequence[Item], programs: Programs, gs: Sequence[int], metho
         def one(item: Item) -> dict[str, Any]:
             record = evaluate_question(item, programs, gs, methods, mode=mode, equivalence=equivalence,
                                        prompt_prefix=prompt_prefix)
-            store.append(record)
+            store.append(redact(record))  # keys never reach disk
             return record
 
         if num_threads <= 1:
@@ -362,5 +326,5 @@ def _progress(enabled: bool, total: int, completed: int) -> Iterator[Any]:
         yield lambda: bar.advance(task)
 
 
-__all__ = ["VERIFIABLE_ONLY", "EvalRun", "Programs", "ResultStore", "args_hash", "attributed_usage",
+__all__ = ["VERIFIABLE_ONLY", "EvalRun", "Programs", "args_hash", "attributed_usage",
            "build_programs", "evaluate_question", "mode_of", "record_usage", "run_eval"]
