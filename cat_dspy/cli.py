@@ -103,7 +103,9 @@ def _add_solve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", choices=("verifiable", "rubric"), default="verifiable")
     parser.add_argument("--question-aware", action="store_true", help="show the anchor the question (ablation)")
     parser.add_argument("--per-criterion", action="store_true", help="one judge call per criterion (paper form)")
-    parser.add_argument("--length-limit", type=int, default=None, help="reward -1 above this many tokens")
+    parser.add_argument("--length-limit", type=int, default=None, metavar="N",
+                        help="reward -1 for rollouts over N tokens of the policy's tokenizer (local models); API "
+                             "policies have no known tokenizer: whitespace words, with a warning (parsed.length_unit)")
     parser.add_argument("--program", default=None, help="a saved (optimized) CaT program to load")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a report")
     parser.add_argument("--experiment", default="cat-dspy-solve", help="MLflow experiment (default: cat-dspy-solve)")

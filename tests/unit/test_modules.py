@@ -130,11 +130,38 @@ def test_judge_reads_only_its_own_answer():
     assert prompt.count("</response>") == 1  # the rollout could not close its own section
 
 
-def test_length_penalty_applies_to_long_rollouts():
+def test_length_penalty_applies_to_long_rollouts(caplog):
     policy = scripted_lm(["short \\boxed{1}", "very " * 50 + "\\boxed{1}"])
-    pred = CaT(g=2, policy=policy, anchor=scripted_lm(["\\boxed{1}"]), length_limit=20)(question="q")
-    assert sorted(pred.rewards) == [-1.0, 1.0]
-    assert pred.parsed["length_penalized"] == 1
+    cat = CaT(g=2, policy=policy, anchor=scripted_lm(["\\boxed{1}"]), length_limit=20)
+    with caplog.at_level("WARNING", logger="cat_dspy.modules.cat"):
+        preds = [cat(question="q"), cat(question="q")]
+    for pred in preds:
+        assert sorted(pred.rewards) == [-1.0, 1.0]
+        assert pred.parsed["length_penalized"] == 1
+        assert pred.parsed["length_unit"] == "words"  # a scripted (API-like) policy has no tokenizer
+    assert caplog.text.count("counted in whitespace words, not tokens") == 1  # said once, not per call
+    assert "length_unit" not in CaT(g=2, policy=policy, anchor=scripted_lm(["\\boxed{1}"]))(question="q").parsed
+
+    chars = CaT(g=2, policy=policy, anchor=scripted_lm(["\\boxed{1}"]), length_limit=20,
+                count_tokens=lambda text: 21)
+    pred = chars(question="q")
+    assert pred.rewards == [-1.0, -1.0] and pred.parsed["length_unit"] == "tokens"  # a caller's counter
+
+
+def test_solve_json_says_how_the_length_limit_counted(monkeypatch, capsys, caplog):
+    import json
+
+    from cat_dspy import cli
+
+    lms = {"policy": scripted_lm(["one two three \\boxed{1}", "one \\boxed{1}"]),
+           "anchor": scripted_lm(["# UNIFIED RESPONSE \\boxed{1}"]), "judge": scripted_lm(["yes"])}
+    monkeypatch.setattr(cli, "build_roles", lambda args: lms)
+    with caplog.at_level("WARNING", logger="cat_dspy.modules.cat"):
+        assert cli.main(["solve", "q", "--g", "2", "--length-limit", "2", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["parsed"]["length_unit"] == "words" and result["parsed"]["length_penalized"] == 1
+    assert sorted(result["rewards"]) == [-1.0, 1.0]
+    assert "no tokenizer is known for the policy scripted/test" in caplog.text
 
 
 def test_usage_is_reported_per_role():
