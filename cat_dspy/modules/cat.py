@@ -115,7 +115,7 @@ class CaT(dspy.Module):
         counter = getattr(getattr(lm, "engine", None), "count_tokens", None)
         if callable(counter):
             return counter, "tokens"
-        if not self._warned_words:
+        if not self._warned_words and self.length_limit is not None:
             self._warned_words = True
             logger.warning("length limit: no tokenizer is known for the policy %s; rollout lengths are counted in "
                            "whitespace words, not tokens", getattr(lm, "model", lm))

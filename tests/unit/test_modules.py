@@ -140,7 +140,10 @@ def test_length_penalty_applies_to_long_rollouts(caplog):
         assert pred.parsed["length_penalized"] == 1
         assert pred.parsed["length_unit"] == "words"  # a scripted (API-like) policy has no tokenizer
     assert caplog.text.count("counted in whitespace words, not tokens") == 1  # said once, not per call
-    assert "length_unit" not in CaT(g=2, policy=policy, anchor=scripted_lm(["\\boxed{1}"]))(question="q").parsed
+    unlimited = CaT(g=2, policy=policy, anchor=scripted_lm(["\\boxed{1}"]))
+    with caplog.at_level("WARNING", logger="cat_dspy.modules.cat"):
+        assert "length_unit" not in unlimited(question="q").parsed and unlimited.count_tokens("a b") == 2
+    assert caplog.text.count("counted in whitespace words") == 1  # no limit: nothing to warn about
 
     chars = CaT(g=2, policy=policy, anchor=scripted_lm(["\\boxed{1}"]), length_limit=20,
                 count_tokens=lambda text: 21)
