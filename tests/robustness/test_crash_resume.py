@@ -1,5 +1,7 @@
 """Crash and resume: ``cat-dspy eval`` SIGKILLed at seeded random points, then rerun, loses nothing, duplicates
 nothing, repeats no LM call of a finished question, and leaves MLflow runs that agree with the results.
+``cat-dspy optimize`` killed halfway through writing a record of its cache resumes from the torn file and samples
+again only what was not durably written.
 
 ``train`` is covered on its reward side (``test_faults.py``, ``test_hostile_math.py``): a kill/resume of a GRPO run
 with ``resume_from_checkpoint`` needs minutes of CPU training per kill, beyond this suite's budget.
