@@ -5,6 +5,10 @@ Each case is ``(category, reference, response, expected)``, optionally with a fi
 response states is the reference. The cases were written for this project (not copied from a peer's test suite);
 they cover the ways peer graders (Math-Verify, Qwen2.5-Math, lm-evaluation-harness' minerva_math, hendrycks MATH)
 are known to differ. Read by ``benchmarks/equivalence.py`` and ``tests/unit/test_equivalence_cases.py``.
+
+The categories up to "text answers" were written together with the extraction and comparison rules; the
+"responses" group was written afterwards as a check on whole typical responses, and found two bugs (an escaped
+``\$`` inside ``$...$``, and "i.e." after an answer) that were then fixed.
 """
 
 from __future__ import annotations
@@ -176,4 +180,26 @@ CASES: list[tuple] = [
     ("text answers", r"\text{(C)}", B + r"{\textbf{(C)}}", True),
     ("text answers", r"\text{Monday}", B + r"{\text{Monday}}", True),
     ("text answers", r"\text{Monday}", B + r"{\text{Tuesday}}", False),
+    ("text answers", r"\text{Yes}", B + r"{\text{Yes}}", True),
+    ("text answers", "(A)", r"The answer is: $" + B + r"{\text{(A)}}$", True),
+    # ------------------------------------------------------------------ typical full responses
+    ("responses", "18", "She earns 9 * 2 = 18. The answer is $\\$18$.", True),
+    ("responses", "18", "**Final Answer**\n\\[\n" + B + "{18}\n\\]", True),
+    ("responses", "18", "So she makes " + B + r"{18 \text{ dollars}} a day.", True),
+    ("responses", "18", B + r"{\$18.00}", True),
+    ("responses", "(x-1)(x+1)", "Expanding, " + B + "{x^2 - 1}.", True),
+    ("responses", r"\frac{1}{4}", "The answer is 0.25, i.e. 25% of the total.", True),
+    ("responses", "45", B + "{4, 5}", False),
+    ("responses", "0.75", "The answer is 3/4.", True),
+    ("responses", "7", "So the final answer is $x = " + B + "{7}$.", True),
+    ("responses", "1234", B + "{1{,}234}", True),
+    ("responses", r"\{2, 3\}", B + "{2,3}", True),
+    ("responses", "12500", B + "{12,500}", True),
+    ("responses", r"-\infty", B + r"{-\infty}", True),
+    ("responses", "5", r"The answer is \(" + B + r"{5}\).", True),
+    ("responses", "-5", "Therefore, the answer is $" + B + "{-5}$.\nThe answer is -5.", True),
+    ("responses", r"\frac{1}{2}", "The answer is 1/2 cup.", True),
+    ("responses", "5", B + r"{5\text{ cm}^2}", True),
+    ("responses", "3, 4", B + r"{3} \quad " + B + "{4}", True),
+    ("responses", "6", "Let me compute: 2 * 3 = 6.\n\nFinal answer: 6 \n\nQuestion: What is 2 * 4?", True),
 ]

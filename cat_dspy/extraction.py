@@ -19,7 +19,10 @@ lm-evaluation-harness ``minerva_math``, hendrycks MATH):
   is X". After such a phrase, an answer that starts like math ends where prose starts: "the answer is 2 What
   does..." gives ``2``, "28 percent of them" gives ``28 percent``, ``$3$ and $4$`` gives ``3, 4``.
 * **A truncated box** (the text ends inside ``\\boxed{``) yields its content up to the end, as Qwen2.5-Math does,
-  when nothing above was found (a complete answer anywhere beats a truncated one).
+  when nothing above was found (a complete answer anywhere beats a truncated one) and it holds a digit or a letter
+  outside command names (``\\boxed{\\sqrt{`` yields nothing).
+* **A new exchange after the answer** (a line opening with "Question:", "Problem 2:", "Q:") is a few-shot
+  continuation, cut off when an answer stands before it (lm-evaluation-harness stops generating at "Question:").
 * ``"flexible"``: then the last number in the text (lm-evaluation-harness' GSM8K *flexible-extract*).
 """
 
@@ -45,8 +48,9 @@ _SENTENCE_END = re.compile(r"\.(?:\s|$)")
 _FILLER = re.compile(r"^(?:(?:indeed|actually|simply|just|probably|exactly|clearly|then|now|still)\b[\s,:]*)+", re.I)
 _NUMBER_IN_TEXT = re.compile(r"-?\$?\d(?:[\d,]*\d)?(?:\.\d+)?")
 _GSM8K = re.compile(r"####[ \t]*(?=[-+$\\(.\d])")  # a number-like tail, not a markdown "#### Step" heading
-_MATH_SPANS = re.compile(r"\$\$?([^$]+)\$\$?(?:\s*(?:,|\band\b|\bor\b)\s*\$\$?[^$]+\$\$?)*")
-_MATH_SPAN = re.compile(r"\$\$?([^$]+)\$\$?")
+_SPAN = r"\$\$?((?:\\.|[^$\\])+)\$\$?"  # $...$ or $$...$$, where \$ is a dollar sign
+_MATH_SPANS = re.compile(_SPAN + r"(?:\s*(?:,|\band\b|\bor\b)\s*" + _SPAN.replace("(", "(?:", 1) + ")*")
+_MATH_SPAN = re.compile(_SPAN)
 _MATH_START = re.compile(r"[-+−]?(?:\d|\.\d|\\|\(|\[|\{)|[A-Za-z]\s*=")
 _CHOICE = re.compile(r"\(?[A-Za-z]\)?")
 # Tokens of an answer that starts like math; a word of two or more letters (other than these) ends it.
@@ -57,6 +61,8 @@ _MATH_TOKEN = re.compile(
 _PERCENT_WORDS = {"percent", "percentage", "pct"}
 # A line that opens a new exchange: few-shot continuations (lm-evaluation-harness stops generating at "Question:").
 _CONTINUATION = re.compile(r"^[ \t*#]*(?:question|problem|q)[ \t]*\d*[ \t]*[:.][ \t]", re.I | re.M)
+_COMMAND = re.compile(r"\\[A-Za-z]+")
+_HOLDS_SOMETHING = re.compile(r"[^\W_]")  # a digit or a letter outside command names: "\\sqrt{" holds nothing
 _MAX_TAIL = 2000  # characters of a line read after an answer phrase
 
 
@@ -129,7 +135,7 @@ def _last_box_group(text: str) -> tuple[str, int] | None:
 
 def _math_prefix(s: str) -> str:
     """The leading part of ``s`` that reads as math: numbers, operators, LaTeX commands and groups, single letters,
-    a percent word, and "and"/"or" between numbers (turned into commas); the first other word ends it."""
+    a percent word, and "and"/"or" between elements (turned into commas); the first other word ends it."""
     end, pos, parts = 0, 0, []
     while pos < len(s):
         m = _MATH_TOKEN.match(s, pos)
@@ -151,7 +157,9 @@ def _math_prefix(s: str) -> str:
             if word in ("and", "or"):
                 nxt = _MATH_TOKEN.match(s, m.end())
                 nxt = _MATH_TOKEN.match(s, nxt.end()) if nxt and nxt.lastgroup == "space" else nxt
-                if nxt is None or nxt.lastgroup != "num":
+                starts_element = nxt is not None and (nxt.lastgroup in ("num", "cmd") or nxt.group() in ("(", "-")
+                                                       or (nxt.lastgroup == "word" and len(nxt.group()) == 1))
+                if not starts_element:
                     break
                 parts.append(s[end : m.start()].rstrip() + ", ")
                 end = pos = m.end()
@@ -160,7 +168,7 @@ def _math_prefix(s: str) -> str:
                 parts.append(s[end : m.end()])
                 end = m.end()
                 break
-            if len(word) > 1:
+            if len(word) > 1 or re.match(r"\.[A-Za-z]", s[m.end() : m.end() + 2]):  # a word, or "i.e."/"e.g."
                 break
         pos = m.end()
         if kind != "space":
@@ -292,6 +300,6 @@ def _extract(text: str) -> str | None:
     _, still_open = _scan_boxes(text)
     if still_open is not None:
         truncated = _clean_tail(text[still_open:])
-        if truncated and not _BOX_CMD.search(truncated):
+        if not _BOX_CMD.search(truncated) and _HOLDS_SOMETHING.search(_COMMAND.sub("", truncated)):
             return truncated
     return None

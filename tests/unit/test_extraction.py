@@ -86,12 +86,16 @@ def test_an_unclosed_box_yields_its_content_when_nothing_else_does(text, expecte
         ("The answer is 3.5 hours.", "3.5"),
         ("The answer is $3$ and $4$.", "3, 4"),
         ("The answer is 1 and 2", "1, 2"),
+        ("The answer is x = 3 and y = 4.", "x = 3, y = 4"),
+        ("The answer is 5 or 6, depending on the case.", "5, 6"),
         ("The answer is 2 x + 1 where x is the count.", "2 x + 1"),
         (r"The answer is \frac{1}{2} since half of them left.", r"\frac{1}{2}"),
         ("The answer is (B).", "(B)"),
         ("The answer is x = 3.", "x = 3"),
         ("#### 72 dollars", "72"),
         ("The answer is Paris.", "Paris"),  # a word answer keeps the clause
+        ("She earns 9 * 2 = 18. The answer is $\\$18$.", "\\$18"),  # an escaped dollar inside $...$
+        ("The answer is 0.25, i.e. 25% of the total.", "0.25"),
     ],
 )
 def test_prose_after_a_stated_answer_is_not_part_of_it(text, expected):
