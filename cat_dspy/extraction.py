@@ -14,7 +14,8 @@ lm-evaluation-harness ``minerva_math``, hendrycks MATH):
   opens with "The answer is X"/"Answer: X" (optionally after "So,"/"Thus,"/"Therefore,") that comes *after* the
   last box replaces it when X reads as an answer (starts like math, or is a single choice letter). A "the answer
   is" in the middle of a sentence after a box does not (Math-Verify ranks "final answer is" with the box, the later
-  one winning, and a bare "answer" below the box; Qwen2.5-Math and hendrycks always take the box).
+  one winning, and a bare "answer" below the box; Qwen2.5-Math ranks only Minerva's "final answer is $X$. I hope"
+  above the box, hendrycks MATH always takes the box).
 * **GSM8K** ``#### N`` comes next (what follows it is taken as a continuation), then the last "the (final) answer
   is X". After such a phrase, an answer that starts like math ends where prose starts: "the answer is 2 What
   does..." gives ``2``, "28 percent of them" gives ``28 percent``, ``$3$ and $4$`` gives ``3, 4``.
@@ -128,9 +129,19 @@ def _last_box_group(text: str) -> tuple[str, int] | None:
             end = stop + 1
         kept_cmd = cmd
         inner = _unwrap(inner)
-        if not group or group[-1] != inner:
+        if not group or not _same(group[-1], inner):  # \boxed{10} \boxed{10.0}: one answer, written twice
             group.append(inner)
     return (", ".join(reversed(group)), end) if group else None
+
+
+def _same(a: str, b: str) -> bool:
+    """The same text, or the same plain number (``10``, ``10.0``, ``1e1``)."""
+    if a == b:
+        return True
+    try:
+        return len(a) < 40 and len(b) < 40 and float(a) == float(b)
+    except ValueError:
+        return False
 
 
 def _math_prefix(s: str) -> str:

@@ -24,6 +24,7 @@ def _isolated_stores():
         (r"The roots are \boxed{-1} or \boxed{3}.", "-1, 3"),
         (r"\boxed{1}; \boxed{2}; \boxed{3}", "1, 2, 3"),
         (r"\boxed{7} \boxed{7}", "7"),  # a repeated box is one answer
+        (r"\boxed{10} \boxed{10.0} \boxed{1e1}", "1e1"),  # ... also when the number is written differently
         (r"first \boxed{1}, then \boxed{2}", "2"),  # prose between boxes: the later one replaces the earlier
         (r"I guessed \boxed{4} at first. After checking the units, \boxed{5}.", "5"),
         (r"\boxed{\boxed{5}}, \boxed{6}", "5, 6"),
