@@ -29,16 +29,58 @@ from cat_dspy.extraction import extract_answer  # noqa: E402 - re-exported: the 
 _WRAPPER = re.compile(r"\\(?:text|textbf|textit|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
 _LEFT_RIGHT = re.compile(r"\\(?:left|right|displaystyle)(?![A-Za-z])")
 _SPACING = re.compile(r"\\[,;:! ]|\{,\}")
+# Thousands separators: groups of exactly three digits after a comma, no space after it ("1,000", "12,345,678").
 _THOUSANDS = re.compile(r"(?<![\d.,])\d{1,3}(?:,\d{3})+(?![\d,])")
+_OPENERS, _CLOSERS = ("(", "[", "\\{"), (")", "]", "\\}")
+_PERCENT = re.compile(r"(?<=[\d}])\s*(?:\\?%|\b(?:percent(?:age)?|per\s+cent|pct)\b(?:\s+points?\b)?)", re.I)
+_UNIT_TEXT = re.compile(r"\\(?:text|textrm|mathrm|mbox)\s*\{\s*[A-Za-z][A-Za-z .]*\}(?:\^\{?\d\}?)?\s*\.?\s*$")
+_WORD_UNITS = re.compile(r"(?<=[\d}%])\s+(?P<u>[A-Za-z]{2,}(?:[ /.-]+[A-Za-z]+){0,3})(?:\^\{?\d\}?)?\s*\.?\s*$")
+_NOT_UNITS = {"pi", "sqrt", "sin", "cos", "tan", "log", "ln", "exp", "and", "or", "mod", "if", "for", "when"}
+_MAX_UNIT_CHARS = 300  # longer answers keep their words (and these regexes stay cheap)
 _DECIMAL = re.compile(r"(?<![\d.])(\d+)\.(\d+)(?![\d.])")  # no nested quantifiers: linear on long digit runs
 _NUMBER = re.compile(r"[+-]?(?:\d{1,60}(?:\.\d{0,60})?|\.\d{1,60})")
 
 
+def _merge_thousands(m: re.Match[str]) -> str:
+    """Drop the separators of ``1,000``, unless the group is the whole content of a bracket (``(3,500)``, a pair)."""
+    before = m.string[max(0, m.start() - 40) : m.start()].rstrip()  # bounded: linear on long inputs
+    after = m.string[m.end() : m.end() + 40].lstrip()
+    if before.endswith(_OPENERS) and after.startswith(_CLOSERS):
+        return m.group()
+    return m.group().replace(",", "")
+
+
+def _drop_units(ans: str) -> str:
+    """The answer without a trailing unit: a ``\\text{...}`` after math (``12\\text{ cm}``, hendrycks' and Qwen's
+    rule), or words after a number (``5 dollars``, ``\\text{16 eggs}``); a percent word is kept (see
+    :func:`normalize_answer`). Letters glued to a number (``2xy``) are math, not units, and stay."""
+    s = ans.strip().strip("$").strip()
+    if len(s) > _MAX_UNIT_CHARS:
+        return ans
+    m = re.fullmatch(r"\\(?:text|textrm|mathrm|mbox)\s*\{([^{}]*)\}", s)
+    if m:  # \text{5 dollars}: the whole answer in text
+        s = m.group(1).strip()
+    cut = _UNIT_TEXT.search(s)
+    if cut and cut.start() > 0 and not _PERCENT.fullmatch(" " + _strip_text(s[cut.start() :])):
+        s = s[: cut.start()].rstrip().removesuffix("\\")  # "12\\ \\text{cm}": the spacing command goes too
+    cut = _WORD_UNITS.search(s)
+    if cut and cut.group("u").lower() not in _NOT_UNITS and not re.match(r"(?i)per", cut.group("u")):
+        s = s[: cut.start()]
+    return s if s.strip() else ans
+
+
+def _strip_text(s: str) -> str:
+    return re.sub(r"\\(?:text|textrm|mathrm|mbox)\s*\{([^{}]*)\}", r"\1", s)
+
+
 def normalize_answer(ans: str) -> str:
-    """Normalize an answer string conservatively (units words are kept).
+    """Normalize an answer string conservatively (unit words are kept; :func:`equivalent` compares without them).
 
     Strips whitespace, ``$``, ``\\text{}``/``\\mathrm{}`` wrappers, ``\\left``/``\\right``, a trailing ``.``, a
-    leading ``+`` and thousands separators; maps ``\\dfrac``/``\\tfrac`` to ``\\frac`` and ``72.0`` to ``72``.
+    leading ``+`` and thousands separators; maps ``\\dfrac``/``\\tfrac`` to ``\\frac``, ``72.0`` to ``72`` and
+    ``\\%``/"percent"/"pct" after a number to ``%``. A thousands separator is a comma followed by exactly three
+    digits and no space (``1,000``, ``12,345,678``); ``32, 349`` stays two numbers, and so does ``(3,500)``, a bracket
+    holding nothing but the group (a pair, as math-verify reads it).
 
     Args:
         ans: An extracted answer.
@@ -51,8 +93,8 @@ def normalize_answer(ans: str) -> str:
         '\\\\frac{1}{2}'
         >>> normalize_answer("1,000"), normalize_answer("+72.0"), normalize_answer("0.50")
         ('1000', '72', '0.5')
-        >>> normalize_answer(r"10\\text{ cm}")
-        '10cm'
+        >>> normalize_answer(r"10\\text{ cm}"), normalize_answer("28 percent"), normalize_answer("32, 349")
+        ('10cm', '28%', '32,349')
     """
     if ans is None:
         return ""
@@ -65,10 +107,11 @@ def normalize_answer(ans: str) -> str:
     s = _LEFT_RIGHT.sub("", s)
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\%", "%")
     s = _SPACING.sub("", s)
+    s = _PERCENT.sub("%", s)  # "28 percent", "28 \\%" -> "28%"
+    s = _THOUSANDS.sub(_merge_thousands, s)  # before spaces go: "32, 349" is two numbers, "1,000" one
     s = re.sub(r"(\\[A-Za-z]+)\s+(?=[A-Za-z])", "\\1\x00", s)  # keep the space that ends a command name
     s = re.sub(r"\s+", "", s).replace("\x00", " ")
     s = s.rstrip(".").removeprefix("+")
-    s = _THOUSANDS.sub(lambda m: m.group().replace(",", ""), s)
     s = _DECIMAL.sub(lambda m: (m.group(1) + "." + m.group(2)).rstrip("0").rstrip("."), s)
     return "0" if s == "-0" else s
 
@@ -250,12 +293,36 @@ def _symbolic(a: str, b: str, timeout: float) -> bool | None:
         _pool.put(worker)
 
 
+def _percent_number(s: str) -> tuple[float, bool] | None:
+    """``(value, is_percent)`` for a plain number with an optional trailing ``%``; None otherwise."""
+    body = s.removesuffix("%")
+    return (float(body), body != s) if _NUMBER.fullmatch(body) else None
+
+
+def _same_number(a: tuple[float, bool], b: tuple[float, bool]) -> bool:
+    """Numbers equal within ``1e-9`` relative; ``28%`` equals both ``28`` and ``0.28`` (as math-verify decides)."""
+    (x, xp), (y, yp) = a, b
+    candidates = [(x, y)] + ([(x / 100, y)] if xp and not yp else []) + ([(x, y / 100)] if yp and not xp else [])
+    return math.isfinite(x) and any(abs(u - v) < 1e-9 * max(1.0, abs(u)) for u, v in candidates)
+
+
+def _symbolic_form(s: str) -> str:
+    """What math-verify reads: a comma that survived normalization separates elements (thousands separators are
+    gone by now), so it gets a space, or math-verify would read ``3,500`` in ``(3,500)`` as three thousand five
+    hundred."""
+    return s.replace(",", ", ")
+
+
 def equivalent(a: str | None, b: str | None, *, mode: str = "symbolic", timeout: float = 2.0) -> bool:
     """Whether two final answers are equivalent.
 
-    ``mode="string"`` compares :func:`normalize_answer` outputs. ``mode="symbolic"`` (default) also accepts plain
-    numbers equal within ``1e-9`` relative, then asks math-verify (``a`` is the reference side) in a worker process
-    under a wall-clock ``timeout`` that holds in any thread; on timeout or error the string result (False) is returned.
+    ``mode="string"`` compares :func:`normalize_answer` outputs, as they are and without a trailing unit (a
+    ``\\text{...}`` after math, or words after a number: ``12\\text{ cm}``, ``5 dollars``) or percent sign (``28%`` is
+    ``28``, as in hendrycks' and Qwen2.5-Math's graders). ``mode="symbolic"`` (default) also accepts plain numbers
+    equal within ``1e-9`` relative (``28%`` also equals ``0.28``, as in math-verify), then asks math-verify (``a`` is
+    the reference side) in a worker process under a wall-clock ``timeout`` that holds in any thread; on timeout or
+    error the string result (False) is returned. A comma that survived normalization reaches math-verify as an
+    element separator, so ``(3, 500)`` is a pair, never ``3500``.
 
     Args:
         a: Reference answer (or None).
@@ -272,8 +339,10 @@ def equivalent(a: str | None, b: str | None, *, mode: str = "symbolic", timeout:
     Examples:
         >>> equivalent("72", "72.0"), equivalent(r"\\frac{1}{2}", "0.5"), equivalent("3", None)
         (True, True, False)
-        >>> equivalent(r"\\sqrt{4}", "2", mode="string")
-        False
+        >>> equivalent(r"\\sqrt{4}", "2", mode="string"), equivalent("12", r"12\\text{ cm}", mode="string")
+        (False, True)
+        >>> equivalent("3500", "(3, 500)"), equivalent("32349", "32, 349"), equivalent(r"\\{1,2\\}", "2, 1")
+        (False, False, True)
     """
     if mode not in ("symbolic", "string"):
         raise ValueError(f"unknown equivalence mode {mode!r} (expected 'symbolic' or 'string')")
@@ -285,14 +354,19 @@ def equivalent(a: str | None, b: str | None, *, mode: str = "symbolic", timeout:
     if na == nb and na:
         _count("string_match")
         return True
+    na, nb = normalize_answer(_drop_units(a)), normalize_answer(_drop_units(b))  # "12\text{ cm}" -> "12"
+    if na and nb and (na == nb or na.removesuffix("%") == nb.removesuffix("%")):  # "28%" is "28" (hendrycks, Qwen)
+        _count("string_match")
+        return True
     if mode == "string" or not na or not nb:
         _count("string_mismatch")
         return False
-    if _NUMBER.fullmatch(na) and _NUMBER.fullmatch(nb):
-        x, y = float(na), float(nb)
-        same = math.isfinite(x) and abs(x - y) < 1e-9 * max(1.0, abs(x))
+    xa, xb = _percent_number(na), _percent_number(nb)
+    if xa is not None and xb is not None:
+        same = _same_number(xa, xb)
         _count("numeric_match" if same else "numeric_mismatch")
         return same
+    na, nb = _symbolic_form(na), _symbolic_form(nb)
     if len(na) > _MAX_SYMBOLIC_CHARS or len(nb) > _MAX_SYMBOLIC_CHARS:
         _count("too_long_fallback")
         return False
