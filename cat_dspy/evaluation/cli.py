@@ -115,7 +115,7 @@ def _evaluate(args: argparse.Namespace, items: list, mode: str, config: dict[str
     from cat_dspy import tracking
     from cat_dspy.cli import build_roles, role_settings
     from cat_dspy.evaluation.compare import print_rows
-    from cat_dspy.evaluation.report import log_eval, summarize
+    from cat_dspy.evaluation.report import failure_note, failure_totals, log_eval, summarize
     from cat_dspy.evaluation.runner import build_programs, run_eval
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -136,6 +136,12 @@ def _evaluate(args: argparse.Namespace, items: list, mode: str, config: dict[str
                       "cache_hits": sum(r.get("cache_hits", 0) for r in result.records)}
     parent_metrics |= {f"run.{role}.{k}": v for role, counts in result.usage.items() for k, v in counts.items()
                        if k != "generate_calls"}
+    failures = failure_totals(result.records)
+    parent_metrics |= {f"failures.{k}": v for k, v in failures.items()}
+    failed = failure_note(failures)
+    if failed:
+        notes.append(failed)
+        print(f"cat-dspy eval: warning: {failed}", file=sys.stderr)
     run_id = log_eval(args.experiment, params, rows, result.records, run_dir, notes=notes,
                       run_name=f"eval {Path(str(args.dataset)).stem} G={','.join(map(str, args.g))}",
                       parent_metrics=parent_metrics)
