@@ -23,7 +23,7 @@ import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator
 
-__all__ = ["Counters"]
+__all__ = ["PARSE_FAILURES", "UNPARSABLE", "Counters", "parse_failure_stats"]
 
 
 class Counters:
@@ -87,3 +87,20 @@ class Counters:
             yield mine
         finally:
             self._collectors.reset(token)
+
+
+UNPARSABLE: tuple[type[BaseException], ...] = (RecursionError, MemoryError)
+"""What the lenient parsers (:mod:`cat_dspy.extraction`, :mod:`cat_dspy.parsing`) turn into "no answer"/"unread":
+an output too deep or too large to process. Any other exception there is a bug and propagates."""
+PARSE_FAILURES = Counters("output parsing", ("extract_answer", "parse_criteria", "parse_verdict", "parse_verdicts"),
+                          logging.getLogger("cat_dspy.parsing"))
+
+
+def parse_failure_stats() -> dict[str, int]:
+    """Outputs the lenient parsers gave up on (:data:`UNPARSABLE`), by parser, since the process started.
+
+    Examples:
+        >>> sorted(parse_failure_stats())
+        ['extract_answer', 'parse_criteria', 'parse_verdict', 'parse_verdicts']
+    """
+    return PARSE_FAILURES.snapshot()

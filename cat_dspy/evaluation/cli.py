@@ -114,6 +114,7 @@ def _evaluate(args: argparse.Namespace, items: list, mode: str, config: dict[str
               notes: list[str]) -> int:
     from cat_dspy import tracking
     from cat_dspy.cli import build_roles, role_settings
+    from cat_dspy.counters import parse_failure_stats
     from cat_dspy.evaluation.compare import print_rows
     from cat_dspy.evaluation.report import failure_note, failure_totals, log_eval, summarize
     from cat_dspy.evaluation.runner import build_programs, run_eval
@@ -125,6 +126,7 @@ def _evaluate(args: argparse.Namespace, items: list, mode: str, config: dict[str
     programs = build_programs(lms, mode=mode, g=max(args.g), logprobs="min_ppl" in args.methods,
                               temperature=settings["policy"]["temperature"], program=args.program,
                               rollout_strategy=args.rollout_strategy, extraction=args.extraction)
+    parse_before = parse_failure_stats()
     result = run_eval(items, programs, args.g, args.methods, run_dir, mode=mode, equivalence=args.equivalence,
                       prompt_prefix=args.prompt_prefix, num_threads=args.num_threads,
                       progress=not args.no_progress, cache=not args.no_cache)
@@ -137,6 +139,7 @@ def _evaluate(args: argparse.Namespace, items: list, mode: str, config: dict[str
     parent_metrics |= {f"run.{role}.{k}": v for role, counts in result.usage.items() for k, v in counts.items()
                        if k != "generate_calls"}
     failures = failure_totals(result.records)
+    failures |= {f"parse.{k}": float(v - parse_before[k]) for k, v in parse_failure_stats().items()}
     parent_metrics |= {f"failures.{k}": v for k, v in failures.items()}
     failed = failure_note(failures)
     if failed:

@@ -167,6 +167,9 @@ def failure_note(totals: dict[str, float]) -> str | None:
     """
     calls = [f"{int(v)} {k}" for k, v in totals.items() if v and k.endswith("_errors")]
     parts = [f"failed calls: {', '.join(calls)}"] if calls else []
+    unparsable = [f"{int(v)} {k.split('.', 1)[1]}" for k, v in totals.items() if v and k.startswith("parse.")]
+    if unparsable:
+        parts.append(f"outputs too deep or large to parse: {', '.join(unparsable)}")
     if totals.get("ungraded"):
         parts.append(f"{int(totals['ungraded'])} HealthBench examples ungraded (judge call failed)")
     if totals.get("equivalence_fallbacks"):
