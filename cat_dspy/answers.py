@@ -148,6 +148,7 @@ for line in sys.stdin:
 """
 _MAX_SYMBOLIC_CHARS = 2000
 _STARTUP_TIMEOUT = 60.0
+_BUSY_WAIT_MIN = 30.0  # seconds a check waits for a free worker at least (then busy_fallback)
 _MEM_LIMIT_MB = int(os.environ.get("CAT_DSPY_EQUIV_MEM_MB", "4096"))
 _NUM_WORKERS = max(1, int(os.environ.get("CAT_DSPY_EQUIV_WORKERS", str(min(4, os.cpu_count() or 1)))))
 
@@ -294,7 +295,7 @@ def _symbolic(a: str, b: str, timeout: float) -> bool:
     Raises:
         _WorkerFailure: No verdict; its ``reason`` says why (:data:`EQUIVALENCE_FALLBACKS`).
     """
-    wait = max(30.0, 10 * timeout)
+    wait = max(_BUSY_WAIT_MIN, 10 * timeout)
     try:
         worker = _pool.get(timeout=wait)
     except queue.Empty:

@@ -39,6 +39,7 @@ REWARD_METRICS = (
     "cat/criterion_pass_rate",  # rubric: fraction of (completion, criterion) verdicts that are "yes"
     "cat/judge_errors",  # rubric: failed judge calls, count per call
     "cat/anchor_errors",  # failed anchor calls (synthesis, rubric), count per call
+    "cat/reward_errors",  # groups whose scoring raised (a bug; logged with its traceback), count per call
     "cat/equivalence_fallbacks",  # verifiable: answer checks that fell back to string comparison, count per call
     *(f"cat/equivalence_{reason}" for reason in EQUIVALENCE_FALLBACKS),  # ... by reason (timeout, busy, ...)
     "cat/skipped_groups",  # skip_unparsed: groups without a usable reference (reward None), count per call
@@ -337,8 +338,9 @@ class CaTReward:
         out["cat/length_penalty_hits"] = sum(r.get("length_hits", 0) for r in results) / max(n_completions, 1)
         if self.skip_unparsed:
             out["cat/skipped_groups"] = float(sum(1 for r in valid if r.get("skipped")))
-        out["cat/anchor_errors"] = float(
-            sum(1 for r in results for f in r["failures"] if f.startswith("anchor_error")))
+        for role in ("anchor", "reward"):
+            out[f"cat/{role}_errors"] = float(
+                sum(1 for r in results for f in r["failures"] if f.startswith(f"{role}_error")))
         if self.mode == "verifiable":
             for reason in EQUIVALENCE_FALLBACKS:
                 out[f"cat/equivalence_{reason}"] = float(sum((r.get("equivalence") or {}).get(reason, 0)
