@@ -60,7 +60,7 @@ def _xml_criteria(text: str) -> list[str]:
             found = ["".join(el.itertext()) for el in root.iter() if str(el.tag).lower() == "criterion"]
             if any(f.strip() for f in found):
                 return found
-        except ET.ParseError:
+        except (ET.ParseError, UnicodeError):  # not well-formed, or text expat cannot encode: the regexes read it
             pass
     return [html.unescape(_TAG_RE.sub(" ", item)) for item in _CRITERION_RE.findall(region)]
 
