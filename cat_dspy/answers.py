@@ -187,9 +187,11 @@ class _Worker:
     def _readline(self, deadline: float) -> bytes | None:
         assert self.proc is not None and self.proc.stdout is not None
         fd = self.proc.stdout.fileno()
+        poller = select.poll()  # not select.select: it fails for descriptors >= 1024 (a process with many files)
+        poller.register(fd, select.POLLIN)
         while b"\n" not in self.buf:
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+            if remaining <= 0 or not poller.poll(max(1, int(remaining * 1000))):
                 return None
             chunk = os.read(fd, 65536)
             if not chunk:
@@ -209,7 +211,7 @@ class _Worker:
             self.err = tempfile.TemporaryFile()
             self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err)
             ready = self._readline(time.monotonic() + _STARTUP_TIMEOUT)
-        except (OSError, EOFError) as exc:
+        except (OSError, EOFError, ValueError) as exc:
             ready = None
             cause = f"{type(exc).__name__}: {exc}"
         else:

@@ -99,6 +99,29 @@ def test_worker_recovers_after_the_failure(worker_program):
     assert equivalent(r"\sqrt{9}", "3")
 
 
+def test_workers_serve_a_process_with_many_open_files():
+    """A long run holds many descriptors: the worker's pipe may be >= 1024, where select() fails (it used to,
+    and every check then fell back, counted as an error)."""
+    import os
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip("the descriptor limit is below 1200")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    fds = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        answers.shutdown_equivalence_workers()  # the next worker gets descriptors above 1024
+        before = equivalence_stats()
+        assert equivalent(r"\sqrt{4}", "2")
+        assert _delta(before) == {"calls": 1, "symbolic_match": 1}
+    finally:
+        for fd in fds:
+            os.close(fd)
+        answers.shutdown_equivalence_workers()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
 # ------------------------------------------------------------------------------------------------ rewards
 def test_cat_and_trl_reward_count_equivalence_fallbacks(worker_program, short_timeout):
     worker_program(HANG)
