@@ -3,13 +3,17 @@
 The symbolic check runs in long-lived worker processes: fresh interpreters started with ``subprocess`` (spawn-like:
 no fork of a parent holding torch threads, no re-import of the caller's ``__main__`` or of ``cat_dspy``). Each request
 has a wall-clock limit that holds from any thread; a worker that overruns is killed and restarted on next use, and the
-caller gets the string-comparison result. Outcomes are counted in :func:`equivalence_stats`.
+caller gets the string-comparison result. Outcomes are counted in :func:`equivalence_stats`; every fallback (a
+worker that cannot start, crashes, times out, is busy, or a math-verify error) is a counted reason
+(:data:`EQUIVALENCE_FALLBACKS`), collected per unit of work with :func:`collect_equivalence`, and logged at
+WARNING with its cause the first time it happens in a process.
 """
 
 from __future__ import annotations
 
 import atexit
 import json
+import logging
 import math
 import os
 import queue
@@ -17,11 +21,13 @@ import re
 import select
 import subprocess
 import sys
-import threading
+import tempfile
 import time
 
+from cat_dspy.counters import Counters
+
 __all__ = ["equivalence_stats", "equivalent", "extract_answer", "normalize_answer", "reset_equivalence_stats"]
-__all__ += ["shutdown_equivalence_workers"]
+__all__ += ["EQUIVALENCE_FALLBACKS", "collect_equivalence", "shutdown_equivalence_workers"]
 
 from cat_dspy.extraction import extract_answer  # noqa: E402 - re-exported: the historical home of extraction
 
@@ -117,30 +123,34 @@ def normalize_answer(ans: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------- statistics
+EQUIVALENCE_FALLBACKS = ("timeout_fallback", "busy_fallback", "start_fallback", "crash_fallback", "error_fallback",
+                         "too_long_fallback")
+"""Why a symbolic check fell back to the string result (False): the worker gave no verdict in time, no worker was
+free in time, a worker could not start, a worker died or broke the protocol, math-verify raised, an answer was
+over 2000 characters."""
 _STAT_KEYS = """calls none_input string_match string_mismatch numeric_match numeric_mismatch symbolic_match
-symbolic_mismatch timeout_fallback error_fallback too_long_fallback busy_fallback""".split()
-_stats = dict.fromkeys(_STAT_KEYS, 0)
-_stats_lock = threading.Lock()
+symbolic_mismatch""".split() + list(EQUIVALENCE_FALLBACKS)
+_stats = Counters("answer equivalence", _STAT_KEYS, logging.getLogger(__name__))
+collect_equivalence = _stats.collect
+"""``with collect_equivalence() as counts:`` the outcomes counted inside the block (a ``Counter``), threads too."""
 
 
-def _count(key: str) -> None:
-    with _stats_lock:
-        _stats[key] += 1
+def _count(key: str, cause: object = None) -> None:
+    _stats.count(key, cause=cause, warn=key in EQUIVALENCE_FALLBACKS)
 
 
 def equivalence_stats() -> dict[str, int]:
     """Snapshot of the outcome counters of :func:`equivalent` (thread-safe).
 
     Returns:
-        A copy of the counters (keys in ``_STAT_KEYS``); ``busy_fallback`` (no free worker in time) is also counted
-        as ``timeout_fallback``, ``too_long_fallback`` means an answer over 2000 characters skipped math-verify.
+        A copy of the counters: ``calls``, one outcome per call (``none_input``, ``string_match``, ...,
+        ``symbolic_mismatch``, or one of the fallback reasons :data:`EQUIVALENCE_FALLBACKS`).
 
     Examples:
         >>> reset_equivalence_stats(); _ = equivalent("1", "1.0"); equivalence_stats()["string_match"]
         1
     """
-    with _stats_lock:
-        return dict(_stats)
+    return _stats.snapshot()
 
 
 def reset_equivalence_stats() -> None:
@@ -150,8 +160,7 @@ def reset_equivalence_stats() -> None:
         >>> reset_equivalence_stats(); sum(equivalence_stats().values())
         0
     """
-    with _stats_lock:
-        _stats.update(dict.fromkeys(_stats, 0))
+    _stats.reset()
 
 
 # --------------------------------------------------------------------------------------------- symbolic worker
@@ -182,23 +191,50 @@ for line in sys.stdin:
 """
 _MAX_SYMBOLIC_CHARS = 2000
 _STARTUP_TIMEOUT = 60.0
+_BUSY_WAIT_MIN = 30.0  # seconds a check waits for a free worker at least (then busy_fallback)
 _MEM_LIMIT_MB = int(os.environ.get("CAT_DSPY_EQUIV_MEM_MB", "4096"))
 _NUM_WORKERS = max(1, int(os.environ.get("CAT_DSPY_EQUIV_WORKERS", str(min(4, os.cpu_count() or 1)))))
 
 
+class _WorkerFailure(Exception):
+    """The symbolic check gave no verdict; ``reason`` is one of :data:`EQUIVALENCE_FALLBACKS`."""
+
+    def __init__(self, reason: str, cause: str) -> None:
+        super().__init__(f"{reason}: {cause}")
+        self.reason, self.cause = reason, cause
+
+
 class _Worker:
-    """One math-verify interpreter behind a JSON-lines pipe; used by one thread at a time (pool slot)."""
+    """One math-verify interpreter behind a JSON-lines pipe; used by one thread at a time (pool slot).
+
+    Its stderr goes to a temporary file, whose tail is the cause reported when the worker fails to start or dies.
+    """
 
     def __init__(self) -> None:
         self.proc: subprocess.Popen[bytes] | None = None
+        self.err: tempfile._TemporaryFileWrapper[bytes] | None = None
         self.buf = b""
+
+    def stderr_tail(self, limit: int = 300) -> str:
+        """The last ``limit`` characters the worker wrote to stderr ('' if none)."""
+        if self.err is None:
+            return ""
+        try:
+            self.err.seek(0, os.SEEK_END)
+            size = self.err.tell()
+            self.err.seek(max(0, size - limit))
+            return self.err.read().decode(errors="replace").strip()
+        except (OSError, ValueError):
+            return ""
 
     def _readline(self, deadline: float) -> bytes | None:
         assert self.proc is not None and self.proc.stdout is not None
         fd = self.proc.stdout.fileno()
+        poller = select.poll()  # not select.select: it fails for descriptors >= 1024 (a process with many files)
+        poller.register(fd, select.POLLIN)
         while b"\n" not in self.buf:
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+            if remaining <= 0 or not poller.poll(max(1, int(remaining * 1000))):
                 return None
             chunk = os.read(fd, 65536)
             if not chunk:
@@ -208,39 +244,62 @@ class _Worker:
         return line
 
     def ensure_started(self) -> None:
+        """Start the worker if it is not running; raises :class:`_WorkerFailure` (``start_fallback``) if it
+        cannot start (no interpreter, math-verify missing or broken, no READY within the startup limit)."""
         if self.proc is not None and self.proc.poll() is None:
             return
         self.kill()
         cmd = [sys.executable, "-c", _WORKER_CODE, str(_MEM_LIMIT_MB)]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        if self._readline(time.monotonic() + _STARTUP_TIMEOUT) != b"READY":
+        try:
+            self.err = tempfile.TemporaryFile()
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err)
+            ready = self._readline(time.monotonic() + _STARTUP_TIMEOUT)
+        except (OSError, EOFError, ValueError) as exc:
+            ready = None
+            cause = f"{type(exc).__name__}: {exc}"
+        else:
+            cause = f"no READY within {_STARTUP_TIMEOUT:.0f} s" if ready is None else f"unexpected {ready[:80]!r}"
+        if ready != b"READY":
+            tail = self.stderr_tail()
             self.kill()
-            raise RuntimeError("equivalence worker did not start")
+            raise _WorkerFailure("start_fallback", f"math-verify worker did not start ({cause}); stderr: {tail!r}")
 
     def ask(self, a: str, b: str, timeout: float) -> bool | None:
-        """True/False from math-verify, None on timeout (the worker is then killed)."""
+        """True/False from math-verify, None on timeout (the worker is then killed).
+
+        Raises:
+            _WorkerFailure: The worker could not start (``start_fallback``), died or broke the protocol
+                (``crash_fallback``), or math-verify raised (``error_fallback``).
+        """
         self.ensure_started()
         assert self.proc is not None and self.proc.stdin is not None
-        self.proc.stdin.write((json.dumps({"a": a, "b": b, "t": timeout}) + "\n").encode())
-        self.proc.stdin.flush()
-        line = self._readline(time.monotonic() + timeout)
-        if line is None:
+        try:
+            self.proc.stdin.write((json.dumps({"a": a, "b": b, "t": timeout}) + "\n").encode())
+            self.proc.stdin.flush()
+            line = self._readline(time.monotonic() + timeout)
+            if line is None:
+                self.kill()
+                return None
+            resp = json.loads(line)
+        except (OSError, EOFError, ValueError) as exc:  # a dead worker (broken pipe, EOF) or a corrupt reply
+            code = self.proc.poll() if self.proc is not None else None
+            tail = self.stderr_tail()
             self.kill()
-            return None
-        resp = json.loads(line)
-        if "r" not in resp:
-            raise RuntimeError(resp.get("e", "bad reply"))
+            raise _WorkerFailure("crash_fallback", f"math-verify worker died or broke the protocol "
+                                 f"({type(exc).__name__}: {exc}; exit code {code}); stderr: {tail!r}") from exc
+        if not isinstance(resp, dict) or "r" not in resp:
+            error = resp.get("e", "bad reply") if isinstance(resp, dict) else "bad reply"
+            raise _WorkerFailure("error_fallback", f"math-verify raised {error}")
         return bool(resp["r"])
 
     def kill(self) -> None:
-        proc, self.proc, self.buf = self.proc, None, b""
-        if proc is None:
-            return
-        for step in (proc.kill, lambda: proc.wait(timeout=5), proc.stdin.close, proc.stdout.close):  # type: ignore[union-attr]
+        proc, err, self.proc, self.err, self.buf = self.proc, self.err, None, None, b""
+        steps = [] if proc is None else [proc.kill, lambda: proc.wait(timeout=5), proc.stdin.close, proc.stdout.close]  # type: ignore[union-attr]
+        for step in [*steps, *([err.close] if err is not None else [])]:
             try:
                 step()
-            except Exception:  # pragma: no cover - best effort
-                pass
+            except (OSError, ValueError, subprocess.TimeoutExpired) as exc:  # best effort: the process is gone
+                logging.getLogger(__name__).debug("stopping an equivalence worker: %r", exc)
 
 
 _pool: queue.LifoQueue[_Worker] = queue.LifoQueue()
@@ -265,8 +324,6 @@ def shutdown_equivalence_workers() -> None:
 
 
 def _after_fork_in_child() -> None:  # a forked child gets its own (lazy) workers, never the parent's pipes
-    global _stats_lock
-    _stats_lock = threading.Lock()
     _init_pool()
 
 
@@ -276,21 +333,27 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _symbolic(a: str, b: str, timeout: float) -> bool | None:
-    """math-verify's verdict, or None on timeout. Waiting for a free worker is not charged to ``timeout`` (a busy
-    pool must not turn matches into misses); it is bounded anyway, since every job ahead is killed after its own."""
+def _symbolic(a: str, b: str, timeout: float) -> bool:
+    """math-verify's verdict. Waiting for a free worker is not charged to ``timeout`` (a busy pool must not turn
+    matches into misses); it is bounded anyway, since every job ahead is killed after its own.
+
+    Raises:
+        _WorkerFailure: No verdict; its ``reason`` says why (:data:`EQUIVALENCE_FALLBACKS`).
+    """
+    wait = max(_BUSY_WAIT_MIN, 10 * timeout)
     try:
-        worker = _pool.get(timeout=max(30.0, 10 * timeout))
+        worker = _pool.get(timeout=wait)
     except queue.Empty:
-        _count("busy_fallback")
-        return None
+        raise _WorkerFailure("busy_fallback", f"no free math-verify worker within {wait:.0f} s "
+                             f"({_NUM_WORKERS} workers; CAT_DSPY_EQUIV_WORKERS sets how many)") from None
     try:
-        return worker.ask(a, b, timeout)
-    except Exception:
-        worker.kill()
-        raise
+        verdict = worker.ask(a, b, timeout)
     finally:
         _pool.put(worker)
+    if verdict is None:
+        raise _WorkerFailure("timeout_fallback", f"math-verify gave no verdict within {timeout:g} s (the worker was "
+                             f"killed) on {a[:60]!r} vs {b[:60]!r}")
+    return verdict
 
 
 def _percent_number(s: str) -> tuple[float, bool] | None:
@@ -368,15 +431,12 @@ def equivalent(a: str | None, b: str | None, *, mode: str = "symbolic", timeout:
         return same
     na, nb = _symbolic_form(na), _symbolic_form(nb)
     if len(na) > _MAX_SYMBOLIC_CHARS or len(nb) > _MAX_SYMBOLIC_CHARS:
-        _count("too_long_fallback")
+        _count("too_long_fallback", f"an answer of {max(len(na), len(nb))} characters (over {_MAX_SYMBOLIC_CHARS})")
         return False
     try:
         verdict = _symbolic(na, nb, timeout)
-    except Exception:
-        _count("error_fallback")
-        return False
-    if verdict is None:
-        _count("timeout_fallback")
+    except _WorkerFailure as exc:
+        _count(exc.reason, exc.cause)
         return False
     _count("symbolic_match" if verdict else "symbolic_mismatch")
     return verdict

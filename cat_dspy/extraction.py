@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import re
 
+from cat_dspy.counters import PARSE_FAILURES, UNPARSABLE
+
 __all__ = ["EXTRACTIONS", "extract_answer"]
 
 EXTRACTIONS = ("strict", "flexible")
@@ -271,7 +273,8 @@ def extract_answer(text: str | None, extraction: str = "strict") -> str | None:
             numbers = _NUMBER_IN_TEXT.findall(text)
             return _clean_tail(numbers[-1]) if numbers else None
         return answer
-    except Exception:  # pragma: no cover - defensive: malformed output must never raise
+    except UNPARSABLE as exc:  # too deep/large to read: no answer, counted (a bug, any other error, propagates)
+        PARSE_FAILURES.count("extract_answer", cause=repr(exc)[:200])
         return None
 
 

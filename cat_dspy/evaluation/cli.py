@@ -114,8 +114,9 @@ def _evaluate(args: argparse.Namespace, items: list, mode: str, config: dict[str
               notes: list[str]) -> int:
     from cat_dspy import tracking
     from cat_dspy.cli import build_roles, role_settings
+    from cat_dspy.counters import parse_failure_stats
     from cat_dspy.evaluation.compare import print_rows
-    from cat_dspy.evaluation.report import log_eval, summarize
+    from cat_dspy.evaluation.report import failure_note, failure_totals, log_eval, summarize
     from cat_dspy.evaluation.runner import build_programs, run_eval
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -125,6 +126,7 @@ def _evaluate(args: argparse.Namespace, items: list, mode: str, config: dict[str
     programs = build_programs(lms, mode=mode, g=max(args.g), logprobs="min_ppl" in args.methods,
                               temperature=settings["policy"]["temperature"], program=args.program,
                               rollout_strategy=args.rollout_strategy, extraction=args.extraction)
+    parse_before = parse_failure_stats()
     result = run_eval(items, programs, args.g, args.methods, run_dir, mode=mode, equivalence=args.equivalence,
                       prompt_prefix=args.prompt_prefix, num_threads=args.num_threads,
                       progress=not args.no_progress, cache=not args.no_cache)
@@ -136,6 +138,13 @@ def _evaluate(args: argparse.Namespace, items: list, mode: str, config: dict[str
                       "cache_hits": sum(r.get("cache_hits", 0) for r in result.records)}
     parent_metrics |= {f"run.{role}.{k}": v for role, counts in result.usage.items() for k, v in counts.items()
                        if k != "generate_calls"}
+    failures = failure_totals(result.records)
+    failures |= {f"parse.{k}": float(v - parse_before[k]) for k, v in parse_failure_stats().items()}
+    parent_metrics |= {f"failures.{k}": v for k, v in failures.items()}
+    failed = failure_note(failures)
+    if failed:
+        notes.append(failed)
+        print(f"cat-dspy eval: warning: {failed}", file=sys.stderr)
     run_id = log_eval(args.experiment, params, rows, result.records, run_dir, notes=notes,
                       run_name=f"eval {Path(str(args.dataset)).stem} G={','.join(map(str, args.g))}",
                       parent_metrics=parent_metrics)

@@ -33,6 +33,7 @@ from typing import Any
 
 import dspy
 
+from cat_dspy.answers import EQUIVALENCE_FALLBACKS, collect_equivalence
 from cat_dspy.data import Item
 from cat_dspy.evaluation.grading import RubricGrader, grade_answer
 from cat_dspy.evaluation.methods import VERIFIABLE_ONLY, SelfBestOfN, apply_methods, mean_nll, select_majority
@@ -152,17 +153,24 @@ def evaluate_question(item: Item, programs: Programs, gs: Sequence[int], methods
                             verifiable=verifiable, equivalence=equivalence)
     record_results = [r.to_dict() for r in results]
     grading: dict[str, dict[str, float]] = {}
-    rollout_correct = None
+    rollout_correct, rollout_fallbacks = None, {}
     if verifiable:
-        majority = {g: select_majority(answers[:g], mode=equivalence)[1] for g in gs}
+        with collect_equivalence() as outcomes:
+            majority = {g: select_majority(answers[:g], mode=equivalence)[1] for g in gs}
+            rollout_correct = [grade_answer(a, item.answer, mode=equivalence) for a in answers]
+        rollout_fallbacks = {k: outcomes[k] for k in EQUIVALENCE_FALLBACKS if outcomes[k]}
         for r in record_results:
-            r["correct"] = grade_answer(r["answer"], item.answer, mode=equivalence)
-            if r["method"] in ("cat", "cat_q"):
-                maj, own = majority[r["g"]], r["answer"]
-                r["majority_answer"] = maj
-                r["disagrees"] = not ((maj is None and own is None) or (maj is not None and own is not None and
-                                                                         grade_answer(own, maj, mode=equivalence)))
-        rollout_correct = [grade_answer(a, item.answer, mode=equivalence) for a in answers]
+            with collect_equivalence() as outcomes:  # the checks that decide this result's grade
+                r["correct"] = grade_answer(r["answer"], item.answer, mode=equivalence)
+                if r["method"] in ("cat", "cat_q"):
+                    maj, own = majority[r["g"]], r["answer"]
+                    r["majority_answer"] = maj
+                    r["disagrees"] = not ((maj is None and own is None) or (maj is not None and own is not None and
+                                                                             grade_answer(own, maj, mode=equivalence)))
+            fallbacks = r.setdefault("equivalence_fallbacks", {})
+            for k in EQUIVALENCE_FALLBACKS:
+                if outcomes[k]:
+                    fallbacks[k] = fallbacks.get(k, 0) + outcomes[k]
     else:
         texts = list(dict.fromkeys(r["text"] for r in record_results))  # grade each distinct response once
         with track_role(grading, "judge"):
@@ -172,7 +180,8 @@ def evaluate_question(item: Item, programs: Programs, gs: Sequence[int], methods
         by_text = dict(zip(texts, graded, strict=True))
         for r in record_results:
             pred = by_text[r["text"]]
-            r.update(score=pred.score, met=pred.met, unread=pred.unread, grading_errors=pred.errors)
+            r.update(score=pred.score, met=pred.met, unread=pred.unread, grading_errors=pred.errors,
+                     judge_errors=len(pred.errors))
     return {
         "id": item.id,
         "question": item.question,
@@ -181,6 +190,7 @@ def evaluate_question(item: Item, programs: Programs, gs: Sequence[int], methods
         "rollouts": rollouts,
         "rollout_answers": answers,
         "rollout_correct": rollout_correct,
+        "rollout_equivalence_fallbacks": rollout_fallbacks,  # majority clustering and rollout grading
         "rollout_nll": nlls,
         "rollout_failures": list(sampled.failures),
         "rollout_usage": per_rollout,

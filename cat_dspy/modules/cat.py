@@ -12,6 +12,7 @@ from typing import Any
 
 import dspy
 
+from cat_dspy.answers import EQUIVALENCE_FALLBACKS, collect_equivalence
 from cat_dspy.extraction import extract_answer
 from cat_dspy.modules.judge import Judge
 from cat_dspy.modules.rollout import Rollout
@@ -24,6 +25,8 @@ from cat_dspy.usage import track_role
 logger = logging.getLogger(__name__)
 
 MODES = ("verifiable", "rubric")
+BACKEND_FAILURES = ("rollout_error", "anchor_error", "judge_error")
+"""Prefixes of the failure reasons of a failed LM call (they make a prediction invalid)."""
 
 
 def _words(text: str) -> int:
@@ -154,8 +157,11 @@ class CaT(dspy.Module):
             A prediction with ``rollouts``, ``reference``, ``reference_answer``, ``answers``, ``rubric``,
             ``verdicts`` (per rollout, rubric mode), ``rewards`` (floats, one per rollout), ``parsed``
             (synthesis / rubric / unread-verdict flags; with a length limit, ``length_penalized`` rollouts and the
-            ``length_unit`` counted), ``failures`` (reasons, counted), ``valid`` (False when a
-            backend call failed: a training reward should skip the group) and ``usage`` per role.
+            ``length_unit`` counted; in verifiable mode ``equivalence_fallbacks``: the symbolic checks that fell
+            back to string comparison, by reason), ``failures`` (reasons, counted: ``rollout_error: ...``,
+            ``anchor_error: ...``, ``judge_error: ...``, ``equivalence_fallback: <reason>``, ...), ``valid`` (False
+            when a rollout, anchor or judge call failed: a training reward should skip the group) and ``usage`` per
+            role.
         """
         usage = {} if usage is None else usage
         failures = [] if failures is None else failures
@@ -173,7 +179,11 @@ class CaT(dspy.Module):
         verdicts: list[list[bool]] | None = None
         parsed: dict[str, Any] = {"synthesis": synthesis.parsed}
         if self.mode == "verifiable":
-            rewards = [verifiable_reward(a, synthesis.answer, mode=self.equivalence) for a in answers]
+            with collect_equivalence() as outcomes:
+                rewards = [verifiable_reward(a, synthesis.answer, mode=self.equivalence) for a in answers]
+            fallbacks = {k: outcomes[k] for k in EQUIVALENCE_FALLBACKS if outcomes[k]}
+            parsed["equivalence_fallbacks"] = fallbacks
+            failures.extend(f"equivalence_fallback: {k}" for k, n in fallbacks.items() for _ in range(n))
         else:
             rewards, rubric, verdicts = self._rubric_rewards(rollouts, synthesis.reference, usage, failures, parsed)
 
@@ -198,7 +208,7 @@ class CaT(dspy.Module):
             rewards=rewards,
             parsed=parsed,
             failures=failures,
-            valid=not any(f.startswith(("anchor_error", "judge_error")) for f in failures),
+            valid=not any(f.startswith(BACKEND_FAILURES) for f in failures),
             usage=usage,
         )
 

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from cat_dspy.answers import equivalence_stats, equivalent, extract_answer
+from cat_dspy.answers import EQUIVALENCE_FALLBACKS, equivalence_stats, equivalent, extract_answer
 from cat_dspy.modules import CaT, Judge, ProposeRubric, Synthesize
 from cat_dspy.parsing import parse_criteria, parse_verdict, parse_verdicts
 from cat_dspy.rewards import rubric_reward, verifiable_reward
@@ -22,8 +22,8 @@ pytestmark = pytest.mark.robustness
 CORPUS = {name: make_corpus.load(name) for name in make_corpus.FILES}
 EVERYTHING = [r for records in CORPUS.values() for r in records]
 CRITERIA = [f"The response mentions point {i}." for i in range(1, 6)]
-OUTCOMES = ("none_input string_match string_mismatch numeric_match numeric_mismatch symbolic_match symbolic_mismatch "
-            "timeout_fallback error_fallback too_long_fallback").split()
+OUTCOMES = ("none_input string_match string_mismatch numeric_match numeric_mismatch symbolic_match symbolic_mismatch"
+            .split() + list(EQUIVALENCE_FALLBACKS))
 
 
 def of_kind(name: str, *kinds: str) -> list[dict]:
