@@ -190,7 +190,10 @@ class FaultProxy:
 
     Each request draws one outcome from a seeded RNG, in arrival order: ``"error"`` (HTTP 500), ``"drop"``
     (connection closed without a reply), ``"stall"`` (held ``stall_s`` seconds, then forwarded) or ``"ok"``.
-    Requests whose body contains ``poison`` always get a 500. Every request is recorded in :attr:`log`.
+    A request for which ``script`` returns a text is answered with that text as the completion instead of being
+    forwarded (outcome ``"scripted"``): a role with a fixed answer, still on the wire.
+    Requests whose body contains ``poison`` always get a 500. Every request is recorded in :attr:`log`, with the
+    usage the server returned for it (see :meth:`requests`).
 
     Args:
         upstream: Base URL of the real server (``http://host:port/v1``).
@@ -200,15 +203,18 @@ class FaultProxy:
         stall_s: How long a stalled request is held.
         seed: RNG seed of the outcome sequence.
         poison: Marker text; a request containing it always fails.
+        script: ``fn(parsed request body) -> completion text or None`` (None: forward as usual).
     """
 
     def __init__(self, upstream: str, error: float = 0.0, drop: float = 0.0, stall: float = 0.0,
-                 stall_s: float = 5.0, seed: int = 0, poison: str | None = None):
+                 stall_s: float = 5.0, seed: int = 0, poison: str | None = None,
+                 script: Callable[[dict], str | None] | None = None):
         parts = urlsplit(upstream)
         self.target = (parts.hostname or "127.0.0.1", parts.port or 80)
         self.rates = {"error": error, "drop": drop, "stall": stall}
         self.stall_s = stall_s
         self.poison = poison.encode() if poison else None
+        self.script = script
         self.rng = random.Random(seed)
         self.lock = threading.Lock()
         self.log: list[dict] = []
@@ -237,7 +243,9 @@ class FaultProxy:
         return "ok"
 
     def requests(self, where: Callable[[dict], bool] = lambda r: True) -> list[dict]:
-        """Recorded requests (``path``, ``body``, ``outcome``, ``auth``) matching ``where``."""
+        """Recorded requests matching ``where``: ``path``, ``body`` (parsed JSON), ``outcome``, ``auth``, and the
+        upstream reply's ``status`` and ``usage`` (the ``usage`` object of its JSON body; None when not forwarded,
+        or when the reply had none)."""
         with self.lock:
             return [r for r in self.log if where(r)]
 
@@ -262,15 +270,25 @@ class FaultProxy:
                     parsed = json.loads(body) if body else None
                 except ValueError:
                     parsed = None
+                text = proxy.script(parsed) if proxy.script and isinstance(parsed, dict) else None
+                if text is not None:
+                    outcome = "scripted"
+                entry = {"path": self.path, "body": parsed, "outcome": outcome,
+                         "auth": self.headers.get("Authorization", ""), "status": None, "usage": None}
                 with proxy.lock:
-                    proxy.log.append({"path": self.path, "body": parsed, "outcome": outcome,
-                                      "auth": self.headers.get("Authorization", "")})
+                    proxy.log.append(entry)
                 if outcome == "drop":
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)
                     return
                 if outcome == "error":
                     self._reply(500, b'{"error": {"message": "injected fault", "type": "server_error"}}')
+                    return
+                if outcome == "scripted":
+                    data = _completion(text, parsed)
+                    with proxy.lock:
+                        entry["status"], entry["usage"] = 200, _usage_of(data)
+                    self._reply(200, data)
                     return
                 if outcome == "stall":
                     time.sleep(proxy.stall_s)
@@ -279,7 +297,10 @@ class FaultProxy:
                     headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
                     connection.request(self.command, self.path, body=body or None, headers=headers)
                     reply = connection.getresponse()
-                    self._reply(reply.status, reply.read(), reply.getheader("Content-Type", "application/json"))
+                    data = reply.read()
+                    with proxy.lock:
+                        entry["status"], entry["usage"] = reply.status, _usage_of(data)
+                    self._reply(reply.status, data, reply.getheader("Content-Type", "application/json"))
                 except OSError:  # the client gave up on a stalled request
                     self.close_connection = True
                 finally:
@@ -296,6 +317,27 @@ class FaultProxy:
                     self.close_connection = True
 
         return Handler
+
+
+def _completion(text: str, request: dict) -> bytes:
+    """An OpenAI chat completion answering ``request`` with ``text`` (usage: whitespace words)."""
+    prompt = sum(len(str(m.get("content", "")).split()) for m in request.get("messages", []))
+    completion = len(text.split())
+    return json.dumps({
+        "id": "chatcmpl-scripted", "object": "chat.completion", "created": int(time.time()),
+        "model": request.get("model", ""), "choices": [{"index": 0, "finish_reason": "stop",
+                                                        "message": {"role": "assistant", "content": text}}],
+        "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
+    }).encode()
+
+
+def _usage_of(data: bytes) -> dict | None:
+    """The ``usage`` object of a JSON reply body, or None."""
+    try:
+        reply = json.loads(data)
+    except ValueError:
+        return None
+    return reply.get("usage") if isinstance(reply, dict) else None
 
 
 @pytest.fixture
