@@ -319,6 +319,7 @@ def test_mipro_with_a_free_text_proposer(monkeypatch):
     assert proposer.engine_script.calls > 0
 
 
+@pytest.mark.needs_data("healthbench")
 def test_judge_examples_from_healthbench_physician_rubrics(data_dir):
     import argparse
 
