@@ -51,6 +51,7 @@ class ServerProcess:
     url: str
     log: Path
     reported_by: str | None = None  # the test whose failure reported the death
+    startup_error: str | None = None  # why it never became ready (it was stopped then)
 
     def death(self, wait: float = 0.0) -> str | None:
         """Why the server is gone (exit signal or code, then the tail of its log), or None while it runs.
@@ -77,6 +78,8 @@ class ServerProcess:
             hint = ("\nA llama-cpp-python built with native CPU flags segfaults in its first decode on CPUs with AMX "
                     "(ggml-org/llama.cpp#20824): build it portably, as `make test` does (LLAMA_CMAKE_ARGS in the "
                     "Makefile).")
+        if self.startup_error:
+            how = f"did not start ({self.startup_error}); it {how}"
         return (f"llama.cpp server {how} (pid {self.process.pid}, {self.url}).{hint}\n"
                 f"--- last lines of its log, {self.log} ---\n{log_tail(self.log)}")
 
@@ -94,9 +97,10 @@ def log_tail(path: Path, lines: int = 40) -> str:
 
 def start_server(config: pytest.Config, argv: list[str], url: str, log: Path, timeout: float = 120.0) -> ServerProcess:
     """Start ``argv`` (stdout and stderr into ``log``), wait until ``url``/models answers, and watch it (see
-    :func:`pytest_runtest_makereport`) for the rest of the session.
+    :func:`live_server`, :func:`pytest_runtest_makereport`) for the rest of the session.
 
-    Calls ``pytest.fail`` with the exit signal or code and the log's tail when the server does not come up.
+    A server that does not come up is stopped and returned dead: the first test that wants it fails with the
+    reason, the exit signal or code and the log's tail; the others skip.
     """
     from cat_dspy.serve import stop, wait_ready
 
@@ -106,7 +110,7 @@ def start_server(config: pytest.Config, argv: list[str], url: str, log: Path, ti
         wait_ready(url, timeout, server.process)
     except (TimeoutError, RuntimeError) as exc:
         stop([server.process])
-        pytest.fail(f"llama.cpp server did not start: {exc}\n{server.death() or log_tail(log)}", pytrace=False)
+        server.startup_error = str(exc)
     config.stash[SERVER_KEY] = server
     return server
 

@@ -2,7 +2,8 @@
 
 Each case runs an inner pytest session on this directory's fixtures (loaded from ``conftest.py``), with a small fake
 server in place of llama.cpp: it answers ``/v1/models`` and crashes with SIGSEGV on its first completion request,
-as a llama.cpp built with native flags does on a CPU with AMX. Needs no llama-cpp-python.
+as a llama.cpp built with native flags does on a CPU with AMX (or is killed between tests, or crashes at start).
+Needs no llama-cpp-python.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 CONFTEST = Path(__file__).with_name("conftest.py")
 LOG_LINE = "fake llama: first decode, about to crash"
-START_LINE = "fake llama: listening"
+START_LINE = "fake llama: loading"
 
 FAKE_SERVER = f'''
 import http.server, json, os, signal, sys
@@ -37,9 +38,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
-server = http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
 print({START_LINE!r}, flush=True)
-server.serve_forever()
+if os.environ.get("FAKE_CRASH_AT_START"):
+    os.kill(os.getpid(), signal.SIGSEGV)
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
 '''
 
 INNER_CONFTEST = f'''
@@ -109,13 +111,25 @@ def test_after(server_url):
 '''
 
 
-def inner_session(tmp_path: Path, tests: str) -> tuple[str, str]:
+DIES_AT_START = '''
+def test_one(server_url):
+    pass
+
+
+def test_two(server_url):
+    pass
+'''
+
+CASES = {"dies_in_a_test": DIES_IN_A_TEST, "dies_between_tests": DIES_BETWEEN_TESTS, "dies_at_start": DIES_AT_START}
+
+
+def inner_session(tmp_path: Path, tests: str, **env: str) -> tuple[str, str]:
     """Run ``tests`` in a fresh pytest session with the fake server; returns its summary line and whole output."""
     (tmp_path / "pytest.ini").write_text("[pytest]\n")
     (tmp_path / "fake_server.py").write_text(FAKE_SERVER)
     (tmp_path / "conftest.py").write_text(INNER_CONFTEST)
     (tmp_path / "test_inner.py").write_text(tests)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), **env}
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-ra", "-p", "no:cacheprovider", "test_inner.py"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     output = done.stdout + done.stderr
@@ -123,19 +137,25 @@ def inner_session(tmp_path: Path, tests: str) -> tuple[str, str]:
     return output.strip().splitlines()[-1], output
 
 
-@pytest.mark.parametrize("case", ["dies_in_a_test", "dies_between_tests"])
+@pytest.mark.parametrize("case", CASES)
 def test_a_dead_server_fails_once_with_its_signal_and_log(tmp_path: Path, case: str) -> None:
-    summary, output = inner_session(tmp_path, DIES_IN_A_TEST if case == "dies_in_a_test" else DIES_BETWEEN_TESTS)
+    env = {"FAKE_CRASH_AT_START": "1"} if case == "dies_at_start" else {}
+    summary, output = inner_session(tmp_path, CASES[case], **env)
     if case == "dies_in_a_test":
         # the test during which it died fails, its report leads with the death; the later ones skip, saying why
         assert "1 failed, 1 passed, 2 skipped" in summary, output
         assert "FAILED test_inner.py::test_first_decode" in output
         assert "see the failure of test_inner.py::test_first_decode" in output
-    else:
+    elif case == "dies_between_tests":
         # found dead before the next test: that test errors at set-up with the death; the last one skips
         assert "1 passed, 1 skipped, 1 error" in summary, output
         assert "ERROR test_inner.py::test_next" in output
         assert "see the failure of test_inner.py::test_next" in output
+    else:
+        # never came up: the first test errors with the reason, the other skips
+        assert "1 skipped, 1 error" in summary, output
+        assert "ERROR test_inner.py::test_one" in output
+        assert "did not start (server exited with code -11" in output
     assert "was killed by signal 11 (SIGSEGV)" in output
     assert "ggml-org/llama.cpp#20824" in output  # the likely cause, for a segfault
     assert output.count("was killed by signal") == 1, output  # reported once, not once per test
