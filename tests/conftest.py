@@ -46,19 +46,35 @@ def benchmark_data_dir(files: list[str]) -> Path | None:
     return next((d for d in data_dirs() if d.is_dir() and all((d / f).is_file() for f in files)), None)
 
 
-def missing_data(files: list[str]) -> None:
-    """Skip the test for lack of benchmark files (fail instead where ``$CAT_DSPY_REQUIRE_DATA`` is set)."""
+def missing_data_reason(files: list[str]) -> str:
+    """Why a test is skipped: the files it needs, and how to point the tests at them."""
     from cat_dspy.data import ENV_VAR
 
-    reason = (f"needs ../shared/data ({', '.join(files) or 'any benchmark'}); "
-              f"set {ENV_VAR}=DIR to a folder holding {'them' if len(files) > 1 else 'it'}")
+    return (f"needs ../shared/data ({', '.join(files) or 'any benchmark'}); "
+            f"set {ENV_VAR}=DIR to a folder holding {'them' if len(files) > 1 else 'it'}")
+
+
+def missing_data(files: list[str]) -> None:
+    """Skip the test for lack of benchmark files (fail instead where ``$CAT_DSPY_REQUIRE_DATA`` is set)."""
+    reason = missing_data_reason(files)
     if os.environ.get(REQUIRE_DATA):
         pytest.fail(f"{reason} ({REQUIRE_DATA} is set, so this is not skipped)", pytrace=False)
     pytest.skip(reason)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``needs_data`` are skipped (reported at the test, with the files it needs) where those files
+    are not on this machine; with ``$CAT_DSPY_REQUIRE_DATA`` they are kept, and fail in :func:`pytest_runtest_setup`."""
+    if os.environ.get(REQUIRE_DATA):
+        return
+    for item in items:
+        files = needed_files(item)
+        if files and benchmark_data_dir(files) is None:
+            item.add_marker(pytest.mark.skip(reason=missing_data_reason(files)))
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    """Tests marked ``needs_data`` skip, with the files they need, where those are not on this machine."""
+    """With ``$CAT_DSPY_REQUIRE_DATA`` set, a ``needs_data`` test whose files are missing fails."""
     files = needed_files(item)
     if files and benchmark_data_dir(files) is None:
         missing_data(files)
