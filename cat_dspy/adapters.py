@@ -54,12 +54,26 @@ def quote(value: str, reserved: set[str]) -> str:
     return re.sub(rf"<(\s*/?\s*(?:{names})\b)", r"&lt;\1", value, flags=re.IGNORECASE)
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _as_text(value: Any) -> str:
+    """``value`` as text that any provider can receive: a lone surrogate (never valid UTF-8) becomes U+FFFD.
+
+    Examples:
+        >>> _as_text("x" + chr(0xD800)) == "x" + chr(0xFFFD), _as_text(b"caf\\xc3\\xa9"), _as_text(None)
+        (True, 'café', '')
+    """
     if value is None:
         return ""
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="replace")
-    return value if isinstance(value, str) else str(value)
+    text = value if isinstance(value, str) else str(value)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # DSPy refuses such a request outright; the model output is data, so repair it
+        text = _SURROGATE.sub("\ufffd", text)
+    return text
 
 
 class FreeTextAdapter(dspy.Adapter):

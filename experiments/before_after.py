@@ -11,7 +11,8 @@ import argparse
 import json
 from pathlib import Path
 
-from cat_dspy.evaluation.runner import RESULTS_FILE, ResultStore
+from cat_dspy.evaluation.runner import RESULTS_FILE
+from cat_dspy.jsonl_store import JsonlStore
 from cat_dspy.scoring.stats import mean_stderr
 
 
@@ -43,7 +44,7 @@ def main() -> None:
     parser.add_argument("after", type=Path, help="run directory of the second eval")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON lines")
     args = parser.parse_args()
-    rows = paired(*(ResultStore(d / RESULTS_FILE).load() for d in (args.before, args.after)))
+    rows = paired(*(JsonlStore(d / RESULTS_FILE).load() for d in (args.before, args.after)))
     if args.json:
         print("\n".join(json.dumps(r) for r in rows))
         return

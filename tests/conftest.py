@@ -1,7 +1,13 @@
-"""Shared test set-up: isolated caches and MLflow stores, offline LiteLLM, the shared data dir."""
+"""Shared test set-up: isolated caches and MLflow stores, offline LiteLLM, benchmark data.
+
+Tests that need the real benchmark files carry ``@pytest.mark.needs_data(...)`` and skip, naming the files, on a
+checkout with no ``../shared/data`` (and no ``$CAT_DSPY_DATA``); CI sets ``$CAT_DSPY_REQUIRE_DATA`` so that there
+they fail instead. Code paths that only need *some* data in a named set's format use :func:`tiny_gsm8k`.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -13,23 +19,93 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
+REQUIRE_DATA = "CAT_DSPY_REQUIRE_DATA"  # set (CI): a test whose benchmark files are missing fails instead of skipping
 
 
-def shared_data_dir() -> Path | None:
-    """The datasets folder laid beside the checkout (``../shared/data``), if present."""
-    for base in (REPO, *REPO.parents):
-        candidate = base / "shared" / "data"
-        if candidate.is_dir():
-            return candidate
-    return None
+def needed_files(node: pytest.Item) -> list[str]:
+    """The benchmark files (relative to a data dir) that a test's ``needs_data`` markers ask for.
+
+    ``@pytest.mark.needs_data("gsm8k", "math500", split=None)``: the named sets of :data:`cat_dspy.datasets.DATASETS`,
+    in ``split`` (default: each set's default split).
+    """
+    from cat_dspy.datasets import DATASETS
+
+    files = []
+    for mark in node.iter_markers("needs_data"):
+        for name in mark.args:
+            spec = DATASETS[name]
+            files.append(spec.files[mark.kwargs.get("split") or spec.default_split])
+    return files
+
+
+def benchmark_data_dir(files: list[str]) -> Path | None:
+    """The first data dir holding every one of ``files``, looked up as :func:`cat_dspy.datasets.data_dirs` does
+    (``$CAT_DSPY_DATA``, then a ``shared/data`` folder above the checkout or the working directory)."""
+    from cat_dspy.datasets import data_dirs
+
+    return next((d for d in data_dirs() if d.is_dir() and all((d / f).is_file() for f in files)), None)
+
+
+def missing_data_reason(files: list[str]) -> str:
+    """Why a test is skipped: the files it needs, and how to point the tests at them."""
+    from cat_dspy.datasets import ENV_VAR
+
+    return (f"needs ../shared/data ({', '.join(files) or 'any benchmark'}); "
+            f"set {ENV_VAR}=DIR to a folder holding {'them' if len(files) > 1 else 'it'}")
+
+
+def missing_data(files: list[str]) -> None:
+    """Skip the test for lack of benchmark files (fail instead where ``$CAT_DSPY_REQUIRE_DATA`` is set)."""
+    reason = missing_data_reason(files)
+    if os.environ.get(REQUIRE_DATA):
+        pytest.fail(f"{reason} ({REQUIRE_DATA} is set, so this is not skipped)", pytrace=False)
+    pytest.skip(reason)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``needs_data`` are skipped (reported at the test, with the files it needs) where those files
+    are not on this machine; with ``$CAT_DSPY_REQUIRE_DATA`` they are kept, and fail in :func:`pytest_runtest_setup`."""
+    if os.environ.get(REQUIRE_DATA):
+        return
+    for item in items:
+        files = needed_files(item)
+        if files and benchmark_data_dir(files) is None:
+            item.add_marker(pytest.mark.skip(reason=missing_data_reason(files)))
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """With ``$CAT_DSPY_REQUIRE_DATA`` set, a ``needs_data`` test whose files are missing fails."""
+    files = needed_files(item)
+    if files and benchmark_data_dir(files) is None:
+        missing_data(files)
 
 
 @pytest.fixture
-def data_dir() -> Path:
-    path = shared_data_dir()
+def data_dir(request: pytest.FixtureRequest) -> Path:
+    """The folder holding the real benchmark files of the test's ``needs_data`` marker (skips where absent)."""
+    files = needed_files(request.node)
+    path = benchmark_data_dir(files)
     if path is None:
-        pytest.skip("../shared/data is not present")
+        missing_data(files)
     return path
+
+
+@pytest.fixture
+def tiny_gsm8k(tmp_path: Path) -> Path:
+    """A data dir written by the test: ``gsm8k/train.jsonl`` (16) and ``gsm8k/test.jsonl`` (8), generated
+    arithmetic in GSM8K's format (a worked solution ending in ``#### N``), for code paths that read the named set."""
+    root = tmp_path / "tiny-data"
+    (root / "gsm8k").mkdir(parents=True)
+    for split, count, offset in (("train", 16, 0), ("test", 8, 40)):
+        lines = []
+        for i in range(offset, offset + count):
+            a, b = 3 + i, 2 * i + 5
+            lines.append(json.dumps({
+                "question": f"Ann has {a} apples and buys {b} more. How many apples does she have now?",
+                "answer": f"She has {a} + {b} = <<{a}+{b}={a + b}>>{a + b} apples.\n#### {a + b}",
+            }))
+        (root / "gsm8k" / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    return root
 
 
 @pytest.fixture(autouse=True)

@@ -117,7 +117,7 @@ def _evaluate(args: argparse.Namespace, items: list, mode: str, config: dict[str
     from cat_dspy.cli.common import build_roles, role_settings
     from cat_dspy.evaluation.compare import print_rows
     from cat_dspy.evaluation.evaluate import evaluate
-    from cat_dspy.evaluation.report import log_eval
+    from cat_dspy.evaluation.report import failure_note, log_eval
 
     run_dir.mkdir(parents=True, exist_ok=True)
     tracking.write_json(config, run_dir / "args.json")
@@ -128,7 +128,7 @@ def _evaluate(args: argparse.Namespace, items: list, mode: str, config: dict[str
                           prompt_prefix=args.prompt_prefix, rollout_strategy=args.rollout_strategy,
                           temperature=settings["policy"]["temperature"], num_threads=args.num_threads,
                           progress=not args.no_progress, cache=not args.no_cache)
-    rows, result = evaluation.rows, evaluation.run
+    rows, result, failures = evaluation.rows, evaluation.run, evaluation.failures
     params = {**config, "mode": mode, "run_dir": str(run_dir), "questions": len(items)}
     params |= {f"{role}.{k}": v for role, opts in settings.items() for k, v in opts.items()}
     parent_metrics = {"questions": len(items), "resumed": result.resumed, "evaluated": result.evaluated,
@@ -136,6 +136,11 @@ def _evaluate(args: argparse.Namespace, items: list, mode: str, config: dict[str
                       "cache_hits": sum(r.get("cache_hits", 0) for r in result.records)}
     parent_metrics |= {f"run.{role}.{k}": v for role, counts in result.usage.items() for k, v in counts.items()
                        if k != "generate_calls"}
+    parent_metrics |= {f"failures.{k}": v for k, v in failures.items()}
+    failed = failure_note(failures)
+    if failed:
+        notes.append(failed)
+        print(f"cat-dspy eval: warning: {failed}", file=sys.stderr)
     run_id = log_eval(args.experiment, params, rows, result.records, run_dir, notes=notes,
                       run_name=f"eval {Path(str(args.dataset)).stem} G={','.join(map(str, args.g))}",
                       parent_metrics=parent_metrics)

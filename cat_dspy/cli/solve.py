@@ -93,11 +93,40 @@ def solve(args: argparse.Namespace) -> dict[str, Any]:
                 "rewards": pred.rewards,
                 "parsed": pred.parsed,
                 "failures": pred.failures,
+                "valid": bool(pred.valid),
+                "failed_calls": failed_calls(pred.failures),
                 "usage": pred.usage,
                 "seconds": {"solve": seconds, "model_load": load_seconds},
             }
             _log_result(result)
     return result
+
+
+def failed_calls(failures: list[str]) -> dict[str, int]:
+    """Failed LM calls by role, from CaT's failure reasons (``rollout_error: ...``, ``anchor_error: ...``, ...).
+
+    Examples:
+        >>> failed_calls(["rollout_error: LMTimeoutError: t", "reference_without_answer", "anchor_error: x"])
+        {'rollout': 1, 'anchor': 1, 'judge': 0}
+    """
+    return {role: sum(f.startswith(f"{role}_error") for f in failures) for role in ("rollout", "anchor", "judge")}
+
+
+def unproduced(result: dict[str, Any]) -> str | None:
+    """Why ``solve`` produced no result (every rollout call failed, or no reference), else None.
+
+    Examples:
+        >>> unproduced({"rollouts": ["", ""], "failed_calls": {"rollout": 2}, "reference": ""})
+        'no rollout could be produced (2 of 2 rollout calls failed)'
+        >>> unproduced({"rollouts": ["x"], "failed_calls": {"rollout": 0, "anchor": 1}, "reference": ""})
+        'no reference could be produced (1 anchor call failed)'
+    """
+    g, failed = len(result["rollouts"]), result["failed_calls"]
+    if failed.get("rollout", 0) >= g:
+        return f"no rollout could be produced ({failed['rollout']} of {g} rollout calls failed)"
+    if not (result["reference"] or "").strip():
+        return f"no reference could be produced ({failed.get('anchor', 0)} anchor call failed)"
+    return None
 
 
 def _log_result(result: dict[str, Any]) -> None:
@@ -111,8 +140,10 @@ def _log_result(result: dict[str, Any]) -> None:
         "reward_spread": (max(rewards) - min(rewards)) if rewards else 0.0,
         "synthesis_parsed": float(bool(result["parsed"].get("synthesis"))),
         "failures": float(len(result["failures"])),
+        "valid": float(result["valid"]),
         "seconds": result["seconds"]["solve"],
     }
+    metrics |= {f"{role}_errors": float(n) for role, n in result["failed_calls"].items()}
     for role, counts in result["usage"].items():
         metrics |= {f"{role}.{k}": float(v) for k, v in counts.items()}
     mlflow.log_metrics(metrics)
@@ -140,7 +171,8 @@ def _print_report(result: dict[str, Any]) -> None:
         detail = result["answers"][i] if result["answers"] else marks
         table.add_row(str(i + 1), str(detail), f"{reward:.2f}")
     console.print(table)
-    console.print(f"reference answer: {result['reference_answer']}   failures: {result['failures'] or 'none'}")
+    console.print(f"reference answer: {result['reference_answer']}   valid: {result['valid']}   "
+                  f"failures: {result['failures'] or 'none'}")
     console.print({role: {k: round(v, 2) for k, v in u.items()} for role, u in result["usage"].items()})
 
 
@@ -150,10 +182,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Entry of ``cat-dspy solve``."""
+    """Entry of ``cat-dspy solve``: 0 on success; 1 when no rollout or no reference could be produced (every
+    rollout call failed, or the anchor's synthesis failed). ``--json`` output carries ``valid`` (False when any
+    rollout, anchor or judge call failed) and ``failed_calls`` per role either way."""
     result = solve(args)
     if args.json:
         print(json.dumps(result, ensure_ascii=False, default=str))
     else:
         _print_report(result)
+    missing = unproduced(result)
+    if missing:
+        print(f"cat-dspy solve: {missing}; failures: {result['failures']}", file=sys.stderr)
+        return 1
+    if not result["valid"]:
+        print(f"cat-dspy solve: warning: invalid result (a backend call failed): {result['failures']}",
+              file=sys.stderr)
     return 0

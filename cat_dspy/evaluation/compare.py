@@ -1,7 +1,8 @@
 """``cat-dspy compare``: the (method, G) comparison table of an MLflow experiment's eval runs.
 
 Reads the child runs that ``cat-dspy eval`` logged (``mlflow.search_runs``) and prints one row per (method, G):
-accuracy ± standard error, questions, LM calls and tokens per role, and CaT's disagreement with the majority vote.
+accuracy ± standard error, questions, fallbacks, failed LM calls and answer checks fallen back to string comparison,
+LM calls and tokens per role, and CaT's disagreement with the majority vote.
 By default only the latest eval of the experiment is shown; ``--all`` shows every eval, ``--run-id`` one of them.
 """
 
@@ -79,7 +80,8 @@ def print_rows(rows: Sequence[dict[str, Any]], title: str | None = None, file: A
 
     show_eval = len({r.get("eval") for r in rows}) > 1
     table = Table(title=title)
-    columns = (["eval"] if show_eval else []) + ["method", "G", "accuracy ± se", "n", "fallbacks"]
+    columns = (["eval"] if show_eval else []) + ["method", "G", "accuracy ± se", "n", "fallbacks", "failed calls",
+                                                 "eq. fallbacks"]
     columns += [f"{role} calls" for role in CALL_ROLES] + ["tokens", "tokens/q", "seconds", "disagree", "acc|disagree"]
     for name in columns:
         table.add_column(name, justify="left" if name in ("eval", "method") else "right")
@@ -93,7 +95,7 @@ def print_rows(rows: Sequence[dict[str, Any]], title: str | None = None, file: A
         n = r.get("n") or 0
         cells = [str(r["eval"])] if show_eval else []
         cells += [str(r["method"]), str(r["g"]), "–" if acc is None else f"{acc:.3f} ± {se or 0:.3f}", _num(n),
-                  _num(r.get("fallbacks"))]
+                  _num(r.get("fallbacks")), _num(r.get("failed_calls")), _num(r.get("equivalence_fallbacks"))]
         cells += [_num(role(x, "calls")) for x in CALL_ROLES]
         tokens = r.get("tokens")
         cells += [_num(tokens), _num(tokens / n if tokens is not None and n else None), _num(r.get("seconds"), 1)]

@@ -13,6 +13,7 @@ from typing import Any
 
 from cat_dspy.lm.roles import ROLE_TEMPERATURE
 from cat_dspy.rl.config import DEFAULTS
+from cat_dspy.scoring.counters import parse_failure_stats
 
 DEFAULT_METHODS = ("single", "majority", "self_bon", "min_ppl", "cat")
 
@@ -24,6 +25,9 @@ class Evaluation:
     rows: list[dict[str, Any]]
     run: Any
     mode: str
+    failures: dict[str, float]
+    """Failure totals of the run (failed LM calls, equivalence fallbacks, ungraded examples, unparsable outputs),
+    as :func:`cat_dspy.evaluation.report.failure_totals` counts them; all zero when nothing failed."""
 
 
 def evaluate(
@@ -64,9 +68,9 @@ def evaluate(
         cache: Use DSPy's LM cache.
 
     Returns:
-        The summary rows and the run.
+        The summary rows, the run and its failure totals.
     """
-    from cat_dspy.evaluation.report import summarize
+    from cat_dspy.evaluation.report import failure_totals, summarize
     from cat_dspy.evaluation.runner import build_programs, mode_of, run_eval
 
     mode = mode or mode_of(items)
@@ -76,6 +80,9 @@ def evaluate(
         temperature = ROLE_TEMPERATURE["policy"]
     programs = build_programs(lms, mode=mode, g=max(gs), logprobs="min_ppl" in methods, temperature=temperature,
                               program=program, rollout_strategy=rollout_strategy, extraction=extraction)
+    parse_before = parse_failure_stats()
     run = run_eval(items, programs, list(gs), list(methods), Path(run_dir), mode=mode, equivalence=equivalence,
                    prompt_prefix=prompt_prefix, num_threads=num_threads, progress=progress, cache=cache)
-    return Evaluation(rows=summarize(run.records), run=run, mode=mode)
+    failures = failure_totals(run.records)
+    failures |= {f"parse.{k}": float(v - parse_before[k]) for k, v in parse_failure_stats().items()}
+    return Evaluation(rows=summarize(run.records), run=run, mode=mode, failures=failures)

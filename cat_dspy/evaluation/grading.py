@@ -94,6 +94,8 @@ class RubricGrader(RoleModule):
     """Grade a response against physician rubric items with the judge LM, one call per item.
 
     An unreadable verdict counts as *not met* (for a negative item: the penalty is not applied) and is counted.
+    A failed judge call (after DSPy's retries) leaves the example *ungraded*: its score is None (the benchmark mean
+    skips it) and the errors are returned, so a judge that is down never reads as a score of 0.
     An empty response is graded without any call: it meets no item.
 
     Args:
@@ -119,8 +121,9 @@ class RubricGrader(RoleModule):
         """Grade ``response``.
 
         Returns:
-            A prediction with ``met`` (one bool per rubric item), ``score`` (:func:`healthbench_score`),
-            ``unread`` (verdicts that could not be read), ``raw`` (the judge's answers) and ``errors``.
+            A prediction with ``met`` (one bool per rubric item), ``score`` (:func:`healthbench_score`; None when
+            a judge call failed), ``unread`` (verdicts that could not be read), ``raw`` (the judge's answers) and
+            ``errors`` (one per failed judge call).
         """
         if not response.strip():
             met = [False] * len(rubrics)
@@ -134,5 +137,8 @@ class RubricGrader(RoleModule):
         results = self.map(judge, list(rubrics), num_threads=self.num_threads)
         read = [parse_verdict(raw) for raw, _ in results]
         met = [bool(v) for v in read]
-        return dspy.Prediction(met=met, score=healthbench_score(rubrics, met), unread=sum(v is None for v in read),
-                               raw=[raw for raw, _ in results], errors=[e for _, e in results if e])
+        errors = [e for _, e in results if e]
+        score = None if errors else healthbench_score(rubrics, met)
+        return dspy.Prediction(met=met, score=score, unread=sum(v is None for v, (_, e) in zip(read, results,
+                                                                                          strict=True) if not e),
+                               raw=[raw for raw, _ in results], errors=errors)

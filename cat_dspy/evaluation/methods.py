@@ -20,6 +20,7 @@ import dspy
 
 from cat_dspy.lm.usage import track_role
 from cat_dspy.modules.base import RoleModule, thread_map
+from cat_dspy.scoring.equivalence import EQUIVALENCE_FALLBACKS, collect_equivalence
 from cat_dspy.scoring.rewards import majority_answer
 from cat_dspy.signatures import SelectBest
 
@@ -43,6 +44,9 @@ class MethodResult:
             ``no_answer``), or why it produced nothing (``synthesis_failed``, ``reference_without_answer``).
         usage: LM work of the method's own calls, per role (rollouts not included).
         extra: Method details (the raw self-BoN choice, mean NLLs, the cluster size, ...).
+        equivalence_fallbacks: Answer checks of this result (the majority vote's clustering here, its grading
+            later) that fell back to string comparison, by reason
+            (:data:`cat_dspy.scoring.equivalence.EQUIVALENCE_FALLBACKS`).
     """
 
     method: str
@@ -53,6 +57,7 @@ class MethodResult:
     fallback: str | None = None
     usage: dict[str, dict[str, float]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    equivalence_fallbacks: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -263,4 +268,9 @@ def apply_methods(
     jobs = [(m, g) for m in chosen for g in gs]
     remote_jobs = [job for job in jobs if job[0] in ROLE_OF]
     done = dict(zip(remote_jobs, thread_map(remote, remote_jobs, num_threads), strict=True))
-    return [done[job] if job in done else local(*job) for job in jobs]
+    for job in jobs:
+        if job not in done:
+            with collect_equivalence() as outcomes:
+                done[job] = local(*job)
+            done[job].equivalence_fallbacks = {k: outcomes[k] for k in EQUIVALENCE_FALLBACKS if outcomes[k]}
+    return [done[job] for job in jobs]

@@ -2,7 +2,9 @@
 
 :func:`summarize` turns question records (:func:`cat_dspy.evaluation.runner.evaluate_question`) into one row per
 (method, G): accuracy (verifiable) or the HealthBench score (the clipped mean of the example scores), its standard
-error across questions (sample standard deviation / √n), fallback counts, the compute attributable to that
+error across questions (sample standard deviation / √n), fallback counts, the failed LM calls behind it (rollout,
+self-BoN policy, anchor and HealthBench judge calls, after DSPy's retries), the answer checks that fell back to
+string comparison (math-verify worker timeout, busy, crash, ...), the compute attributable to that
 (method, G) per role, and for ``cat``/``cat_q`` on verifiable sets the paper's diagnostics (§3.2): the rate of
 disagreement with ``majority`` at the same G, the accuracy when disagreeing, and the rate of questions answered
 right while all of the first G rollouts were wrong. :func:`log_eval` writes them to MLflow and the run directory.
@@ -35,7 +37,12 @@ def summarize(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (method, G) over ``records``, in the order the records list them.
 
     Returns:
-        Dicts with ``method``, ``g``, ``n``, ``accuracy``, ``stderr``, ``fallbacks`` (count) and ``fallback_kinds``,
+        Dicts with ``method``, ``g``, ``n`` (questions scored; HealthBench: examples graded), ``accuracy``,
+        ``stderr``, ``fallbacks`` (count) and ``fallback_kinds``, the failed calls (``rollout_errors``: failed
+        rollouts among those the method used, ``policy_errors``: self-BoN, ``anchor_errors``: cat/cat_q,
+        ``judge_errors``: HealthBench grader calls, ``failed_calls``: their sum), ``ungraded`` (HealthBench examples
+        left ungraded by a failed judge call), ``unread_verdicts``, ``equivalence_fallbacks`` (count) and
+        ``equivalence_fallback_kinds`` (by reason: checks of this row's answers that fell back to string comparison),
         ``usage`` (per role: calls, prompt/completion tokens, seconds), ``tokens`` (all roles), ``calls``, and
         on verifiable sets ``rollout_accuracy`` / ``rollout_stderr`` (the mean over questions of the share of the
         first G rollouts that are right: the policy's expected single-sample accuracy, with less variance than
@@ -60,9 +67,23 @@ def summarize(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             merge_usage(usage, attributed_usage(record, result))
         usage = {role: {k: float(counts.get(k, 0)) for k in ROLE_KEYS} for role, counts in usage.items()}
         kinds = Counter(r["fallback"] for _, r in pairs if r.get("fallback"))
+        equivalence: Counter[str] = Counter()
+        for _, r in pairs:
+            equivalence.update(r.get("equivalence_fallbacks") or {})
+        errors = {
+            "rollout_errors": sum(sum(1 for f in (rec.get("rollout_failures") or [])[: 1 if method == "single" else g]
+                                      if f) for rec, _ in pairs),
+            "policy_errors": sum(r.get("fallback") == "policy_error" for _, r in pairs),
+            "anchor_errors": sum(r.get("fallback") == "synthesis_failed" for _, r in pairs),
+            "judge_errors": sum(len(r.get("grading_errors") or ()) for _, r in pairs),
+        }
         row: dict[str, Any] = {
             "method": method, "g": g, "mode": pairs[0][0]["mode"], "n": len(values), "accuracy": accuracy,
-            "stderr": stderr, "fallbacks": sum(kinds.values()), "fallback_kinds": dict(kinds), "usage": usage,
+            "stderr": stderr, "fallbacks": sum(kinds.values()), "fallback_kinds": dict(kinds), **errors,
+            "failed_calls": sum(errors.values()), "ungraded": sum(bool(r.get("grading_errors")) for _, r in pairs),
+            "unread_verdicts": sum(int(r.get("unread") or 0) for _, r in pairs),
+            "equivalence_fallbacks": sum(equivalence.values()), "equivalence_fallback_kinds": dict(equivalence),
+            "usage": usage,
             "calls": sum(c["calls"] for c in usage.values()),
             "tokens": sum(c["prompt_tokens"] + c["completion_tokens"] for c in usage.values()),
             "seconds": sum(c["seconds"] for c in usage.values()),
@@ -86,12 +107,66 @@ def summarize(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def failure_totals(records: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Failures of a whole evaluation, each counted once: failed rollout calls, failed method calls (self-BoN
+    policy, anchor), failed HealthBench judge calls and ungraded examples, and every answer check that fell back
+    to string comparison (``equivalence.<reason>``: rollout grading, majority clustering and result grading).
+
+    Examples:
+        >>> rec = {"rollout_failures": [None, "LMTimeoutError: t"],
+        ...        "rollout_equivalence_fallbacks": {"busy_fallback": 1},
+        ...        "results": [{"fallback": "synthesis_failed", "equivalence_fallbacks": {"busy_fallback": 2}}]}
+        >>> totals = failure_totals([rec])
+        >>> totals["rollout_errors"], totals["anchor_errors"], totals["judge_errors"], totals["equivalence_fallbacks"]
+        (1.0, 1.0, 0.0, 3.0)
+        >>> totals["equivalence.busy_fallback"]
+        3.0
+    """
+    totals = dict.fromkeys(("rollout_errors", "policy_errors", "anchor_errors", "judge_errors", "ungraded"), 0.0)
+    equivalence: Counter[str] = Counter()
+    for record in records:
+        totals["rollout_errors"] += sum(1 for f in record.get("rollout_failures") or () if f)
+        equivalence.update(record.get("rollout_equivalence_fallbacks") or {})
+        for result in record["results"]:
+            totals["policy_errors"] += result.get("fallback") == "policy_error"
+            totals["anchor_errors"] += result.get("fallback") == "synthesis_failed"
+            totals["judge_errors"] += len(result.get("grading_errors") or ())
+            totals["ungraded"] += bool(result.get("grading_errors"))
+            equivalence.update(result.get("equivalence_fallbacks") or {})
+    totals["equivalence_fallbacks"] = float(sum(equivalence.values()))
+    return totals | {f"equivalence.{k}": float(v) for k, v in sorted(equivalence.items())}
+
+
+def failure_note(totals: dict[str, float]) -> str | None:
+    """One line naming the failures of an evaluation (None when there were none).
+
+    Examples:
+        >>> failure_note({"rollout_errors": 2.0, "judge_errors": 0.0, "equivalence_fallbacks": 1.0,
+        ...               "equivalence.timeout_fallback": 1.0})
+        'failed calls: 2 rollout_errors; answer checks fallen back to string comparison: 1 (timeout_fallback: 1)'
+    """
+    calls = [f"{int(v)} {k}" for k, v in totals.items() if v and k.endswith("_errors")]
+    parts = [f"failed calls: {', '.join(calls)}"] if calls else []
+    unparsable = [f"{int(v)} {k.split('.', 1)[1]}" for k, v in totals.items() if v and k.startswith("parse.")]
+    if unparsable:
+        parts.append(f"outputs too deep or large to parse: {', '.join(unparsable)}")
+    if totals.get("ungraded"):
+        parts.append(f"{int(totals['ungraded'])} HealthBench examples ungraded (judge call failed)")
+    if totals.get("equivalence_fallbacks"):
+        kinds = ", ".join(f"{k.split('.', 1)[1]}: {int(v)}" for k, v in totals.items() if k.startswith("equivalence."))
+        parts.append(f"answer checks fallen back to string comparison: {int(totals['equivalence_fallbacks'])} "
+                     f"({kinds})")
+    return "; ".join(parts) or None
+
+
 def row_metrics(row: dict[str, Any]) -> dict[str, float]:
     """The numeric MLflow metrics of one summary row (None values are left out)."""
     keys = ("n", "accuracy", "stderr", "rollout_accuracy", "rollout_stderr", "fallbacks", "calls", "tokens", "seconds",
-            "disagree_rate", "n_disagree",
+            "failed_calls", "rollout_errors", "policy_errors", "anchor_errors", "judge_errors", "ungraded",
+            "unread_verdicts", "equivalence_fallbacks", "disagree_rate", "n_disagree",
             "accuracy_when_disagree", "all_wrong_rate", "right_when_all_wrong", "right_given_all_wrong")
     metrics = {k: float(row[k]) for k in keys if row.get(k) is not None}
+    metrics |= {f"equivalence.{k}": float(v) for k, v in (row.get("equivalence_fallback_kinds") or {}).items()}
     for role, counts in row["usage"].items():
         metrics |= {f"{role}.{k}": float(v) for k, v in counts.items()}
     if row["n"]:
@@ -180,7 +255,9 @@ def log_eval(experiment: str, params: dict[str, Any], rows: Sequence[dict[str, A
             with mlflow.start_run(run_name=f"{row['method']} G={row['g']}", nested=True):
                 mlflow.set_tags({CHILD_TAG: "child"})
                 mlflow.log_params({"method": row["method"], "g": row["g"], "dataset": params.get("dataset"),
-                                   "mode": row["mode"], "fallback_kinds": json.dumps(row["fallback_kinds"])})
+                                   "mode": row["mode"], "fallback_kinds": json.dumps(row["fallback_kinds"]),
+                                   "equivalence_fallback_kinds": json.dumps(row.get("equivalence_fallback_kinds")
+                                                                            or {})})
                 mlflow.log_metrics(row_metrics(row))
         mlflow.log_table(tracking.redact(results_table(records)), artifact_file=TABLE_FILE)
         mlflow.log_artifact(str(png))

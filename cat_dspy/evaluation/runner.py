@@ -6,8 +6,9 @@ apply_methods`); only then is the gold answer or rubric used, to grade (:mod:`~c
 whole G sweep therefore costs one max(G) generation.
 
 Resume: a run directory holds a DSPy disk cache (every LM result, content-addressed) and ``results.jsonl``, one
-record per finished question, appended and fsync'd as each question finishes. A rerun with the same arguments
-re-reads finished questions without any LM call, and a question that was in flight re-uses its cached calls.
+record per finished question, appended and fsync'd as each question finishes (a
+:class:`~cat_dspy.jsonl_store.JsonlStore`: a line torn by a crash is dropped on the next run). A rerun with the same
+arguments re-reads finished questions without any LM call, and a question that was in flight re-uses its cached calls.
 
 Compute accounting (:func:`attributed_usage`): a (method, G) is charged the first G rollouts' calls and tokens
 (``single``: the first rollout only) plus its own calls. Counts come from DSPy's usage tracker, which records no
@@ -23,7 +24,6 @@ import hashlib
 import json
 import os
 import sys
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -36,8 +36,10 @@ import dspy
 from cat_dspy.datasets import Item
 from cat_dspy.evaluation.grading import RubricGrader, grade_answer
 from cat_dspy.evaluation.methods import VERIFIABLE_ONLY, SelfBestOfN, apply_methods, mean_nll, select_majority
+from cat_dspy.jsonl_store import JsonlStore
 from cat_dspy.lm.usage import empty_usage, merge_usage, track_role
 from cat_dspy.modules import CaT, Rollout, Synthesize
+from cat_dspy.scoring.equivalence import EQUIVALENCE_FALLBACKS, collect_equivalence
 from cat_dspy.scoring.extraction import extract_answer
 from cat_dspy.signatures import with_question
 from cat_dspy.tracking import redact
@@ -124,43 +126,6 @@ def dspy_cache_in(directory: str | os.PathLike) -> Iterator[None]:
             dspy.cache = previous
 
 
-class ResultStore:
-    """An append-only JSONL of finished questions; every line is flushed and fsync'd when written."""
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self._lock = threading.Lock()
-
-    def load(self) -> dict[str, dict[str, Any]]:
-        """The finished records by question id (the first record of an id wins).
-
-        A last line cut short by a crash is dropped and truncated away, so later appends stay valid.
-        """
-        if not self.path.exists():
-            return {}
-        data = self.path.read_bytes()
-        end = data.rfind(b"\n") + 1
-        if end < len(data):  # a partial last line: nothing after the last newline is a finished record
-            with self.path.open("r+b") as fh:
-                fh.truncate(end)
-        records: dict[str, dict[str, Any]] = {}
-        for line in data[:end].splitlines():
-            if line.strip():
-                record = json.loads(line)
-                records.setdefault(record["id"], record)
-        return records
-
-    def append(self, record: dict[str, Any]) -> None:
-        """Append one record durably."""
-        line = json.dumps(redact(record), ensure_ascii=False, default=str) + "\n"  # keys never reach disk
-        with self._lock:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a", encoding="utf-8") as fh:
-                fh.write(line)
-                fh.flush()
-                os.fsync(fh.fileno())
-
-
 def _rollout_usage(usage: dict[str, Any]) -> dict[str, int]:
     return {key: int(usage.get(key, 0)) for key in TOKEN_KEYS}
 
@@ -188,17 +153,24 @@ def evaluate_question(item: Item, programs: Programs, gs: Sequence[int], methods
                             verifiable=verifiable, equivalence=equivalence)
     record_results = [r.to_dict() for r in results]
     grading: dict[str, dict[str, float]] = {}
-    rollout_correct = None
+    rollout_correct, rollout_fallbacks = None, {}
     if verifiable:
-        majority = {g: select_majority(answers[:g], mode=equivalence)[1] for g in gs}
+        with collect_equivalence() as outcomes:
+            majority = {g: select_majority(answers[:g], mode=equivalence)[1] for g in gs}
+            rollout_correct = [grade_answer(a, item.answer, mode=equivalence) for a in answers]
+        rollout_fallbacks = {k: outcomes[k] for k in EQUIVALENCE_FALLBACKS if outcomes[k]}
         for r in record_results:
-            r["correct"] = grade_answer(r["answer"], item.answer, mode=equivalence)
-            if r["method"] in ("cat", "cat_q"):
-                maj, own = majority[r["g"]], r["answer"]
-                r["majority_answer"] = maj
-                r["disagrees"] = not ((maj is None and own is None) or (maj is not None and own is not None and
-                                                                         grade_answer(own, maj, mode=equivalence)))
-        rollout_correct = [grade_answer(a, item.answer, mode=equivalence) for a in answers]
+            with collect_equivalence() as outcomes:  # the checks that decide this result's grade
+                r["correct"] = grade_answer(r["answer"], item.answer, mode=equivalence)
+                if r["method"] in ("cat", "cat_q"):
+                    maj, own = majority[r["g"]], r["answer"]
+                    r["majority_answer"] = maj
+                    r["disagrees"] = not ((maj is None and own is None) or (maj is not None and own is not None and
+                                                                             grade_answer(own, maj, mode=equivalence)))
+            fallbacks = r.setdefault("equivalence_fallbacks", {})
+            for k in EQUIVALENCE_FALLBACKS:
+                if outcomes[k]:
+                    fallbacks[k] = fallbacks.get(k, 0) + outcomes[k]
     else:
         texts = list(dict.fromkeys(r["text"] for r in record_results))  # grade each distinct response once
         with track_role(grading, "judge"):
@@ -208,7 +180,8 @@ def evaluate_question(item: Item, programs: Programs, gs: Sequence[int], methods
         by_text = dict(zip(texts, graded, strict=True))
         for r in record_results:
             pred = by_text[r["text"]]
-            r.update(score=pred.score, met=pred.met, unread=pred.unread, grading_errors=pred.errors)
+            r.update(score=pred.score, met=pred.met, unread=pred.unread, grading_errors=pred.errors,
+                     judge_errors=len(pred.errors))
     return {
         "id": item.id,
         "question": item.question,
@@ -217,6 +190,7 @@ def evaluate_question(item: Item, programs: Programs, gs: Sequence[int], methods
         "rollouts": rollouts,
         "rollout_answers": answers,
         "rollout_correct": rollout_correct,
+        "rollout_equivalence_fallbacks": rollout_fallbacks,  # majority clustering and rollout grading
         "rollout_nll": nlls,
         "rollout_failures": list(sampled.failures),
         "rollout_usage": per_rollout,
@@ -296,7 +270,7 @@ def run_eval(items: Sequence[Item], programs: Programs, gs: Sequence[int], metho
         raise ValueError(f"G values must be >= 1, got {gs}")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    store = ResultStore(run_dir / RESULTS_FILE)
+    store = JsonlStore(run_dir / RESULTS_FILE)
     done = store.load()
     todo = [item for item in items if item.id not in done]
     start = time.perf_counter()
@@ -307,7 +281,7 @@ def run_eval(items: Sequence[Item], programs: Programs, gs: Sequence[int], metho
         def one(item: Item) -> dict[str, Any]:
             record = evaluate_question(item, programs, gs, methods, mode=mode, equivalence=equivalence,
                                        prompt_prefix=prompt_prefix)
-            store.append(record)
+            store.append(redact(record))  # keys never reach disk
             return record
 
         if num_threads <= 1:
@@ -362,5 +336,5 @@ def _progress(enabled: bool, total: int, completed: int) -> Iterator[Any]:
         yield lambda: bar.advance(task)
 
 
-__all__ = ["VERIFIABLE_ONLY", "EvalRun", "Programs", "ResultStore", "args_hash", "attributed_usage",
+__all__ = ["VERIFIABLE_ONLY", "EvalRun", "Programs", "args_hash", "attributed_usage",
            "build_programs", "evaluate_question", "mode_of", "record_usage", "run_eval"]

@@ -156,6 +156,14 @@ class LocalEngine:
                 self._model, self._tokenizer = load_model(path, device=self.device, dtype=self.dtype)
             return self._model, self._tokenizer
 
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` under this model's tokenizer, without special tokens (how CaT's length limit counts
+        a completion).
+        """
+        _, tokenizer = self.load()
+        with _TOKENIZER_LOCK:
+            return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
     def submit(self, request: lm15.Request) -> concurrent.futures.Future:
         """Validate and tokenize ``request`` here, then queue it; the future resolves to its Response."""
         validate_request(request)

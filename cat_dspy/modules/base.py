@@ -3,6 +3,19 @@
 CaT runs for hours on model outputs that are often malformed and on backends that fail. A module call therefore
 never raises for a bad completion or an exhausted backend (DSPy has already retried it): it returns a defined
 value and records why, so rewards can count failures instead of crashing a training run.
+
+Which exceptions are *backend failures* (data) and which are bugs (raised) is decided by :func:`is_backend_failure`:
+
+* data: DSPy's LM errors (``dspy.utils.exceptions.LMError``: timeouts, rate limits, transport and server errors,
+  ``ContextWindowExceededError``, and ``LMUnexpectedError``, which DSPy raises for *any* exception inside an engine,
+  e.g. a ``RuntimeError`` of the local model or an error injected by :mod:`cat_dspy.testing.faults`), DSPy's
+  ``AdapterParseError`` (a completion that cannot become a prediction, e.g. an empty one), the engines' own
+  ``dspy.lm15`` errors, the client libraries' exceptions (``litellm``, ``openai``, ``httpx``, ``httpcore``,
+  ``requests``) and Python's ``TimeoutError`` / ``ConnectionError``;
+* raised: everything else, and any of the above whose cause chain holds a programming error (:data:`PROGRAMMING_ERRORS`:
+  ``TypeError``, ``AttributeError``, ``NameError``, ``AssertionError``, ``NotImplementedError``, ``ImportError``,
+  ``SyntaxError``), so a bug in a module, an adapter or an engine stops the run instead of being counted as a
+  backend failure.
 """
 
 from __future__ import annotations
@@ -14,11 +27,48 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import dspy
+from dspy import lm15
+from dspy.utils.exceptions import AdapterParseError, LMError
 
 from cat_dspy.adapters import FreeTextAdapter
 from cat_dspy.tracking import redact
 
 logger = logging.getLogger(__name__)
+
+PROGRAMMING_ERRORS: tuple[type[BaseException], ...] = (
+    TypeError, AttributeError, NameError, AssertionError, NotImplementedError, ImportError, SyntaxError,
+)
+"""Exceptions that mean a bug: never reported as a backend failure, even when an engine raised them."""
+BACKEND_ERRORS: tuple[type[BaseException], ...] = (LMError, AdapterParseError, lm15.LM15Error, TimeoutError,
+                                                   ConnectionError)
+"""Exceptions that mean the backend (or its completion) failed."""
+_CLIENT_MODULES = ("litellm", "openai", "httpx", "httpcore", "requests", "urllib3")
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    while exc is not None and len(chain) < 20 and exc not in chain:
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return chain
+
+
+def is_backend_failure(exc: BaseException) -> bool:
+    """Whether ``exc``, raised by a module's LM call, is a backend failure (data) rather than a bug.
+
+    Examples:
+        >>> from dspy.utils.exceptions import ContextWindowExceededError, LMUnexpectedError
+        >>> is_backend_failure(ContextWindowExceededError(message="too long")), is_backend_failure(TimeoutError())
+        (True, True)
+        >>> bug = LMUnexpectedError("engine bug"); bug.__cause__ = TypeError("bad argument")
+        >>> is_backend_failure(bug), is_backend_failure(AttributeError("x")), is_backend_failure(KeyError("k"))
+        (False, False, False)
+    """
+    chain = _causes(exc)
+    if any(isinstance(e, PROGRAMMING_ERRORS) for e in chain):
+        return False
+    client = any(c.__module__.split(".")[0] in _CLIENT_MODULES for c in type(exc).__mro__)
+    return client or isinstance(exc, BACKEND_ERRORS)
 
 
 def thread_map(fn: Any, items: list[Any], num_threads: int | None = None) -> list[Any]:
@@ -68,6 +118,9 @@ class RoleModule(dspy.Module):
             ``(prediction, None)`` on success, ``(None, "ErrorType: message")`` when the backend failed after
             its retries or the completion could not be turned into a prediction (e.g. an empty completion). The
             message (also logged) has secret environment values redacted.
+
+        Raises:
+            Exception: Any exception that is not a backend failure (:func:`is_backend_failure`): a bug propagates.
         """
         kwargs: dict[str, Any] = dict(inputs)
         if config:
@@ -77,7 +130,9 @@ class RoleModule(dspy.Module):
         try:
             with dspy.context(adapter=self.adapter):
                 return predictor(**kwargs), None
-        except Exception as exc:  # a failed call is data, not a crash: callers count it
+        except Exception as exc:  # a failed call is data, not a crash: callers count it; a bug is raised
+            if not is_backend_failure(exc):
+                raise
             message = redact(str(exc))  # backends echo keys in auth errors; the reason is logged and kept
             logger.warning("%s call failed: %s: %s", type(self).__name__, type(exc).__name__, message[:200])
             return None, f"{type(exc).__name__}: {message[:500]}"

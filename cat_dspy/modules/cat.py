@@ -17,6 +17,7 @@ from cat_dspy.modules.judge import Judge
 from cat_dspy.modules.rollout import Rollout
 from cat_dspy.modules.rubric import ProposeRubric
 from cat_dspy.modules.synthesize import Synthesize
+from cat_dspy.scoring.equivalence import EQUIVALENCE_FALLBACKS, collect_equivalence
 from cat_dspy.scoring.extraction import extract_answer
 from cat_dspy.scoring.rewards import length_penalty, rubric_reward, verifiable_reward
 from cat_dspy.signatures import Respond, Solve
@@ -24,6 +25,12 @@ from cat_dspy.signatures import Respond, Solve
 logger = logging.getLogger(__name__)
 
 MODES = ("verifiable", "rubric")
+BACKEND_FAILURES = ("rollout_error", "anchor_error", "judge_error")
+"""Prefixes of the failure reasons of a failed LM call (they make a prediction invalid)."""
+
+
+def _words(text: str) -> int:
+    return len(text.split())
 
 
 class CaT(dspy.Module):
@@ -46,8 +53,9 @@ class CaT(dspy.Module):
         extraction: How final answers are read from rollouts and reference: ``"strict"`` (box, ``####``, "the
             answer is"; the paper) or ``"flexible"`` (else the last number, for models that answer in prose).
         temperature: Rollout sampling temperature.
-        count_tokens: Token counter for the length penalty when the caller gives no counts
-            (defaults to whitespace words).
+        count_tokens: Token counter for the length penalty when the caller gives no counts. Default: the policy's
+            own tokenizer where one is known (its engine has ``count_tokens``: the local models), else whitespace
+            words, with a one-time warning; ``parsed["length_unit"]`` of each prediction says which was counted.
 
     Examples:
         >>> from dspy.utils import DummyLM
@@ -80,7 +88,8 @@ class CaT(dspy.Module):
         self.mode = mode
         self.length_limit = length_limit
         self.equivalence = equivalence
-        self.count_tokens = count_tokens or (lambda text: len(text.split()))
+        self._count_tokens = count_tokens
+        self._warned_words = False
         verifiable = mode == "verifiable"
         self.rollout = Rollout(n=g, signature=Solve if verifiable else Respond, temperature=temperature, lm=policy)
         self.synthesize = Synthesize(
@@ -98,6 +107,26 @@ class CaT(dspy.Module):
     def extraction(self) -> str:
         """How final answers are read (``"strict"`` or ``"flexible"``); the Synthesize step holds it (one source)."""
         return self.synthesize.extraction
+
+    def length_counter(self) -> tuple[Callable[[str], int], str]:
+        """How the length penalty counts a rollout without given token counts, and the unit: ``"tokens"`` (the
+        ``count_tokens`` argument, else the policy's tokenizer) or ``"words"`` (no tokenizer known, e.g. an API
+        model: whitespace words, with a warning once per module)."""
+        if self._count_tokens is not None:
+            return self._count_tokens, "tokens"
+        lm = self.rollout.lm or dspy.settings.lm
+        counter = getattr(getattr(lm, "engine", None), "count_tokens", None)
+        if callable(counter):
+            return counter, "tokens"
+        if not self._warned_words and self.length_limit is not None:
+            self._warned_words = True
+            logger.warning("length limit: no tokenizer is known for the policy %s; rollout lengths are counted in "
+                           "whitespace words, not tokens", getattr(lm, "model", lm))
+        return _words, "words"
+
+    def count_tokens(self, text: str) -> int:
+        """The length of ``text`` as the length penalty counts it (see :meth:`length_counter`)."""
+        return self.length_counter()[0](text)
 
     def forward(self, question: str) -> dspy.Prediction:
         """Sample G rollouts for ``question``, then :meth:`score` them."""
@@ -120,15 +149,19 @@ class CaT(dspy.Module):
         Args:
             rollouts: The group o_1..o_G, as plain strings.
             question: Only used when the anchor is question-aware; never shown to the judge.
-            rollout_tokens: Token counts of the rollouts, for the length penalty.
+            rollout_tokens: Token counts of the rollouts, for the length penalty (default: :meth:`length_counter`).
             usage: Usage already recorded for this group (added to).
             failures: Failure reasons already recorded for this group (added to).
 
         Returns:
             A prediction with ``rollouts``, ``reference``, ``reference_answer``, ``answers``, ``rubric``,
             ``verdicts`` (per rollout, rubric mode), ``rewards`` (floats, one per rollout), ``parsed``
-            (synthesis / rubric / unread-verdict flags), ``failures`` (reasons, counted), ``valid`` (False when a
-            backend call failed: a training reward should skip the group) and ``usage`` per role.
+            (synthesis / rubric / unread-verdict flags; with a length limit, ``length_penalized`` rollouts and the
+            ``length_unit`` counted; in verifiable mode ``equivalence_fallbacks``: the symbolic checks that fell
+            back to string comparison, by reason), ``failures`` (reasons, counted: ``rollout_error: ...``,
+            ``anchor_error: ...``, ``judge_error: ...``, ``equivalence_fallback: <reason>``, ...), ``valid`` (False
+            when a rollout, anchor or judge call failed: a training reward should skip the group) and ``usage`` per
+            role.
         """
         usage = {} if usage is None else usage
         failures = [] if failures is None else failures
@@ -146,14 +179,23 @@ class CaT(dspy.Module):
         verdicts: list[list[bool]] | None = None
         parsed: dict[str, Any] = {"synthesis": synthesis.parsed}
         if self.mode == "verifiable":
-            rewards = [verifiable_reward(a, synthesis.answer, mode=self.equivalence) for a in answers]
+            with collect_equivalence() as outcomes:
+                rewards = [verifiable_reward(a, synthesis.answer, mode=self.equivalence) for a in answers]
+            fallbacks = {k: outcomes[k] for k in EQUIVALENCE_FALLBACKS if outcomes[k]}
+            parsed["equivalence_fallbacks"] = fallbacks
+            failures.extend(f"equivalence_fallback: {k}" for k, n in fallbacks.items() for _ in range(n))
         else:
             rewards, rubric, verdicts = self._rubric_rewards(rollouts, synthesis.reference, usage, failures, parsed)
 
         if self.length_limit is not None:
-            lengths = rollout_tokens or [self.count_tokens(r) for r in rollouts]
+            if rollout_tokens is not None:
+                lengths, unit = list(rollout_tokens), "tokens"
+            else:
+                count, unit = self.length_counter()
+                lengths = [count(r) for r in rollouts]
             penalized = [length_penalty(r, n, self.length_limit) for r, n in zip(rewards, lengths, strict=True)]
             parsed["length_penalized"] = sum(p != r for p, r in zip(penalized, rewards, strict=True))
+            parsed["length_unit"] = unit
             rewards = penalized
 
         return dspy.Prediction(
@@ -166,7 +208,7 @@ class CaT(dspy.Module):
             rewards=rewards,
             parsed=parsed,
             failures=failures,
-            valid=not any(f.startswith(("anchor_error", "judge_error")) for f in failures),
+            valid=not any(f.startswith(BACKEND_FAILURES) for f in failures),
             usage=usage,
         )
 

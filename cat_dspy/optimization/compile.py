@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cat_dspy.jsonl_store import JsonlStore
 from cat_dspy.lm.roles import ROLE_TEMPERATURE
 from cat_dspy.modules.base import thread_map
 from cat_dspy.optimization.program_file import save_program
@@ -80,13 +81,18 @@ class OptimizeConfig:
 
 
 class JsonlCache:
-    """Records by item id in one JSONL file per configuration (rollouts, references); folder None: memory only."""
+    """Values by item id (rollouts, references, labels), one crash-safe JSONL file per configuration.
+
+    The file is a :class:`~cat_dspy.jsonl_store.JsonlStore` of ``{"id": key, "value": value}`` records: each value
+    is fsync'd as it is computed, and a line torn by a crash is dropped when the next run opens the cache, so a
+    rerun computes only what was not durably written. Folder None: memory only.
+    """
 
     def __init__(self, folder: str | Path | None, kind: str, config: dict[str, Any]):
         digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
-        self.path = Path(folder) / f"{kind}-{digest}.jsonl" if folder is not None else None
-        lines = self.path.read_text().splitlines() if self.path is not None and self.path.is_file() else []
-        self._data = {r["id"]: r["value"] for r in map(json.loads, filter(str.strip, lines))}
+        self.store = JsonlStore(Path(folder) / f"{kind}-{digest}.jsonl") if folder is not None else None
+        self.path = self.store.path if self.store is not None else None
+        self._data = {} if self.store is None else {k: r["value"] for k, r in self.store.load().items()}
         self._lock = threading.Lock()
 
     def get(self, key: str) -> Any | None:
@@ -95,10 +101,8 @@ class JsonlCache:
     def put(self, key: str, value: Any) -> None:
         with self._lock:
             self._data[key] = value
-            if self.path is not None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                with self.path.open("a") as fh:
-                    fh.write(json.dumps({"id": key, "value": value}, ensure_ascii=False) + "\n")
+            if self.store is not None:
+                self.store.append({"id": key, "value": value})
 
 
 def cached(cache: JsonlCache, items: list[Any], make: Callable[[Any], Any | None], threads: int) -> dict[str, Any]:

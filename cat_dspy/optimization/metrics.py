@@ -274,17 +274,24 @@ class JudgeMetric(CaTMetric):
 
 
 def with_answer(text: str, answer: str) -> str:
-    """``text`` with its last boxed answer replaced by ``answer`` (or a final-answer sentence appended).
+    """``text`` with its last boxed answer replaced by ``answer`` (or a final-answer sentence appended), such that
+    :func:`~cat_dspy.scoring.extraction.extract_answer` reads ``answer`` from it (a final-answer line after the box, a
+    neighbouring box or a few-shot continuation could otherwise keep the old answer); else that sentence alone.
 
     Examples:
         >>> with_answer("so $\\\\boxed{\\\\frac{1}{2}}$.", "7")
         'so $\\\\boxed{7}$.'
         >>> with_answer("no answer", "7")
         'no answer\\nTherefore, the final answer is: $\\\\boxed{7}$.'
+        >>> with_answer("\\\\boxed{3}\\nFinal answer: 3", "7")
+        '\\\\boxed{3}\\nFinal answer: 3\\nTherefore, the final answer is: $\\\\boxed{7}$.'
     """
+    final = f"Therefore, the final answer is: $\\boxed{{{answer}}}$."
+    candidates = []
     if span := last_box_span(text):
-        return text[: span[0]] + answer + text[span[1] :]
-    return f"{text}\nTherefore, the final answer is: $\\boxed{{{answer}}}$."
+        candidates.append(text[: span[0]] + answer + text[span[1] :])
+    candidates.append(f"{text}\n{final}")
+    return next((c for c in candidates if extract_answer(c) == answer), final)
 
 
 def wrong_answer(gold: str) -> str:

@@ -69,7 +69,10 @@ class CaTRewardConfig:
     )
     min_criteria: int = field(default=5, metadata={"help": "Rubric mode: criteria a rubric must have (n >= 5)."})
     length_limit: int | None = field(
-        default=None, metadata={"help": "Reward -1 for completions longer than this many tokens (paper: 750)."}
+        default=None,
+        metadata={"help": "Reward -1 for completions longer than this many tokens (paper: 750), counted with the "
+                  "policy's tokenizer (local models; TRL passes token ids); an API policy has no known tokenizer: "
+                  "whitespace words, with a warning (parsed.length_unit says which)."}
     )
     equivalence: str = field(
         default="symbolic",

@@ -15,7 +15,7 @@ from cat_dspy.lm.usage import merge_usage
 from cat_dspy.rl.callbacks import mlflow_run_active, reward_callback, sampled_traces
 from cat_dspy.rl.config import DEFAULTS
 from cat_dspy.rl.inputs import completion_text, gold_text, group_completions, prompt_key, prompt_question
-from cat_dspy.scoring.equivalence import equivalent
+from cat_dspy.scoring.equivalence import EQUIVALENCE_FALLBACKS, collect_equivalence, equivalent
 from cat_dspy.scoring.rewards import majority_answer, verifiable_reward
 
 logger = logging.getLogger(__name__)
@@ -31,6 +31,10 @@ REWARD_METRICS = (
     "cat/rubric_size",  # rubric: mean criteria per rubric
     "cat/criterion_pass_rate",  # rubric: fraction of (completion, criterion) verdicts that are "yes"
     "cat/judge_errors",  # rubric: failed judge calls, count per call
+    "cat/anchor_errors",  # failed anchor calls (synthesis, rubric), count per call
+    "cat/reward_errors",  # groups whose scoring raised (a bug; logged with its traceback), count per call
+    "cat/equivalence_fallbacks",  # verifiable: answer checks that fell back to string comparison, count per call
+    *(f"cat/equivalence_{reason}" for reason in EQUIVALENCE_FALLBACKS),  # ... by reason (timeout, busy, ...)
     "cat/skipped_groups",  # skip_unparsed: groups without a usable reference (reward None), count per call
     "cat/label_accuracy",  # evaluation with gold answers only: fraction of references whose answer is correct
     "cat/reward_accuracy",  # evaluation with gold answers only: fraction of CaT rewards equal to the gold reward
@@ -265,8 +269,10 @@ class CaTReward:
         lengths = [row[3] for row in rows]
         tokens = lengths if all(length is not None for length in lengths) else None
         try:
-            pred = self.cat.score(rollouts, question=rows[0][1], rollout_tokens=tokens)
-            result = self._result(pred, rows)
+            with collect_equivalence() as outcomes:  # the reward's checks and the metrics' ones
+                pred = self.cat.score(rollouts, question=rows[0][1], rollout_tokens=tokens)
+                result = self._result(pred, rows)
+            result["equivalence"] = {k: outcomes[k] for k in EQUIVALENCE_FALLBACKS}
         except Exception as exc:  # a bug or an unexpected backend error must not hang the other ranks
             logger.exception("CaT reward: scoring a group failed")
             result = {"valid": False, "failures": [f"reward_error: {type(exc).__name__}: {str(exc)[:300]}"],
@@ -325,7 +331,14 @@ class CaTReward:
         out["cat/length_penalty_hits"] = sum(r.get("length_hits", 0) for r in results) / max(n_completions, 1)
         if self.skip_unparsed:
             out["cat/skipped_groups"] = float(sum(1 for r in valid if r.get("skipped")))
+        for role in ("anchor", "reward"):
+            out[f"cat/{role}_errors"] = float(
+                sum(1 for r in results for f in r["failures"] if f.startswith(f"{role}_error")))
         if self.mode == "verifiable":
+            for reason in EQUIVALENCE_FALLBACKS:
+                out[f"cat/equivalence_{reason}"] = float(sum((r.get("equivalence") or {}).get(reason, 0)
+                                                             for r in results))
+            out["cat/equivalence_fallbacks"] = sum(out[f"cat/equivalence_{k}"] for k in EQUIVALENCE_FALLBACKS)
             rate("cat/majority_disagreement",
                  [float(not r["majority_agrees"]) for r in valid if r.get("majority_agrees") is not None])
             rate("cat/reference_outside_rollouts", [float(r["outside"]) for r in valid if r.get("outside") is not None])

@@ -1,7 +1,10 @@
 """Lenient parsing of rubric criteria (anchor output) and yes/no verdicts (judge output), paper §1.4.
 
 The paper asks for XML and uses "a standard XML tree parser"; small models break XML, so every function falls back
-to regular expressions (all linear-time: bounded attribute scans, no nested quantifiers) and never raises.
+to regular expressions (all linear-time: bounded attribute scans, no nested quantifiers) and never raises for a
+malformed output: one too deep or too large to process (:data:`cat_dspy.scoring.counters.UNPARSABLE`) reads as
+unread and is counted (:func:`cat_dspy.scoring.counters.parse_failure_stats`, logged at DEBUG); any other
+exception is a bug and propagates.
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ import html
 import re
 import xml.etree.ElementTree as ET
 from itertools import islice
+
+from cat_dspy.scoring.counters import PARSE_FAILURES, UNPARSABLE
 
 __all__ = ["parse_criteria", "parse_verdict", "parse_verdicts"]
 
@@ -55,7 +60,7 @@ def _xml_criteria(text: str) -> list[str]:
             found = ["".join(el.itertext()) for el in root.iter() if str(el.tag).lower() == "criterion"]
             if any(f.strip() for f in found):
                 return found
-        except ET.ParseError:
+        except (ET.ParseError, UnicodeError):  # not well-formed, or text expat cannot encode: the regexes read it
             pass
     return [html.unescape(_TAG_RE.sub(" ", item)) for item in _CRITERION_RE.findall(region)]
 
@@ -96,7 +101,8 @@ def parse_criteria(text: str | None, *, max_criteria: int = 20) -> tuple[list[st
             if items:
                 return items, True
         return [], False
-    except Exception:  # pragma: no cover - defensive: malformed output must never raise
+    except UNPARSABLE as exc:  # too deep/large to read: counted (a bug, any other error, propagates)
+        PARSE_FAILURES.count("parse_criteria", cause=repr(exc)[:200])
         return [], False
 
 
@@ -178,7 +184,8 @@ def parse_verdict(text: str | None) -> bool | None:
                     return verdict
             return None
         return _classify(text)
-    except Exception:  # pragma: no cover - defensive
+    except UNPARSABLE as exc:  # too deep/large to read: counted (a bug, any other error, propagates)
+        PARSE_FAILURES.count("parse_verdict", cause=repr(exc)[:200])
         return None
 
 
@@ -307,6 +314,7 @@ def parse_verdicts(text: str | None, n: int) -> tuple[list[bool], int]:
             block = _final_block(text)
             final = _read_verdicts(block, n) if block is not None else None
             slots = final if final is not None and None not in final else _read_verdicts(text, n)
-    except Exception:  # pragma: no cover - defensive: nothing read counts as unreadable
+    except UNPARSABLE as exc:  # too deep/large to read: counted (a bug, any other error, propagates)
+        PARSE_FAILURES.count("parse_verdicts", cause=repr(exc)[:200])
         slots = [None] * n
     return [bool(v) for v in slots], sum(v is None for v in slots)

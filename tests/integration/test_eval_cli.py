@@ -1,4 +1,5 @@
-"""``cat-dspy eval`` + ``compare`` on the real embedded model: tiny (2 GSM8K questions, G ∈ {1, 2}, 32 tokens)."""
+"""``cat-dspy eval`` + ``compare`` on the real embedded model: tiny (2 questions of a generated GSM8K-format set,
+G ∈ {1, 2}, 32 tokens)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from cat_dspy.cli import main
 pytestmark = pytest.mark.integration
 
 
-def test_eval_on_the_embedded_model_then_compare_and_resume(data_dir, capsys):
-    argv = ["eval", "--dataset", "gsm8k", "--data-dir", str(data_dir), "--limit", "2", "--g", "1,2", "--methods",
+def test_eval_on_the_embedded_model_then_compare_and_resume(tiny_gsm8k, capsys):
+    argv = ["eval", "--dataset", "gsm8k", "--data-dir", str(tiny_gsm8k), "--limit", "2", "--g", "1,2", "--methods",
             "single,majority,self_bon,min_ppl,cat", "--max-tokens", "32", "--experiment", "it", "--no-progress",
             "--extraction", "flexible"]
     assert main(argv) == 0

@@ -62,3 +62,34 @@ def test_embedded_model_logprobs() -> None:
     assert len(tokens) == lm.history[-1]["usage"]["completion_tokens"] > 0
     assert all(token["logprob"] <= 0 for token in tokens)
     assert "".join(token["token"] for token in tokens).startswith(output["text"][:8])
+
+
+def test_solve_length_limit_counts_the_embedded_models_tokens(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    import json
+
+    from cat_dspy import cli
+    from cat_dspy.modules import CaT
+    from cat_dspy.testing import scripted_lm
+
+    policy = make_lm("local", max_tokens=24)
+    engine = engine_of(policy)
+    # SmolLM2's own tokenizer: two words, far more tokens.
+    long, short = "Pneumonoultramicroscopicsilicovolcanoconiosis \\boxed{4}", "\\boxed{4}"
+    _, tokenizer = engine.load()
+    counts = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in (short, long)]
+    assert counts == [engine.count_tokens(short), engine.count_tokens(long)]
+    assert len(long.split()) <= counts[0] < counts[1]
+    anchor = scripted_lm(["# UNIFIED RESPONSE \\boxed{4}"])
+    pred = CaT(g=2, policy=policy, anchor=anchor, length_limit=counts[0]).score([short, long])
+    assert pred.rewards == [1.0, -1.0] and pred.parsed["length_unit"] == "tokens"
+
+    # End to end: `solve --length-limit` penalizes exactly the rollouts over the limit in the policy's tokens.
+    limit = 21  # 24-token rollouts run ~16-20 words: over the limit in tokens, mostly under it in words
+    roles = {"policy": policy, "anchor": anchor, "judge": anchor}
+    monkeypatch.setattr("cat_dspy.cli.solve.build_roles", lambda args: roles)
+    assert cli.main(["solve", QUESTION, "--g", "3", "--length-limit", str(limit), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["parsed"]["length_unit"] == "tokens"
+    over = [engine.count_tokens(r) > limit for r in result["rollouts"]]
+    assert [r == -1.0 for r in result["rewards"]] == over and result["parsed"]["length_penalized"] == sum(over)
+    print(f"tokens/words of the rollouts: {[(engine.count_tokens(r), len(r.split())) for r in result['rollouts']]}")

@@ -13,16 +13,32 @@ pytestmark = pytest.mark.integration
 
 
 def test_optimize_synthesize_on_the_embedded_model_then_solve_with_it(tmp_path, monkeypatch, capsys):
+    """Bootstrap keeps a demo the embedded model earned, and ``solve --program`` puts it in the anchor's prompt.
+
+    A setting where the 135M model can earn one: "i + i" questions, low temperatures, the last number read as the
+    answer (``--extraction flexible``); about 4 in 9 syntheses are right here, and one thread with ``--seed``
+    makes the run repeatable (it stops at the first demo kept).
+    """
+    from cat_dspy.datasets import load_dataset
+    from cat_dspy.scoring.extraction import extract_answer
+
     data = tmp_path / "arith.jsonl"
-    data.write_text("\n".join(json.dumps({"question": f"What is {i} + {i}?", "answer": str(2 * i)}) for i in (1, 2, 3)))
+    gold = {f"What is {i} + {i}?": str(2 * i) for i in range(1, 11)}
+    data.write_text("\n".join(json.dumps({"question": q, "answer": a}) for q, a in gold.items()))
     out = tmp_path / "synth.json"
-    argv = ["optimize", "--target", "synthesize", "--dataset", str(data), "--train", "2", "--dev", "1", "--g", "2",
-            "--max-tokens", "24", "--demos", "1", "--out", str(out), "--cache", str(tmp_path / "cache")]
+    argv = ["optimize", "--target", "synthesize", "--dataset", str(data), "--train", "8", "--dev", "1", "--g", "2",
+            "--max-tokens", "32", "--anchor-max-tokens", "64", "--temperature", "0.2", "--anchor-temperature", "0.2",
+            "--extraction", "flexible", "--demos", "1", "--threads", "1", "--seed", "0", "--out", str(out),
+            "--cache", str(tmp_path / "cache")]
     assert cli.main(argv) == 0
     state = json.loads(out.read_text())
     demos = state["synthesize.synthesize"]["demos"]
-    assert state["cat_dspy"]["target"] == "synthesize" and len(demos) <= 1
-    assert list((tmp_path / "cache").glob("rollouts-*.jsonl"))
+    assert state["cat_dspy"]["target"] == "synthesize" and len(demos) == 1, "bootstrap kept no demo"
+    [cache] = (tmp_path / "cache").glob("rollouts-*.jsonl")
+    answer_of = {item.id: item.answer for item in load_dataset(str(data))}
+    [question_id] = [record["id"] for line in cache.read_text().splitlines() if line.strip()
+                     if (record := json.loads(line))["value"] == demos[0]["rollouts"]]  # the model's own rollouts
+    assert extract_answer(demos[0]["reference"], "flexible") == answer_of[question_id]  # and a right synthesis
 
     built = {}
     real_build = solve_cli.build_roles

@@ -28,11 +28,13 @@ def run(cmd: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
     return done
 
 
-def test_cpu_smoke_recipe_trains_checkpoints_logs_and_resumes(tmp_path):
+def test_cpu_smoke_recipe_trains_checkpoints_logs_and_resumes(tmp_path, tiny_gsm8k):
+    """The smoke recipe as written (``dataset_name: gsm8k``), on a generated GSM8K-format train split."""
     import mlflow
 
     out = tmp_path / "out"
-    run([str(BIN / "cat-dspy"), "train", "--config", str(RECIPE), "--output_dir", str(out)], cwd=tmp_path)
+    data = ["--data_dir", str(tiny_gsm8k)]
+    run([str(BIN / "cat-dspy"), "train", "--config", str(RECIPE), "--output_dir", str(out), *data], cwd=tmp_path)
     assert (out / "checkpoint-2" / "model.safetensors").exists()
     assert json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())["global_step"] == 2
 
@@ -52,7 +54,7 @@ def test_cpu_smoke_recipe_trains_checkpoints_logs_and_resumes(tmp_path):
 
     # a restart with a higher step budget resumes from checkpoint-2 instead of starting over
     run([str(BIN / "cat-dspy"), "train", "--config", str(RECIPE), "--output_dir", str(out), "--max_steps", "3",
-         "--save_steps", "3"], cwd=tmp_path)
+         "--save_steps", "3", *data], cwd=tmp_path)
     assert json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())["global_step"] == 3
     second = next(r for r in client.search_runs([experiment.experiment_id]) if r.info.run_id != first.info.run_id)
     assert second.data.params["cat.resumed_from"].endswith("checkpoint-2")

@@ -51,14 +51,15 @@ def _synthesize(prompt: str) -> str:
     return f"# SUMMARY\nAll agree.\n# UNIFIED RESPONSE\nQ{n}: the final answer is: $\\boxed{{{2 * n}}}$."
 
 
-def scripted_roles(log_path: str, delay: float) -> dict:
-    """The three role LMs, cached (as ``cat-dspy eval`` builds them), answering from pure scripts."""
+def scripted_roles(log_path: str, delay: float, cache: bool = True) -> dict:
+    """The three role LMs, cached by DSPy (as ``cat-dspy eval`` builds them) unless ``cache`` is False, answering
+    from pure scripts."""
     from cat_dspy.testing import scripted_lm
 
     return {
-        "policy": scripted_lm(_logged("policy", _solve, log_path, delay), cache=True),
-        "anchor": scripted_lm(_logged("anchor", _synthesize, log_path, delay), cache=True),
-        "judge": scripted_lm(_logged("judge", lambda p: "no", log_path, delay), cache=True),
+        "policy": scripted_lm(_logged("policy", _solve, log_path, delay), cache=cache),
+        "anchor": scripted_lm(_logged("anchor", _synthesize, log_path, delay), cache=cache),
+        "judge": scripted_lm(_logged("judge", lambda p: "no", log_path, delay), cache=cache),
     }
 
 

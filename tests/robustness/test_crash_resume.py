@@ -1,5 +1,7 @@
 """Crash and resume: ``cat-dspy eval`` SIGKILLed at seeded random points, then rerun, loses nothing, duplicates
 nothing, repeats no LM call of a finished question, and leaves MLflow runs that agree with the results.
+``cat-dspy optimize`` killed halfway through writing a record of its cache resumes from the torn file and samples
+again only what was not durably written.
 
 ``train`` is covered on its reward side (``test_faults.py``, ``test_hostile_math.py``): a kill/resume of a GRPO run
 with ``resume_from_checkpoint`` needs minutes of CPU training per kill, beyond this suite's budget.
@@ -130,3 +132,74 @@ def test_eval_survives_sigkill_at_random_points(tmp_path, tmp_path_factory):
     assert Counter(column) == {f"q{i}": 8 for i in range(1, N + 1)}
     print(f"kills={kills} finished-at-kill={[len(d) for _, d in history]} calls={len(calls)} (clean run: "
           f"{CALLS_PER_QUESTION * N}) mlflow parents={len(parents)} finished={len(finished)}")
+
+
+OPT_DRIVER = Path(__file__).with_name("optimize_driver.py")
+TRAIN, G, THREADS = 6, 2, 2
+
+
+def _optimize(tmp_path: Path, data: Path, log: Path, crash_at: int) -> subprocess.CompletedProcess:
+    """One ``cat-dspy optimize`` subprocess; with ``crash_at`` > 0 it SIGKILLs itself halfway through writing the
+    ``crash_at``-th record of its cache (``optimize_driver.py``)."""
+    args = ["--target", "synthesize", "--dataset", str(data), "--train", str(TRAIN), "--dev", "1", "--g", str(G),
+            "--threads", str(THREADS), "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "synth.json"),
+            "--seed", "1", "--experiment", "crash"]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    return subprocess.run([sys.executable, str(OPT_DRIVER), str(log), "0.02", str(crash_at), "--", *args],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _durable(cache: Path) -> list[str]:
+    """The question numbers whose rollouts are whole lines of the rollout cache (a torn last line excluded)."""
+    data = cache.read_bytes() if cache.exists() else b""
+    lines = data[: data.rfind(b"\n") + 1].splitlines()
+    return [json.loads(line)["value"][0].split(":")[0] for line in lines]
+
+
+def test_optimize_killed_while_writing_its_cache_resumes_without_repeating_finished_calls(tmp_path,
+                                                                                        tmp_path_factory):
+    shutil.copy(eval_driver.mlflow_template(tmp_path_factory.getbasetemp()), tmp_path / "mlflow.db")
+    data = tmp_path / "questions.jsonl"
+    data.write_text("".join(json.dumps({"question": f"Q{i}: what is {i} + {i}?", "answer": str(2 * i)}) + "\n"
+                            for i in range(1, 13)))
+    log = tmp_path / "calls.tsv"
+    killed = []  # per killed run: its pid, the questions durably cached when it died
+    for _ in range(2):  # twice: the second run also resumes from a torn line, then tears another
+        before = len(_calls(log))
+        proc = _optimize(tmp_path, data, log, crash_at=3)
+        assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+        (cache,) = (tmp_path / "cache").glob("rollouts-*.jsonl")
+        assert not cache.read_bytes().endswith(b"\n")  # it died in the middle of a record
+        pids = {c[0] for c in _calls(log)[before:]}
+        assert len(pids) == 1
+        killed.append((pids.pop(), set(_durable(cache))))
+        assert len(killed[-1][1]) == 2 * len(killed)
+    assert "rollouts-" in proc.stderr and "dropped a torn last line" in proc.stderr
+
+    before = len(_calls(log))
+    final = _optimize(tmp_path, data, log, crash_at=0)
+    assert final.returncode == 0, final.stderr[-3000:]
+    assert "dropped a torn last line" in final.stderr
+    state = json.loads((tmp_path / "synth.json").read_text())
+    assert state["synthesize.synthesize"]["demos"]  # the compile ran on the resumed examples
+
+    # The cache holds one whole record per training question; what was durable at each kill is kept as it was.
+    text = cache.read_text()
+    assert text.endswith("\n") and len(text.splitlines()) == TRAIN == len(set(_durable(cache)))
+
+    # No finished rollout is sampled again: later runs make no policy call for a question cached before a kill.
+    calls = _calls(log)
+    policy = [c for c in calls if c[1] == "policy"]
+    (final_pid,) = {c[0] for c in calls[before:]}
+    pids = [pid for pid, _ in killed] + [final_pid]
+    for k, (_, durable) in enumerate(killed):
+        repeated = [c for c in policy if c[0] in pids[k + 1 :] and c[2] in durable]
+        assert not repeated, repeated[:5]
+    # The rerun samples exactly the questions that were not durable: G calls each, nothing more.
+    rerun = Counter(c[2] for c in calls[before:] if c[1] == "policy")
+    missing = set(_durable(cache)) - killed[-1][1]
+    assert set(rerun) == missing and all(n == G for n in rerun.values()) and len(missing) == TRAIN - 4
+    # Work repeated at all: the torn record and the one other question in flight at each kill.
+    assert G * TRAIN <= len(policy) <= G * (TRAIN + THREADS * len(killed))
+    print(f"policy calls: {len(policy)} (clean run: {G * TRAIN}); rerun: {sum(rerun.values())}; "
+          f"durable at kills: {[len(d) for _, d in killed]}")

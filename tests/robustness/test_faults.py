@@ -13,6 +13,7 @@ import pytest
 from dspy.utils.exceptions import LMRateLimitError, LMServerError, LMTimeoutError, LMTransportError
 
 from cat_dspy.datasets import Item
+from cat_dspy.evaluation.report import failure_totals, summarize
 from cat_dspy.evaluation.runner import build_programs, run_eval
 from cat_dspy.modules import CaT
 from cat_dspy.rewards import CaTReward
@@ -151,7 +152,7 @@ def test_training_reward_under_faults():
     anchor = faulty_lm(scripted_lm(lambda p: "# UNIFIED RESPONSE " + _policy_answer(p)), rate=RATE, seed=31,
                        stall_s=0.01, num_retries=retries)
     reward = CaTReward(anchor, num_generations=g, equivalence="string", artifacts=False)
-    invalid = none = 0
+    invalid = none = anchor_errors = 0
     for step in range(8):
         prompts = [f"Q{step * 10 + k}: what is it?" for k in range(groups_per_step) for _ in range(g)]
         completions = [f"{p.split(':')[0]} so \\boxed{{{2 * int(p[1:p.index(':')])}}}" for p in prompts]
@@ -159,7 +160,9 @@ def test_training_reward_under_faults():
         assert len(rewards) == len(prompts) and all(r in (None, 1.0) for r in rewards)
         none += rewards.count(None)
         invalid += reward.last_metrics["cat/invalid_groups"]
+        anchor_errors += reward.last_metrics["cat/anchor_errors"]
     assert none == g * invalid == g * anchor.faults.failed_requests  # every failed group: explicitly skipped
+    assert anchor_errors == anchor.faults.failed_requests  # ... and counted as a failed anchor call
     assert anchor.faults.requests == 8 * groups_per_step
     _bounded(anchor, retries)
 
@@ -197,6 +200,17 @@ def test_eval_finishes_under_faults_and_every_item_is_accounted_for(tmp_path):
         assert all(r == "" for r, f in zip(record["rollouts"], record["rollout_failures"], strict=True) if f)
     assert rollout_failures + policy_errors == policy.faults.failed_requests
     assert synthesis_failed == anchor.faults.failed_requests
+    # The summary and MLflow see the same counts: totals once per call, and every row its own share.
+    totals = failure_totals(result.records)
+    assert totals["rollout_errors"] + totals["policy_errors"] == policy.faults.failed_requests
+    assert totals["anchor_errors"] == anchor.faults.failed_requests
+    rows = {(r["method"], r["g"]): r for r in summarize(result.records)}
+    assert sum(r["anchor_errors"] for r in rows.values()) == anchor.faults.failed_requests
+    assert sum(r["policy_errors"] for r in rows.values()) == policy_errors
+    for (method, g), row in rows.items():
+        used = 1 if method == "single" else g
+        assert row["rollout_errors"] == sum(bool(f) for rec in result.records for f in rec["rollout_failures"][:used])
+        assert row["failed_calls"] == row["rollout_errors"] + row["policy_errors"] + row["anchor_errors"]
     assert policy.faults.stats()["faults"] > 0 and anchor.faults.stats()["faults"] > 0
     _bounded(policy, retries)
     _bounded(anchor, retries)

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from cat_dspy.rewards import CaTReward
-from cat_dspy.scoring.equivalence import equivalence_stats, equivalent
+from cat_dspy.scoring.equivalence import EQUIVALENCE_FALLBACKS, equivalence_stats, equivalent
 from cat_dspy.scoring.rewards import verifiable_reward
 from cat_dspy.testing import scripted_lm
 
@@ -27,7 +27,7 @@ EXPLOSIVE = [  # each of these runs for minutes (or exhausts memory) in sympy wi
     "\\frac{1}{" * 61 + "2" + "}" * 61,  # odd depth: the value is 1/2, never 2, whether or not sympy finishes
 ]
 HOSTILE = [*EXPLOSIVE, "9^9^9^9", "2^{2^{2^{2^{2^{2}}}}}"]
-FALLBACKS = ("timeout_fallback", "error_fallback", "too_long_fallback")
+FALLBACKS = EQUIVALENCE_FALLBACKS  # timeout, busy, start, crash, error, too long: each call lands in one outcome
 OUTCOMES = ("none_input", "string_match", "string_mismatch", "numeric_match", "numeric_mismatch", "symbolic_match",
             "symbolic_mismatch", *FALLBACKS)
 

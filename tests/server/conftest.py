@@ -3,6 +3,10 @@
 The session fixture starts ``python -m llama_cpp.server`` once and waits for ``/v1/models``; the tests skip
 cleanly where ``llama-cpp-python[server]`` is not installed. :class:`FaultProxy` sits in front of it when a test
 needs to count requests on the wire or inject faults (500s, dropped connections, stalls).
+
+A server that dies during the session (a llama.cpp build with the wrong CPU flags segfaults in its first decode)
+fails the test that was using it once, with the server's exit signal and the tail of its log, and every later
+server test is skipped with a reason pointing at that failure, instead of N unrelated "Connection error"s.
 """
 
 from __future__ import annotations
@@ -13,12 +17,14 @@ import json
 import os
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -37,13 +43,85 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@dataclass
+class ServerProcess:
+    """A server started for the session: its process, base URL and log file, and whether its death was reported."""
+
+    process: subprocess.Popen
+    url: str
+    log: Path
+    reported_by: str | None = None  # the test whose failure reported the death
+    startup_error: str | None = None  # why it never became ready (it was stopped then)
+
+    def death(self, wait: float = 0.0) -> str | None:
+        """Why the server is gone (exit signal or code, then the tail of its log), or None while it runs.
+
+        Args:
+            wait: Seconds to give a dying process to finish exiting (after a test saw its connection drop).
+        """
+        try:
+            code = self.process.wait(wait) if wait else self.process.poll()
+        except subprocess.TimeoutExpired:
+            code = None
+        if code is None:
+            return None
+        if code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = "unknown signal"
+            how = f"was killed by signal {-code} ({name})"
+        else:
+            how = f"exited with code {code}"
+        hint = ""
+        if code == -signal.SIGSEGV:
+            hint = ("\nA llama-cpp-python built with native CPU flags segfaults in its first decode on CPUs with AMX "
+                    "(ggml-org/llama.cpp#20824): build it portably, as `make test` does (LLAMA_CMAKE_ARGS in the "
+                    "Makefile).")
+        if self.startup_error:
+            how = f"did not start ({self.startup_error}); it {how}"
+        return (f"llama.cpp server {how} (pid {self.process.pid}, {self.url}).{hint}\n"
+                f"--- last lines of its log, {self.log} ---\n{log_tail(self.log)}")
+
+
+SERVER_KEY = pytest.StashKey[ServerProcess]()
+
+
+def log_tail(path: Path, lines: int = 40) -> str:
+    """The last ``lines`` lines of a log file (empty when it does not exist)."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def start_server(config: pytest.Config, argv: list[str], url: str, log: Path, timeout: float = 120.0) -> ServerProcess:
+    """Start ``argv`` (stdout and stderr into ``log``), wait until ``url``/models answers, and watch it (see
+    :func:`live_server`, :func:`pytest_runtest_makereport`) for the rest of the session.
+
+    A server that does not come up is stopped and returned dead: the first test that wants it fails with the
+    reason, the exit signal or code and the log's tail; the others skip.
+    """
+    from cat_dspy.lm.servers import stop, wait_ready
+
+    with log.open("wb") as out:
+        server = ServerProcess(subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT), url, log)
+    try:
+        wait_ready(url, timeout, server.process)
+    except (TimeoutError, RuntimeError) as exc:
+        stop([server.process])
+        server.startup_error = str(exc)
+    config.stash[SERVER_KEY] = server
+    return server
+
+
 @pytest.fixture(scope="session")
-def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Base URL (``http://127.0.0.1:<port>/v1``) of a llama.cpp server on the embedded GGUF, for the session."""
+def llama_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A llama.cpp server on the embedded GGUF (``.url``: ``http://127.0.0.1:<port>/v1``), for the session."""
     for module in ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context"):
         if importlib.util.find_spec(module) is None:
             pytest.skip(f"llama-cpp-python[server] is not installed (no {module}); see Makefile")
-    from cat_dspy.lm.servers import embedded_gguf, stop, wait_ready
+    from cat_dspy.lm.servers import embedded_gguf, stop
 
     try:
         gguf = embedded_gguf()
@@ -55,16 +133,35 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log = tmp_path_factory.mktemp("llama-server") / "server.log"
     argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", ALIAS,
             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096", "--n_threads", "1"]
-    with log.open("wb") as out:
-        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        wait_ready(url, 120, process)
-    except (TimeoutError, RuntimeError) as exc:
-        stop([process])
-        pytest.fail(f"llama.cpp server did not start: {exc}\n{log.read_text(errors='replace')[-3000:]}")
-    yield url
-    stop([process])
+    server = start_server(request.config, argv, f"http://127.0.0.1:{port}/v1", log)
+    yield server
+    stop([server.process])
+
+
+@pytest.fixture
+def live_server(llama_server: ServerProcess, request: pytest.FixtureRequest) -> ServerProcess:
+    """The session's server, checked alive before the test: a server that died fails one test, then skips the rest."""
+    if llama_server.reported_by is not None:
+        pytest.skip(f"the llama.cpp server died earlier in this session; see the failure of {llama_server.reported_by}")
+    if death := llama_server.death():
+        llama_server.reported_by = request.node.nodeid
+        pytest.fail(death, pytrace=False)
+    return llama_server
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    """A server test that failed because the server died reports the death (signal, log tail) in its failure."""
+    outcome = yield
+    report = outcome.get_result()
+    server = item.config.stash.get(SERVER_KEY, None)
+    if not report.failed or server is None or server.reported_by is not None:
+        return
+    if "llama_server" not in getattr(item, "fixturenames", ()):
+        return
+    if death := server.death(wait=2.0):
+        server.reported_by = item.nodeid
+        report.longrepr = f"{death}\n\n--- the test's own error, a consequence of the death ---\n{report.longrepr}"
 
 
 @pytest.fixture(scope="session")
@@ -85,11 +182,11 @@ def _migrated_mlflow_store(_mlflow_template: Path, tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def server_url(llama_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+def server_url(live_server: ServerProcess, monkeypatch: pytest.MonkeyPatch) -> str:
     """The server's base URL, with the dummy ``OPENAI_API_KEY`` in the environment (never passed as an argument)."""
     monkeypatch.setenv("OPENAI_API_KEY", DUMMY_KEY)
     monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-    return llama_server
+    return live_server.url
 
 
 class FaultProxy:
@@ -97,7 +194,10 @@ class FaultProxy:
 
     Each request draws one outcome from a seeded RNG, in arrival order: ``"error"`` (HTTP 500), ``"drop"``
     (connection closed without a reply), ``"stall"`` (held ``stall_s`` seconds, then forwarded) or ``"ok"``.
-    Requests whose body contains ``poison`` always get a 500. Every request is recorded in :attr:`log`.
+    A request for which ``script`` returns a text is answered with that text as the completion instead of being
+    forwarded (outcome ``"scripted"``): a role with a fixed answer, still on the wire.
+    Requests whose body contains ``poison`` always get a 500. Every request is recorded in :attr:`log`, with the
+    usage the server returned for it (see :meth:`requests`).
 
     Args:
         upstream: Base URL of the real server (``http://host:port/v1``).
@@ -107,15 +207,18 @@ class FaultProxy:
         stall_s: How long a stalled request is held.
         seed: RNG seed of the outcome sequence.
         poison: Marker text; a request containing it always fails.
+        script: ``fn(parsed request body) -> completion text or None`` (None: forward as usual).
     """
 
     def __init__(self, upstream: str, error: float = 0.0, drop: float = 0.0, stall: float = 0.0,
-                 stall_s: float = 5.0, seed: int = 0, poison: str | None = None):
+                 stall_s: float = 5.0, seed: int = 0, poison: str | None = None,
+                 script: Callable[[dict], str | None] | None = None):
         parts = urlsplit(upstream)
         self.target = (parts.hostname or "127.0.0.1", parts.port or 80)
         self.rates = {"error": error, "drop": drop, "stall": stall}
         self.stall_s = stall_s
         self.poison = poison.encode() if poison else None
+        self.script = script
         self.rng = random.Random(seed)
         self.lock = threading.Lock()
         self.log: list[dict] = []
@@ -144,7 +247,9 @@ class FaultProxy:
         return "ok"
 
     def requests(self, where: Callable[[dict], bool] = lambda r: True) -> list[dict]:
-        """Recorded requests (``path``, ``body``, ``outcome``, ``auth``) matching ``where``."""
+        """Recorded requests matching ``where``: ``path``, ``body`` (parsed JSON), ``outcome``, ``auth``, and the
+        upstream reply's ``status`` and ``usage`` (the ``usage`` object of its JSON body; None when not forwarded,
+        or when the reply had none)."""
         with self.lock:
             return [r for r in self.log if where(r)]
 
@@ -169,15 +274,25 @@ class FaultProxy:
                     parsed = json.loads(body) if body else None
                 except ValueError:
                     parsed = None
+                text = proxy.script(parsed) if proxy.script and isinstance(parsed, dict) else None
+                if text is not None:
+                    outcome = "scripted"
+                entry = {"path": self.path, "body": parsed, "outcome": outcome,
+                         "auth": self.headers.get("Authorization", ""), "status": None, "usage": None}
                 with proxy.lock:
-                    proxy.log.append({"path": self.path, "body": parsed, "outcome": outcome,
-                                      "auth": self.headers.get("Authorization", "")})
+                    proxy.log.append(entry)
                 if outcome == "drop":
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)
                     return
                 if outcome == "error":
                     self._reply(500, b'{"error": {"message": "injected fault", "type": "server_error"}}')
+                    return
+                if outcome == "scripted":
+                    data = _completion(text, parsed)
+                    with proxy.lock:
+                        entry["status"], entry["usage"] = 200, _usage_of(data)
+                    self._reply(200, data)
                     return
                 if outcome == "stall":
                     time.sleep(proxy.stall_s)
@@ -186,7 +301,10 @@ class FaultProxy:
                     headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
                     connection.request(self.command, self.path, body=body or None, headers=headers)
                     reply = connection.getresponse()
-                    self._reply(reply.status, reply.read(), reply.getheader("Content-Type", "application/json"))
+                    data = reply.read()
+                    with proxy.lock:
+                        entry["status"], entry["usage"] = reply.status, _usage_of(data)
+                    self._reply(reply.status, data, reply.getheader("Content-Type", "application/json"))
                 except OSError:  # the client gave up on a stalled request
                     self.close_connection = True
                 finally:
@@ -203,6 +321,27 @@ class FaultProxy:
                     self.close_connection = True
 
         return Handler
+
+
+def _completion(text: str, request: dict) -> bytes:
+    """An OpenAI chat completion answering ``request`` with ``text`` (usage: whitespace words)."""
+    prompt = sum(len(str(m.get("content", "")).split()) for m in request.get("messages", []))
+    completion = len(text.split())
+    return json.dumps({
+        "id": "chatcmpl-scripted", "object": "chat.completion", "created": int(time.time()),
+        "model": request.get("model", ""), "choices": [{"index": 0, "finish_reason": "stop",
+                                                        "message": {"role": "assistant", "content": text}}],
+        "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
+    }).encode()
+
+
+def _usage_of(data: bytes) -> dict | None:
+    """The ``usage`` object of a JSON reply body, or None."""
+    try:
+        reply = json.loads(data)
+    except ValueError:
+        return None
+    return reply.get("usage") if isinstance(reply, dict) else None
 
 
 @pytest.fixture

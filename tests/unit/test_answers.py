@@ -234,3 +234,53 @@ def test_flexible_extraction_falls_back_to_the_last_number(text, strict, flexibl
 def test_unknown_extraction_is_refused():
     with pytest.raises(ValueError, match="extraction must be one of"):
         extract_answer("7", "lenient")
+
+
+# ----------------------------------------------------------------------------------------- peer-grader weak spots
+@pytest.mark.parametrize("mode", ["symbolic", "string"])
+@pytest.mark.parametrize(("a", "b"), [("3500", "(3, 500)"), ("3500", "(3,500)"), ("1000", "[1, 000]"),
+                                      ("32349", "32, 349"), ("1000000", "1, 000, 000"), ("12345", "1,2345")])
+def test_a_comma_that_is_not_a_thousands_separator_is_kept(a, b, mode):
+    assert not equivalent(a, b, mode=mode)
+    assert not equivalent(b, a, mode=mode)
+
+
+@pytest.mark.parametrize("mode", ["symbolic", "string"])
+@pytest.mark.parametrize(("a", "b"), [("1000", "1,000"), ("12345678", "12,345,678"), ("100000.5", "100,000.50"),
+                                      ("1000", "1{,}000"), ("1250", r"\$1,250")])
+def test_real_thousands_separators_still_match(a, b, mode):
+    assert equivalent(a, b, mode=mode) and equivalent(b, a, mode=mode)
+
+
+def test_pairs_and_intervals_keep_their_elements():
+    assert equivalent("(3, 500)", "(3,500)")
+    assert not equivalent("(3, 500)", "(3500)")
+    assert normalize_answer("32, 349") == "32,349" and normalize_answer("(3,500)") == "(3,500)"
+
+
+@pytest.mark.parametrize("mode", ["symbolic", "string"])
+@pytest.mark.parametrize(("a", "b"), [("12", r"12\text{ cm}"), ("12", r"12\ \text{cm}^2"), ("5", r"\text{5 dollars}"),
+                                      ("5", "5 dollars"), ("4", r"4 \mbox{ hours}"), ("16", r"\text{16 eggs}"),
+                                      ("28", "28 percent"), (r"28\%", "28 percent"), ("28", r"28\%"),
+                                      (r"50\%", r"50 \text{ percent}")])
+def test_units_and_percent_words_do_not_make_equal_answers_unequal(a, b, mode):
+    assert equivalent(a, b, mode=mode) and equivalent(b, a, mode=mode)
+
+
+@pytest.mark.parametrize(("a", "b"), [("12", r"13\text{ cm}"), ("2xy", "2"), ("28", r"29\%"), ("0.28", "28"),
+                                      (r"\text{(B)}", r"\text{(C)}")])
+def test_units_and_percent_do_not_make_different_answers_equal(a, b):
+    assert not equivalent(a, b) and not equivalent(b, a)
+
+
+def test_percent_means_hundredths_in_symbolic_mode_only():
+    assert equivalent(r"28\%", "0.28") and equivalent("0.05", r"5\%")
+    assert not equivalent(r"28\%", "0.28", mode="string")
+    assert normalize_answer("28 percent") == normalize_answer(r"28\%") == "28%"
+
+
+def test_unit_words_are_dropped_only_after_a_number():
+    assert equivalent(r"\text{Monday}", r"\text{Monday}") and not equivalent(r"\text{Monday}", r"\text{Tuesday}")
+    assert equivalent("5", "5 square feet") and equivalent("5", "5 km/h")
+    assert not equivalent("5", "5 " + "apples " * 6)  # a long tail of words is not a unit
+    assert not equivalent("2", "2 pi") and not equivalent("10", r"10 \sqrt{2}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 import types
@@ -14,27 +13,13 @@ import pytest
 from cat_dspy import datasets as data
 from cat_dspy.datasets import DATASETS, DataError, Item, load_dataset, sample_questions, split_items
 
-
-def _find_data_dir() -> Path | None:
-    if env := os.environ.get("CAT_DSPY_DATA"):
-        return Path(env) if Path(env).is_dir() else None
-    for folder in Path(__file__).resolve().parents:
-        if (folder / "shared" / "data").is_dir():
-            return folder / "shared" / "data"
-    return None
-
-
-DATA = _find_data_dir()
 NUMBER = re.compile(r"-?\d+(\.\d+)?")
 
 
-def need(name: str, split: str | None = None) -> Path:
-    """The local file of a named set, or skip the test."""
+def need(data_dir: Path, name: str, split: str | None = None) -> Path:
+    """The local file of a named set in ``data_dir`` (the test's ``needs_data`` marker made sure it is there)."""
     spec = DATASETS[name]
-    path = DATA / spec.files[split or spec.default_split] if DATA else None
-    if path is None or not path.is_file():
-        pytest.skip(f"{name} not found under the shared data dir ({DATA})")
-    return path
+    return data_dir / spec.files[split or spec.default_split]
 
 
 def raw_records(path: Path) -> list[dict]:
@@ -80,9 +65,10 @@ def test_specs_cover_the_named_sets():
     assert all(spec.hub is not None for spec in DATASETS.values())
 
 
-def test_gsm8k_answers_are_final_numbers_without_commas():
-    path = need("gsm8k")
-    items = load_dataset("gsm8k", data_dir=DATA)
+@pytest.mark.needs_data("gsm8k")
+def test_gsm8k_answers_are_final_numbers_without_commas(data_dir):
+    path = need(data_dir, "gsm8k")
+    items = load_dataset("gsm8k", data_dir=data_dir)
     raw = raw_records(path)
     assert len(items) == len(raw)
     assert all(NUMBER.fullmatch(item.answer) for item in items)
@@ -94,16 +80,17 @@ def test_gsm8k_answers_are_final_numbers_without_commas():
     assert first.messages is None and first.rubrics is None and first.verifiable
 
 
-def test_gsm8k_train_split_and_limit():
-    need("gsm8k", "train")
-    items = load_dataset("GSM8K", split="train", limit=5, data_dir=DATA)
+@pytest.mark.needs_data("gsm8k", split="train")
+def test_gsm8k_train_split_and_limit(data_dir):
+    items = load_dataset("GSM8K", split="train", limit=5, data_dir=data_dir)
     assert [i.id for i in items] == [f"gsm8k-train-{n}" for n in range(5)]
     assert all(NUMBER.fullmatch(i.answer) for i in items)
 
 
-def test_math500_maps_problem_answer_and_meta():
-    path = need("math500")
-    items = load_dataset("math500", data_dir=DATA)
+@pytest.mark.needs_data("math500")
+def test_math500_maps_problem_answer_and_meta(data_dir):
+    path = need(data_dir, "math500")
+    items = load_dataset("math500", data_dir=data_dir)
     raw = raw_records(path)
     assert [i.id for i in items] == [r["unique_id"] for r in raw]
     assert all(i.answer and i.answer == r["answer"] for i, r in zip(items, raw, strict=True))
@@ -111,21 +98,22 @@ def test_math500_maps_problem_answer_and_meta():
     assert all(isinstance(i.meta["subject"], str) and i.meta["level"] in range(1, 6) for i in items)
 
 
-def test_math_defaults_to_train_and_keeps_null_answers_as_none():
-    path = need("math")
-    items = load_dataset("math", data_dir=DATA)
+@pytest.mark.needs_data("math")
+def test_math_defaults_to_train_and_keeps_null_answers_as_none(data_dir):
+    path = need(data_dir, "math")
+    items = load_dataset("math", data_dir=data_dir)
     raw = raw_records(path)
     assert len(items) == len(raw) and items[0].id == raw[0]["id"]
     assert sum(i.answer is None for i in items) == sum(r["answer"] is None for r in raw)
     assert all(i.answer for i in items if i.answer is not None)
     assert {i.meta["source_split"] for i in items} <= {"train", "test"}
-    assert load_dataset("math", limit=3, data_dir=DATA) == items[:3]
+    assert load_dataset("math", limit=3, data_dir=data_dir) == items[:3]
 
 
-@pytest.mark.parametrize("name", ["aime24", "aime25"])
-def test_aime_answers_are_integers(name):
-    path = need(name)
-    items = load_dataset(name, data_dir=DATA)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.needs_data(n)) for n in ("aime24", "aime25")])
+def test_aime_answers_are_integers(name, data_dir):
+    path = need(data_dir, name)
+    items = load_dataset(name, data_dir=data_dir)
     raw = raw_records(path)
     assert len(items) == len(raw)
     assert all(i.answer.isdigit() and 0 <= int(i.answer) <= 999 for i in items)
@@ -134,9 +122,10 @@ def test_aime_answers_are_integers(name):
     assert [i.id for i in items] == expected
 
 
-def test_healthbench_has_messages_and_rubrics():
-    path = need("healthbench")
-    items = load_dataset("healthbench", data_dir=DATA)
+@pytest.mark.needs_data("healthbench")
+def test_healthbench_has_messages_and_rubrics(data_dir):
+    path = need(data_dir, "healthbench")
+    items = load_dataset("healthbench", data_dir=data_dir)
     raw = raw_records(path)
     assert [i.id for i in items] == [r["prompt_id"] for r in raw]
     for item in items[:50]:

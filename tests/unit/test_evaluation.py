@@ -14,7 +14,8 @@ from cat_dspy.datasets import Item
 from cat_dspy.evaluation.grading import RubricGrader, clipped_mean, healthbench_score
 from cat_dspy.evaluation.methods import SelfBestOfN, apply_methods, select_majority, select_min_ppl
 from cat_dspy.evaluation.report import summarize
-from cat_dspy.evaluation.runner import ResultStore, attributed_usage, build_programs, run_eval
+from cat_dspy.evaluation.runner import attributed_usage, build_programs, run_eval
+from cat_dspy.jsonl_store import StoreCorruptError
 from cat_dspy.modules import Synthesize
 from cat_dspy.scoring.stats import mean_stderr
 from cat_dspy.testing import scripted_lm
@@ -173,6 +174,8 @@ def test_interrupted_eval_resumes_without_repeating_or_losing_work(tmp_path):
         run_eval(items, programs, gs, methods, tmp_path, progress=False)
     first_lines = (tmp_path / "results.jsonl").read_text().splitlines()
     assert [json.loads(line)["id"] for line in first_lines] == ["Q1", "Q2"]
+    with open(tmp_path / "results.jsonl", "a") as fh:  # and a crash tore the line of Q3 being written
+        fh.write('{"id": "Q3", "question": "Q3 ...", "rollo')
 
     programs, lms = programs_for(make_policy(), make_anchor(), cache=True, g=2)
     run = run_eval(items, programs, gs, methods, tmp_path, progress=False)
@@ -190,14 +193,13 @@ def test_interrupted_eval_resumes_without_repeating_or_losing_work(tmp_path):
     assert {r["method"]: r["correct"] for r in run.records[3]["results"] if r["g"] == 2}["cat"]
 
 
-def test_result_store_drops_a_line_cut_short_by_a_crash(tmp_path):
-    store = ResultStore(tmp_path / "r.jsonl")
-    store.append({"id": "a", "x": 1})
-    with open(store.path, "a") as fh:
-        fh.write('{"id": "b", "x"')
-    assert list(store.load()) == ["a"]
-    store.append({"id": "b", "x": 2})
-    assert store.load()["b"]["x"] == 2
+def test_eval_refuses_a_results_file_corrupted_before_its_last_line(tmp_path):
+    golds = {"Q1": "2", "Q2": "4"}
+    programs, lms = programs_for(by_question({q: [a] for q, a in golds.items()}), lambda p: boxed("2"), g=2)
+    (tmp_path / "results.jsonl").write_text('{"id": "Q1", "oops\n{"id": "Q2"}\n')
+    with pytest.raises(StoreCorruptError, match=r"results\.jsonl:1: unparsable"):
+        run_eval(items_for(golds), programs, [2], ["single"], tmp_path, progress=False)
+    assert not lms["policy"].engine_script.calls  # refused before any LM call
 
 
 # ------------------------------------------------------------------------------------------------ HealthBench

@@ -333,3 +333,28 @@ def test_default_model_converts_once_atomically(tmp_path: Path, monkeypatch: pyt
     paths = concurrently(lambda i: hf.default_model_path(), 3)
     assert paths == [target] * 3 and len(calls) == 2
     assert sorted(p.name for p in target.iterdir()) == sorted(hf._SAVED)
+
+
+def test_length_limit_counts_the_local_policys_tokens_not_words(tiny_dir: Path, caplog) -> None:
+    from cat_dspy.modules import CaT
+    from cat_dspy.testing import scripted_lm
+
+    policy = make_lm(f"local:{tiny_dir}")
+    _, tokenizer = engine_of(policy).load()
+    short, long = "\\boxed{4}", "xylophones \\boxed{4}"
+    tokens = [len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in (short, long)]
+    limit = tokens[0]
+    assert len(long.split()) <= limit < tokens[1]  # within the limit in words, over it in tokens
+    assert [engine_of(policy).count_tokens(text) for text in (short, long)] == tokens
+
+    anchor = scripted_lm(["# UNIFIED RESPONSE \\boxed{4}"])
+    with caplog.at_level("WARNING", logger="cat_dspy.modules.cat"):
+        pred = CaT(g=2, policy=policy, anchor=anchor, length_limit=limit).score([short, long])
+    assert pred.rewards == [1.0, -1.0] and pred.parsed["length_penalized"] == 1
+    assert pred.parsed["length_unit"] == "tokens" and not caplog.text
+    # The same rollouts with an API-like policy (no tokenizer known): counted in words, so neither is over.
+    words = CaT(g=2, policy=scripted_lm(["x"]), anchor=anchor, length_limit=limit).score([short, long])
+    assert words.rewards == [1.0, 1.0] and words.parsed["length_unit"] == "words"
+    # Given token counts (TRL's completion ids) win over any counter.
+    given = CaT(g=2, policy=policy, anchor=anchor, length_limit=limit).score([short, long], rollout_tokens=[99, 1])
+    assert given.rewards == [-1.0, 1.0] and given.parsed["length_unit"] == "tokens"

@@ -280,11 +280,26 @@ def test_cli_rubric_and_judge_targets(tmp_path, gsm_file, monkeypatch):
     assert "judge.judge_all" in json.loads(out.read_text())
 
 
-def test_gepa_and_mipro_refuse_the_embedded_model_as_proposer_unless_asked(gsm_file, monkeypatch):
+@pytest.mark.parametrize("optimizer", ["gepa", "mipro"])
+def test_gepa_and_mipro_refuse_the_embedded_model_as_proposer_unless_asked(optimizer, gsm_file, monkeypatch):
     _scripted_roles(monkeypatch)
-    with pytest.raises(SystemExit, match="reflection-lm"):
-        cli.main(["optimize", "--target", "synthesize", "--dataset", str(gsm_file), "--optimizer", "gepa",
-                  "--train", "2", "--dev", "1", "--cache", "none"])
+    base = ["optimize", "--target", "synthesize", "--dataset", str(gsm_file), "--optimizer", optimizer,
+            "--train", "2", "--dev", "1", "--cache", "none"]
+    with pytest.raises(SystemExit, match=f"--optimizer {optimizer} needs a capable proposal LM.*--reflection-lm"):
+        cli.main(base)
+
+    class Reached(Exception):
+        pass
+
+    def stop_at_optimizer(args, metric, proposer, task_lm):
+        raise Reached(proposer)
+
+    # Asked for: the proposal LM named by --reflection-lm (here "local", the embedded model forced) gets to the
+    # optimizer, which is where this test stops.
+    monkeypatch.setattr("cat_dspy.optimization.compile.make_optimizer", stop_at_optimizer)
+    with pytest.raises(Reached) as reached:
+        cli.main([*base, "--reflection-lm", "local"])
+    assert reached.value.args[0].model.startswith("local")
 
 
 def test_mipro_with_a_free_text_proposer(monkeypatch):
@@ -304,6 +319,7 @@ def test_mipro_with_a_free_text_proposer(monkeypatch):
     assert proposer.engine_script.calls > 0
 
 
+@pytest.mark.needs_data("healthbench")
 def test_judge_examples_from_healthbench_physician_rubrics(data_dir):
     import argparse
 

@@ -365,17 +365,19 @@ def test_training_recipes_parse(name):
             assert (args.max_completion_length, args.cat_mode) == (1536, "verifiable")
 
 
-def test_training_prompts_carry_no_labels_and_eval_keeps_gold(data_dir):
+def test_training_prompts_carry_no_labels_and_eval_keeps_gold(tiny_gsm8k):
     from cat_dspy.rl.train import build_datasets
 
-    script_args, training_args, _ = parse_recipe("--data_dir", str(data_dir), "--eval_strategy", "steps",
+    script_args, training_args, _ = parse_recipe("--data_dir", str(tiny_gsm8k), "--eval_strategy", "steps",
                                                  "--eval_steps", "1", "--holdout", "4", "--prompt_prefix", "/no_think ")
     train, evaluation = build_datasets(script_args, training_args)
     assert len(train) == 8 and set(train.column_names) == {"prompt", "id"}  # no answer column
     prompt = train[0]["prompt"]
     assert prompt[0]["role"] == "system" and "boxed" in prompt[0]["content"]
-    assert prompt[1]["role"] == "user" and prompt[1]["content"].startswith("/no_think Natalia")
+    assert prompt[1]["content"] == "/no_think Ann has 3 apples and buys 5 more. How many apples does she have now?"
+    assert prompt[1]["role"] == "user" and len(prompt) == 2
     assert len(evaluation) == 4 and "answer" in evaluation.column_names  # gold: eval metrics only
+    assert evaluation["answer"] == [str(2 * i + 8 + i) for i in range(12, 16)]  # the last 4 of 16, held out
     assert not {r["id"] for r in evaluation} & {r["id"] for r in train}
 
 
