@@ -15,7 +15,8 @@
 #   (b) grpo     10 GRPO steps with the CaT reward on SmolLM2-135M (the converted GGUF), via `cat-dspy train`
 #   (c) vllm     TRL's vLLM generation (colocate), where vLLM is installed; else one line saying it was skipped
 #   (d) summary
-# Timeouts (s), overridable: SETUP_S=60 ENGINE_S=180 GRPO_S=270 VLLM_S=90 (the default total stays < 10 min).
+# Timeouts (s), overridable: SETUP_S=60 ENGINE_S=180 GRPO_S=270 VLLM_S=150, each cut to what is left of
+# TOTAL_S=540 (from the start of setup), so the whole run stays under 10 minutes.
 # More overrides: GRPO_ARGS="--key value ..." (appended to the train command), ENGINE_BATCHES="8 64".
 set -uo pipefail
 
@@ -99,14 +100,23 @@ fi
 WORK=$STASH/work
 RES=$WORK/results
 rm -rf "$WORK"
+rm -f "$OUT"/setup.log "$OUT"/engine.log "$OUT"/grpo.log "$OUT"/vllm.log "$OUT"/gpu_check.json  # an earlier run's
 mkdir -p "$RES"
 SITE=$STASH/site
 : > "$RES/stages.jsonl"
 T0=$(date +%s)
 
 stage() {  # stage NAME TIMEOUT CMD...: run under a timeout, log to $OUT/NAME.log, record rc and seconds
-  local name=$1 limit=$2 start rc
+  local name=$1 limit=$2 rest start rc
   shift 2
+  rest=$((TOTAL_S - ($(date +%s) - T0)))  # the stage's timeout, cut to what is left of TOTAL_S
+  if [ "$rest" -lt 30 ]; then
+    echo; echo "=== stage $name: skipped: only ${rest}s left of TOTAL_S=${TOTAL_S} ==="
+    printf '{"stage": "%s", "rc": null, "skipped": "only %ss left of TOTAL_S", "budget": true}\n' "$name" "$rest" \
+      >> "$RES/stages.jsonl"
+    return 1
+  fi
+  [ "$rest" -lt "$limit" ] && limit=$rest
   echo; echo "=== stage $name (timeout ${limit}s) ==="
   start=$(date +%s.%N)
   if declare -F "$1" >/dev/null; then  # a function of this script: its commands carry the timeout themselves
@@ -164,14 +174,14 @@ if [ "$MODE" = dry ]; then
   ENGINE_ARGS=(--max-tokens 8 --repeats 1)
   GRPO_SIZE=(--max_steps 2 --num_generations 2 --per_device_train_batch_size 4 --max_completion_length 8
              --anchor_max_tokens 16 --use_cpu true --bf16 false --dtype float32)
-  : "${SETUP_S:=300}" "${ENGINE_S:=300}" "${GRPO_S:=600}" "${VLLM_S:=60}"
+  : "${SETUP_S:=300}" "${ENGINE_S:=300}" "${GRPO_S:=600}" "${VLLM_S:=300}" "${TOTAL_S:=1800}"
 else
   PY=${PYTHON:-python3}
   PIP_PY=$PY
   ENGINE_BATCHES=${ENGINE_BATCHES:-8 64}
   ENGINE_ARGS=(--max-tokens 256 --repeats 2)
   GRPO_SIZE=(--max_steps 10)
-  : "${SETUP_S:=60}" "${ENGINE_S:=180}" "${GRPO_S:=270}" "${VLLM_S:=90}"
+  : "${SETUP_S:=60}" "${ENGINE_S:=180}" "${GRPO_S:=270}" "${VLLM_S:=150}" "${TOTAL_S:=540}"
 fi
 export PYTHONPATH=$SITE:$REPO${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false LITELLM_LOCAL_MODEL_COST_MAP=True TQDM_DISABLE=1

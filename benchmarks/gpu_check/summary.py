@@ -99,8 +99,10 @@ def main() -> int:
     env = read_json(args.results / "env.json") or {}
     engine = read_json(args.results / "engine.json")
     logs = args.logs or args.out
+    ran = {s["stage"] for s in stages if s.get("rc") is not None}
     summary = {"mode": args.mode, "env": env, "stages": stages, "engine": engine,
-               "grpo": training(logs / "grpo.log"), "vllm": training(logs / "vllm.log")}
+               "grpo": training(logs / "grpo.log") if "grpo" in ran else None,
+               "vllm": training(logs / "vllm.log") if "vllm" in ran else None}
 
     pkgs = env.get("packages", {})
     print(f"cat-dspy GPU check ({args.mode}) on {env.get('gpu') or 'CPU'}: python {env.get('python')}, torch "
@@ -134,7 +136,9 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gpu_check.json").write_text(json.dumps(summary, indent=1))
     print(f"summary JSON: {args.out / 'gpu_check.json'}")
-    failed = [s["stage"] for s in stages if s.get("rc") not in (0, None)]
+    failed = [s["stage"] for s in stages if s.get("rc") not in (0, None) or s.get("budget")]
+    if failed:
+        print(f"not complete: {', '.join(failed)}")
     return 1 if failed else 0
 
 
