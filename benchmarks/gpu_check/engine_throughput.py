@@ -98,7 +98,11 @@ def main() -> int:
     print(f"engine on {result['device']} ({result['gpu'] or 'no GPU'}), {result['dtype']}, "
           f"static cache: {result['static_cache']}, load {result['load_s']:.1f} s", flush=True)
     for size in args.batches:
+        if engine.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(engine.device)
         row = measure(lm, engine, size, args.repeats)
+        if engine.device.type == "cuda":
+            row["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated(engine.device) / 2**30, 2)
         result["batches"].append(row)
         print(f"batch {size:3d}: {row['tok_per_s']:8.1f} tok/s (median of {args.repeats}), "
               f"{row['mean_completion_tokens']:.0f} tokens per sequence, warm-up {row['warmup_s']:.1f} s, "

@@ -118,7 +118,8 @@ def main() -> int:
         for row in engine["batches"]:
             print(f"      batch {row['batch']:3d}: {row['tok_per_s']:9.1f} tok/s, {row['mean_completion_tokens']:.0f} "
                   f"tokens/sequence, warm-up (compile) {row['warmup_s']:.1f} s, one generate per batch: "
-                  f"{row['one_generate_per_batch']}")
+                  f"{row['one_generate_per_batch']}"
+                  + (f", peak GPU memory {row['peak_gpu_memory_gib']} GiB" if "peak_gpu_memory_gib" in row else ""))
     else:
         print("(a) engine: no result")
     for key, title in (("grpo", "(b) GRPO + CaT reward"), ("vllm", "(c) GRPO with TRL's vLLM generation")):
