@@ -190,7 +190,8 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISA
 export CAT_DSPY_CACHE=$STASH/cat-dspy-cache   # the GGUF is converted here once (stage a), then reused
 export DSPY_CACHEDIR=$WORK/dspy-cache HF_HOME=$WORK/hf-home TORCHINDUCTOR_CACHE_DIR=$STASH/inductor
 
-stage setup "$SETUP_S" setup || { "$PY" "$HERE/summary.py" --results "$RES" --out "$OUT" --mode "$MODE"; exit 1; }
+# (the summary needs only the standard library: python3 works even where setup failed to build $PY)
+stage setup "$SETUP_S" setup || { python3 "$HERE/summary.py" --results "$RES" --out "$OUT" --mode "$MODE"; exit 1; }
 
 # ---------------------------------------------------------------------------------------------------- stages
 # shellcheck disable=SC2086  # ENGINE_BATCHES is a list of numbers

@@ -125,8 +125,9 @@ def main() -> int:
     for key, title in (("grpo", "(b) GRPO + CaT reward"), ("vllm", "(c) GRPO with TRL's vLLM generation")):
         run = summary[key]
         if run is None:
-            skipped = next((s.get("skipped") for s in stages if s["stage"] == key and s.get("skipped")), None)
-            print(f"{title}: {'skipped: ' + skipped if skipped else 'no step finished'}")
+            record = next((s for s in stages if s["stage"] == key), None)
+            print(f"{title}: " + ("not run" if record is None else "skipped: " + record["skipped"]
+                                  if record.get("skipped") else "no step finished"))
             continue
         print(f"{title}: {run['steps_logged']} steps; first step {fmt(run['first_step_s'])} s, later steps median "
               f"{fmt(run['median_later_step_s'])} s; reward time / step time {fmt(run['reward_share'])} (later steps "
