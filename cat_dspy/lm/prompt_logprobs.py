@@ -5,7 +5,7 @@ Backends:
 * the embedded/local engine (:meth:`cat_dspy.lm.local.LocalEngine.score`): the texts are batched into forward
   passes of the model;
 * OpenAI-compatible servers that return prompt log-probabilities, i.e. vLLM (``hosted_vllm/<model>``, or
-  ``openai/<model>`` with ``api_base``): one ``/v1/completions`` request holding every text as a prompt, with
+  ``openai/<model>`` with ``api_base``): one ``/v1/completions`` request per text, sent concurrently, with
   ``echo: true, logprobs: 1, max_tokens: 1`` and vLLM's ``prompt_logprobs: 0`` extra field;
 * nothing else. A server that answers without ``prompt_logprobs`` is refused with
   :class:`PromptLogprobsUnavailable`, naming it: llama-cpp-python's server (``cat-dspy serve --backend llamacpp``)
@@ -130,6 +130,10 @@ def prompt_logprobs(lm: Any, texts: Sequence[str]) -> list[TokenScores]:
 
 
 def _server_logprobs(lm: Any, texts: list[str]) -> list[TokenScores]:
+    """One ``/v1/completions`` request per text, sent concurrently (vLLM batches them, and shares their common
+    prefixes with its prefix cache; llama-cpp-python's server answers a list of prompts with an HTTP 500)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     import httpx
 
     from cat_dspy.lm.models import api_base_of
@@ -139,18 +143,15 @@ def _server_logprobs(lm: Any, texts: list[str]) -> list[TokenScores]:
     if not base:
         raise PromptLogprobsUnavailable(f"{backend_name(lm)}: no server URL (give api_base)")
     key = os.environ.get(_KEY_VARS.get(provider, ""), "")
-    body = {"model": model, "prompt": texts, "echo": True, "logprobs": 1, "max_tokens": 1, "temperature": 0.0,
-            "prompt_logprobs": 0}
-    response = httpx.post(base.rstrip("/") + "/completions", json=body, timeout=lm.kwargs.get("timeout") or 600.0,
-                          headers={"Authorization": f"Bearer {key}"} if key else {})
-    response.raise_for_status()
-    choices = sorted(response.json().get("choices") or [], key=lambda c: c.get("index", 0))
-    if len(choices) != len(texts):
-        raise PromptLogprobsUnavailable(
-            f"{backend_name(lm)}: {len(choices)} choices for {len(texts)} prompts (a server that scores a list of "
-            "prompts in one request is needed: vLLM)")
-    out, prompt_tokens, completion_tokens = [], [], []
-    for text, choice in zip(texts, choices, strict=True):
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    timeout = lm.kwargs.get("timeout") or 600.0
+
+    def one(client: httpx.Client, text: str) -> tuple[TokenScores, int, int]:
+        body = {"model": model, "prompt": text, "echo": True, "logprobs": 1, "max_tokens": 1, "temperature": 0.0,
+                "prompt_logprobs": 0}
+        response = client.post(base.rstrip("/") + "/completions", json=body, headers=headers, timeout=timeout)
+        response.raise_for_status()
+        choice = (response.json().get("choices") or [{}])[0]
         logprobs = choice.get("logprobs") or {}
         if choice.get("prompt_logprobs") is None or not logprobs.get("tokens"):
             raise PromptLogprobsUnavailable(
@@ -159,8 +160,10 @@ def _server_logprobs(lm: Any, texts: list[str]) -> list[TokenScores]:
         n = len(choice["prompt_logprobs"])
         tokens, values = logprobs["tokens"][:n], logprobs["token_logprobs"][:n]
         spans = token_spans(text, tokens)
-        out.append([(a, b, None if v is None else float(v)) for (a, b), v in zip(spans, values, strict=True)])
-        prompt_tokens.append(n)
-        completion_tokens.append(len(logprobs["tokens"]) - n)
-    _record(lm, prompt_tokens, completion_tokens)
-    return out
+        scores = [(a, b, None if v is None else float(v)) for (a, b), v in zip(spans, values, strict=True)]
+        return scores, n, len(logprobs["tokens"]) - n
+
+    with httpx.Client() as client, ThreadPoolExecutor(max_workers=min(len(texts), 16) or 1) as pool:
+        results = list(pool.map(lambda text: one(client, text), texts))
+    _record(lm, [r[1] for r in results], [r[2] for r in results])
+    return [r[0] for r in results]

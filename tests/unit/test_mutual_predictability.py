@@ -143,7 +143,7 @@ class VllmStub:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 stub.bodies.append(body)
                 choices = []
-                for index, text in enumerate(body["prompt"]):
+                for index, text in enumerate([body["prompt"]]):
                     tokens = engine.score([text])[0]
                     strings = [text[a:b] for a, b, _ in tokens] + ["!"]  # + the one generated token
                     choice = {"index": index, "text": text + "!", "logprobs": {
@@ -152,7 +152,7 @@ class VllmStub:
                     if vllm:
                         choice["prompt_logprobs"] = [None] + [{"0": {"logprob": v}} for *_, v in tokens[1:]]
                     choices.append(choice)
-                data = json.dumps({"choices": choices[::-1]}).encode()  # any order: matched by index
+                data = json.dumps({"choices": choices}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
@@ -177,8 +177,8 @@ def test_server_prompt_logprobs_give_the_local_choice_and_count_tokens(tiny_lm) 
         with track_role(usage, "policy"):
             remote = MutualPredictability(lm=server_lm)(question="q", rollouts=ROLLOUTS, answers=ANSWERS)
         assert remote.index == local.index and remote.nlls == pytest.approx(local.nlls, abs=1e-5)
-        assert len(stub.bodies) == 1 and len(stub.bodies[0]["prompt"]) == 4  # one request for the G prompts
-        assert stub.bodies[0]["echo"] is True and stub.bodies[0]["prompt_logprobs"] == 0
+        assert len(stub.bodies) == 4  # one request per prompt (concurrent)
+        assert all(b["echo"] is True and b["prompt_logprobs"] == 0 for b in stub.bodies)
         assert usage["policy"]["calls"] == 4 and usage["policy"]["completion_tokens"] == 4
     finally:
         stub.close()
