@@ -104,7 +104,7 @@ def test_training_on_a_graded_split_needs_the_named_ttrl_option(tmp_path: Path) 
 def test_generated_arithmetic_train_and_test_share_no_operand_pair(tmp_path: Path) -> None:
     sys.path.insert(0, str(REPO / "experiments"))
     try:
-        from make_arithmetic import make_items, operand_pair
+        from make_arithmetic import make_items, operand_pair, overlap
     finally:
         sys.path.remove(str(REPO / "experiments"))
     out = tmp_path / "arith"
@@ -116,6 +116,11 @@ def test_generated_arithmetic_train_and_test_share_no_operand_pair(tmp_path: Pat
     pairs = {s: [operand_pair(r["question"]) for r in rows] for s, rows in splits.items()}
     assert not set(pairs["train"]) & set(pairs["test"])  # "3 + 5" in test: no "5 + 3", "3 + 5" or "5 - 3" in train
     assert len(set(pairs["train"])) == 120 and len(set(pairs["test"])) == 100
+    assert overlap(splits["train"], splits["test"]) == {"test": 100, "same_question": 0, "up_to_commutativity": 0,
+                                                        "same_operand_pair": 0}
+    check = subprocess.run([sys.executable, str(REPO / "experiments" / "make_arithmetic.py"), "--check", str(out)],
+                           check=True, capture_output=True, text=True)
+    assert json.loads(check.stdout)["same_operand_pair"] == 0
     for row in splits["train"] + splits["test"]:
         a, op, b = row["question"].removeprefix("What is ").removesuffix("?").split()
         assert row["answer"] == str(int(a) + int(b) if op == "+" else int(a) - int(b)) and int(row["answer"]) >= 0
