@@ -254,3 +254,31 @@ def test_cat_disagreement_with_self_bon_and_accuracy_when_disagreeing(tmp_path) 
     # Without self_bon in the run the columns are absent, not zero.
     run2 = run_eval(items, programs, [2], ["majority", "cat"], tmp_path / "no-sbon", progress=False)
     assert "disagree_self_bon_rate" not in next(r for r in summarize(run2.records) if r["method"] == "cat")
+
+
+def test_eval_command_refuses_mp_on_a_policy_that_cannot_score_text(tmp_path, monkeypatch, capsys) -> None:
+    from cat_dspy import cli
+    from cat_dspy.cli import common
+
+    policy = scripted_lm(lambda p: "\\boxed{1}")
+    monkeypatch.setattr(common, "build_roles", lambda args: {"policy": policy, "anchor": policy, "judge": policy})
+    data = tmp_path / "qs.jsonl"
+    data.write_text(json.dumps({"question": "1+0?", "answer": "1"}) + "\n")
+    argv = ["eval", "--dataset", str(data), "--g", "2", "--methods", "single,mp", "--no-progress",
+            "--run-dir", str(tmp_path / "run")]
+    assert cli.main(argv) == 2
+    assert f"mp: {policy.model}: no prompt log-probabilities" in capsys.readouterr().err
+    assert policy.engine_script.calls == 0 and not (tmp_path / "run" / "results.jsonl").exists()
+
+
+def test_compare_table_shows_the_self_bon_disagreement_columns() -> None:
+    import io
+
+    from cat_dspy.evaluation.compare import print_rows
+
+    row = {"method": "cat", "g": 8, "accuracy": 0.5, "stderr": 0.1, "n": 10, "disagree_rate": 0.2,
+           "accuracy_when_disagree": 0.5, "disagree_self_bon_rate": 0.125, "accuracy_when_disagree_self_bon": 0.75}
+    out = io.StringIO()
+    print_rows([row], file=out)
+    text = out.getvalue()
+    assert "disagree SBoN" in text and "0.125" in text and "0.750" in text
