@@ -78,6 +78,20 @@ class HubSource:
 
 
 @dataclass(frozen=True)
+class HashSplit:
+    """Splits carved out of one file by a stable hash of each item's id (:func:`held_out`).
+
+    An id's split depends on the id alone, never on the file's order, size or the other records: the same
+    conversation lands in the same split in a 450-example copy and in the full release.
+    """
+
+    fraction: float  # share of the ids held out
+    held_out: str = "test"  # the held-out split: evaluation only
+    rest: str = "train"  # everything else: training and validation
+    salt: str = "cat-dspy"
+
+
+@dataclass(frozen=True)
 class DatasetSpec:
     """A named dataset: one file (relative to the data dir) per split, its field mapping and online fallback."""
 
@@ -86,6 +100,11 @@ class DatasetSpec:
     hub: HubSource | None = None
     default_split: str = "test"
     id_prefix: str = ""  # prepended to ids taken from ``fields.id``
+    hash_split: HashSplit | None = None  # splits that share one file, by id (``files`` maps each to that file)
+
+
+HEALTHBENCH_HELD_OUT = 0.1
+"""Share of HealthBench prompt ids held out for evaluation: the paper's 500 of 5,000 (cat-paper.md §2.4)."""
 
 
 _MATH = {"subject": "subject", "level": "level"}
@@ -117,10 +136,12 @@ DATASETS: dict[str, DatasetSpec] = {
     "aime25": DatasetSpec(
         {"test": "aime25/test.jsonl"}, Fields("problem", "answer"), HubSource("yentinglin/aime_2025", splits=_TRAIN)
     ),
-    "healthbench": DatasetSpec(
-        {"test": "healthbench/healthbench_eval.jsonl"},
+    "healthbench": DatasetSpec(  # one file; "test" (held out, for eval) and "train" are disjoint by prompt id
+        dict.fromkeys(("test", "train", "all"), "healthbench/healthbench_eval.jsonl"),
         Fields("prompt", None, id="prompt_id", rubrics="rubrics", meta={"example_tags": "example_tags"}),
-        HubSource("json", splits=_TRAIN, data_files=_SIMPLE_EVALS + "healthbench/2025-05-07-06-14-12_oss_eval.jsonl"),
+        HubSource("json", splits={"test": "train", "all": "train"},
+                  data_files=_SIMPLE_EVALS + "healthbench/2025-05-07-06-14-12_oss_eval.jsonl"),
+        hash_split=HashSplit(HEALTHBENCH_HELD_OUT),
     ),
 }
 
@@ -198,6 +219,47 @@ def sample_questions() -> list[Item]:
         return _build(_read_jsonl(fh, _SAMPLES), _SAMPLES, Fields(id="id"), "", user=True)
 
 
+def held_out(item_id: str, fraction: float, salt: str = "cat-dspy") -> bool:
+    """Whether ``item_id`` falls in the held-out share ``fraction`` of a :class:`HashSplit`: the first 8 bytes of
+    ``sha256(salt + "/" + id)``, read as a number in [0, 1), are below ``fraction``.
+
+    >>> held_out("c5f6bb12-a633-4ee4-b6a8-e6f9539472dc", 0.1), held_out("x", 0.0), held_out("x", 1.0)
+    (False, False, True)
+    """
+    digest = hashlib.sha256(f"{salt}/{item_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+def check_training_split(name: str, split: str | None, *, ttrl: bool = False, validation: bool = False) -> None:
+    """Refuse to train (or validate) on a named set's evaluation examples unless the TTRL setting is named.
+
+    The paper trains on MATH-500's test questions without labels (test-time RL: ``ttrl: true`` in a recipe); every
+    other setting trains on examples that ``cat-dspy eval`` never grades. For validation (checkpoint selection)
+    only the held-out split of a set split by id (HealthBench) is refused: GSM8K's test split stays usable for
+    monitoring label metrics during training. JSONL files are the user's business.
+
+    Raises:
+        DataError: ``split`` holds the examples evaluation grades and ``ttrl`` is not set.
+
+    >>> check_training_split("math500", "test", ttrl=True); check_training_split("healthbench", "train")
+    >>> check_training_split("math", None); check_training_split("gsm8k", "test", validation=True)
+    >>> check_training_split("healthbench", "test")
+    Traceback (most recent call last):
+    ...
+    cat_dspy.datasets.DataError: training on healthbench split 'test' ...
+    """
+    spec = DATASETS.get(str(name).lower())
+    if spec is None or ttrl:
+        return
+    split = split or spec.default_split
+    graded = {spec.hash_split.held_out, "all"} if spec.hash_split else set() if validation else {"test"}
+    if split in graded:
+        other = f" (use split {spec.hash_split.rest!r})" if spec.hash_split else ""
+        raise DataError(f"{'validating' if validation else 'training'} on {name} split {split!r} would use the "
+                        f"examples `cat-dspy eval` grades{other}; set `ttrl: true` to train on test questions "
+                        "without labels (the paper's MATH-500 setting)")
+
+
 def split_items(
     items: Sequence[T], *, train: int, dev: int, test: int | None = None, seed: int = 0
 ) -> tuple[list[T], list[T], list[T]]:
@@ -226,7 +288,8 @@ def _load_named(name: str, split: str | None, data_dir: str | os.PathLike | None
         if (path := folder / rel).is_file():
             log.info("loading %s/%s from %s", name, split, path)
             with path.open("rb") as fh:
-                return _build(_read_jsonl(fh, rel), rel, spec.fields, spec.id_prefix if spec.fields.id else line_ids)
+                items = _build(_read_jsonl(fh, rel), rel, spec.fields, spec.id_prefix if spec.fields.id else line_ids)
+            return _hash_split(items, spec, split)
     missing = f"dataset {name!r} split {split!r}: no local {rel} (tried: {', '.join(map(str, tried)) or 'none'})"
     hint = f"pass --data-dir DIR or set {ENV_VAR}=DIR, with DIR/{rel} present"
     if (hub := spec.hub) is None:
@@ -242,7 +305,16 @@ def _load_named(name: str, split: str | None, data_dir: str | os.PathLike | None
     except Exception as exc:
         raise DataError(f"{missing}, and the download of {hub.path} failed ({exc}); {hint}") from exc
     records = ((i, dict(row)) for i, row in enumerate(rows, 1))
-    return _build(records, f"hf:{hub.path}[{hub_split}]", fields, spec.id_prefix if fields.id else line_ids)
+    items = _build(records, f"hf:{hub.path}[{hub_split}]", fields, spec.id_prefix if fields.id else line_ids)
+    return _hash_split(items, spec, split)
+
+
+def _hash_split(items: list[Item], spec: DatasetSpec, split: str) -> list[Item]:
+    """The items of ``split`` when the spec carves splits out of one file by id; else all of them."""
+    hs = spec.hash_split
+    if hs is None or split not in (hs.held_out, hs.rest):
+        return items
+    return [it for it in items if held_out(it.id, hs.fraction, hs.salt) == (split == hs.held_out)]
 
 
 def _load_file(path: Path, fields: Fields) -> list[Item]:

@@ -1,9 +1,16 @@
 """Write a generated easy-arithmetic set (train/test JSONL) for label-free CaT-RL of small models.
 
 The embedded 135M model scores ~0% on GSM8K, which leaves GRPO no signal to amplify; one- and two-digit
-additions and subtractions sit in its range. Items are generated (no dataset copied), seeded, disjoint.
+additions and subtractions sit in its range. Items are generated (no dataset copied) and seeded. Each unordered
+operand pair {a, b} is used by at most one question of the whole set, so train and test are disjoint up to
+commutativity and operator: "3 + 5" in test keeps "5 + 3", "3 + 5" and "5 - 3" out of train.
 
 Run: python experiments/make_arithmetic.py --out data/arith --train 256 --test 100 --seed 0
+Check a set: python experiments/make_arithmetic.py --check data/arith (test questions found in train)
+
+(Before this rule, the generator kept only the question strings apart: the set behind the CaT-RL numbers in
+experiments/TRAINING.md, ``--train 120 --test 100 --low 1 --high 12 --seed 0``, shares 34 of its 100 test questions
+with training up to commutativity; ``git show 4d01308:experiments/make_arithmetic.py`` regenerates it.)
 """
 
 from __future__ import annotations
@@ -14,19 +21,56 @@ import random
 from pathlib import Path
 
 
-def make_items(n: int, rng: random.Random, seen: set[str], low: int = 2, high: int = 40) -> list[dict]:
-    """``n`` new questions ``What is a + b?`` / ``a - b`` (operands in [low, high]) with answers, none in ``seen``."""
+def operand_pair(question: str) -> frozenset[int]:
+    """The unordered operands of a generated question.
+
+    >>> operand_pair("What is 12 - 5?") == operand_pair("What is 5 + 12?") == frozenset({5, 12})
+    True
+    """
+    words = question.removeprefix("What is ").removesuffix("?").split()
+    return frozenset((int(words[0]), int(words[2])))
+
+
+def overlap(train: list[dict], test: list[dict]) -> dict[str, int]:
+    """How many ``test`` questions appear in ``train``: as the same string, up to commutativity (same operator and
+    unordered operands), and by unordered operands alone (either operator).
+
+    >>> overlap([{"question": "What is 5 + 3?"}], [{"question": q} for q in ("What is 3 + 5?", "What is 5 - 3?")])
+    {'test': 2, 'same_question': 0, 'up_to_commutativity': 1, 'same_operand_pair': 2}
+    """
+
+    def op(question: str) -> str:
+        return question.split()[3]
+
+    questions = {r["question"] for r in train}
+    keyed = {(op(q), operand_pair(q)) for q in questions}
+    pairs = {operand_pair(q) for q in questions}
+    qs = [r["question"] for r in test]
+    return {"test": len(qs), "same_question": sum(q in questions for q in qs),
+            "up_to_commutativity": sum((op(q), operand_pair(q)) in keyed for q in qs),
+            "same_operand_pair": sum(operand_pair(q) in pairs for q in qs)}
+
+
+def make_items(n: int, rng: random.Random, used: set[frozenset[int]], low: int = 2, high: int = 40) -> list[dict]:
+    """``n`` questions ``What is a + b?`` / ``a - b`` (operands in [low, high]) with answers, each on an unordered
+    operand pair not in ``used`` (which gains them).
+
+    Raises:
+        ValueError: Fewer than ``n`` unused pairs are left in [low, high].
+    """
+    free = (high - low + 1) * (high - low + 2) // 2 - len(used)
+    if n > free:
+        raise ValueError(f"{n} questions need {n} unused operand pairs; [{low}, {high}] has {free} left")
     items = []
     while len(items) < n:
         a, b = rng.randint(low, high), rng.randint(low, high)
         op = rng.choice("+-")
         if op == "-" and b > a:
             a, b = b, a
-        question = f"What is {a} {op} {b}?"
-        if question in seen:
+        if (pair := frozenset((a, b))) in used:
             continue
-        seen.add(question)
-        items.append({"question": question, "answer": str(a + b if op == "+" else a - b)})
+        used.add(pair)
+        items.append({"question": f"What is {a} {op} {b}?", "answer": str(a + b if op == "+" else a - b)})
     return items
 
 
@@ -38,12 +82,18 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--low", type=int, default=2, help="smallest operand")
     parser.add_argument("--high", type=int, default=40, help="largest operand")
+    parser.add_argument("--check", metavar="DIR", help="print the overlap of DIR/test.jsonl with DIR/train.jsonl")
     args = parser.parse_args()
-    rng, seen = random.Random(args.seed), set()
+    if args.check:
+        rows = {s: [json.loads(line) for line in (Path(args.check) / f"{s}.jsonl").read_text().splitlines() if line]
+                for s in ("train", "test")}
+        print(json.dumps(overlap(rows["train"], rows["test"])))
+        return
+    rng, used = random.Random(args.seed), set()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for split, n in (("test", args.test), ("train", args.train)):
-        rows = make_items(n, rng, seen, args.low, args.high)
+        rows = make_items(n, rng, used, args.low, args.high)
         (out / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         print(f"{out / split}.jsonl: {len(rows)} items")
 

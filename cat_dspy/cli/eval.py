@@ -57,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ev.add_argument("--g", type=_ints, default="1,2,4,8", metavar="G,G,...",
                     help="G values; max(G) rollouts are sampled once per question (default: 1,2,4,8)")
     ev.add_argument("--methods", type=_methods, default=",".join(DEFAULT_METHODS), metavar="M,M,...",
-                    help=f"of single,majority,self_bon,min_ppl,cat,cat_q (default: {','.join(DEFAULT_METHODS)})")
+                    help=f"of single,majority,self_bon,min_ppl,mp,cat,cat_q (default: {','.join(DEFAULT_METHODS)})")
     ev.add_argument("--prompt-prefix", default="", help="text prepended to every question (Qwen 3: '/no_think ')")
     ev.add_argument("--rollout-strategy", choices=("concurrent", "n", "auto"), default="concurrent",
                     help="one request per rollout (exact per-rollout tokens; default) or one with n=G (vLLM)")
@@ -123,6 +123,14 @@ def _evaluate(args: argparse.Namespace, items: list, mode: str, config: dict[str
     tracking.write_json(config, run_dir / "args.json")
     settings = role_settings(args)
     lms = build_roles(args)
+    if "mp" in args.methods:
+        from cat_dspy.lm.prompt_logprobs import PromptLogprobsUnavailable, check_prompt_logprobs
+
+        try:
+            check_prompt_logprobs(lms["policy"])
+        except PromptLogprobsUnavailable as exc:
+            print(f"cat-dspy eval: mp: {exc}", file=sys.stderr)
+            return 2
     evaluation = evaluate(items, lms, run_dir, gs=args.g, methods=args.methods, mode=mode,
                           equivalence=args.equivalence, extraction=args.extraction, program=args.program,
                           prompt_prefix=args.prompt_prefix, rollout_strategy=args.rollout_strategy,

@@ -2,7 +2,8 @@
 
 Reads the child runs that ``cat-dspy eval`` logged (``mlflow.search_runs``) and prints one row per (method, G):
 accuracy ± standard error, questions, fallbacks, failed LM calls and answer checks fallen back to string comparison,
-LM calls and tokens per role, and CaT's disagreement with the majority vote.
+LM calls and tokens per role, and CaT's disagreement with the majority vote and with Self-BoN (and its accuracy when
+disagreeing with each).
 By default only the latest eval of the experiment is shown; ``--all`` shows every eval, ``--run-id`` one of them.
 """
 
@@ -19,7 +20,7 @@ from cat_dspy.lm.roles import ROLES
 from cat_dspy.tracking import CHILD_TAG
 
 CALL_ROLES = ROLES[:2]  # the table's "calls" columns: policy and anchor
-METHOD_ORDER = ("single", "majority", "self_bon", "min_ppl", "cat", "cat_q")
+METHOD_ORDER = ("single", "majority", "self_bon", "min_ppl", "mp", "cat", "cat_q")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -82,7 +83,8 @@ def print_rows(rows: Sequence[dict[str, Any]], title: str | None = None, file: A
     table = Table(title=title)
     columns = (["eval"] if show_eval else []) + ["method", "G", "accuracy ± se", "n", "fallbacks", "failed calls",
                                                  "eq. fallbacks"]
-    columns += [f"{role} calls" for role in CALL_ROLES] + ["tokens", "tokens/q", "seconds", "disagree", "acc|disagree"]
+    columns += [f"{role} calls" for role in CALL_ROLES] + ["tokens", "tokens/q", "seconds", "disagree", "acc|disagree",
+                                                           "disagree SBoN", "acc|disagree SBoN"]
     for name in columns:
         table.add_column(name, justify="left" if name in ("eval", "method") else "right")
     for r in rows:
@@ -99,7 +101,8 @@ def print_rows(rows: Sequence[dict[str, Any]], title: str | None = None, file: A
         cells += [_num(role(x, "calls")) for x in CALL_ROLES]
         tokens = r.get("tokens")
         cells += [_num(tokens), _num(tokens / n if tokens is not None and n else None), _num(r.get("seconds"), 1)]
-        cells += [_num(r.get("disagree_rate"), 3), _num(r.get("accuracy_when_disagree"), 3)]
+        cells += [_num(r.get("disagree_rate"), 3), _num(r.get("accuracy_when_disagree"), 3),
+                  _num(r.get("disagree_self_bon_rate"), 3), _num(r.get("accuracy_when_disagree_self_bon"), 3)]
         table.add_row(*cells)
     Console(file=file or sys.stdout, width=200).print(table)
 

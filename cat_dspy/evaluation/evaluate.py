@@ -55,7 +55,9 @@ def evaluate(
         lms: The ``dspy.LM`` of each role (``policy``, ``anchor``, ``judge``).
         run_dir: Folder of the results (a rerun resumes) and the DSPy cache.
         gs: G values.
-        methods: Of ``single, majority, self_bon, min_ppl, cat, cat_q``.
+        methods: Of ``single, majority, self_bon, min_ppl, mp, cat, cat_q`` (``mp`` needs a policy that scores
+            text, the local engine or a vLLM server: else
+            :class:`~cat_dspy.lm.prompt_logprobs.PromptLogprobsUnavailable`).
         mode: ``verifiable`` or ``rubric`` (default: from the items).
         equivalence: Answer equivalence of the verifiable grading and majority vote.
         extraction: Final-answer extraction.
@@ -74,6 +76,10 @@ def evaluate(
     from cat_dspy.evaluation.runner import build_programs, mode_of, run_eval
 
     mode = mode or mode_of(items)
+    if "mp" in methods:  # fail before any rollout when the policy's backend cannot score text
+        from cat_dspy.lm.prompt_logprobs import check_prompt_logprobs
+
+        check_prompt_logprobs(lms["policy"])
     if temperature is None:
         temperature = lms["policy"].kwargs.get("temperature")
     if temperature is None:

@@ -3,7 +3,8 @@
 Every method sees only the question and the first G rollouts of one max(G) group (plus their answers and token
 log-probabilities); gold answers never reach this module. The selectors (:func:`select_single`,
 :func:`select_majority`, :func:`select_min_ppl`, :func:`parse_choice`) are pure; ``self_bon``, ``cat`` and ``cat_q``
-make one LM call each, through :class:`SelfBestOfN` and :class:`~cat_dspy.modules.Synthesize`.
+make one LM call each, through :class:`SelfBestOfN` and :class:`~cat_dspy.modules.Synthesize`; ``mp`` (mutual
+predictability) scores G prompts with the policy's prompt log-probabilities (:class:`MutualPredictability`).
 :func:`apply_methods` runs all (method, G) pairs of one question, issuing the LM calls concurrently so the local
 engine batches them, and returns one :class:`MethodResult` per pair with the compute that pair spent itself.
 """
@@ -11,6 +12,7 @@ engine batches them, and returns one :class:`MethodResult` per pair with the com
 from __future__ import annotations
 
 import math
+import random
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -18,15 +20,17 @@ from typing import Any
 
 import dspy
 
+from cat_dspy.lm.prompt_logprobs import PromptLogprobsUnavailable, prompt_logprobs
 from cat_dspy.lm.usage import track_role
-from cat_dspy.modules.base import RoleModule, thread_map
+from cat_dspy.modules.base import RoleModule, is_backend_failure, thread_map
 from cat_dspy.scoring.equivalence import EQUIVALENCE_FALLBACKS, collect_equivalence
 from cat_dspy.scoring.rewards import majority_answer
 from cat_dspy.signatures import SelectBest
+from cat_dspy.tracking import redact
 
-METHODS = ("single", "majority", "self_bon", "min_ppl", "cat", "cat_q")
+METHODS = ("single", "majority", "self_bon", "min_ppl", "mp", "cat", "cat_q")
 VERIFIABLE_ONLY = ("majority",)  # the most common *final answer* has no meaning for free-text responses
-ROLE_OF = {"self_bon": "policy", "cat": "anchor", "cat_q": "anchor"}  # methods that call an LM, and which role
+ROLE_OF = {"self_bon": "policy", "mp": "policy", "cat": "anchor", "cat_q": "anchor"}  # methods calling an LM: role
 _CHOICE = re.compile(r"(?<![\d.])(\d{1,4})(?!\.?\d)")  # a whole number, not part of "2.5"
 
 
@@ -41,7 +45,8 @@ class MethodResult:
         text: The method's response: the selected rollout or the synthesized reference.
         answer: Its final answer (verifiable mode), else None.
         fallback: Why the method fell back to the first rollout (``unparseable_choice``, ``no_logprobs``,
-            ``no_answer``), or why it produced nothing (``synthesis_failed``, ``reference_without_answer``).
+            ``no_answer``, ``policy_error``), why it scored some rollouts whole (``no_answer_span``, mp), or why
+            it produced nothing (``synthesis_failed``, ``reference_without_answer``).
         usage: LM work of the method's own calls, per role (rollouts not included).
         extra: Method details (the raw self-BoN choice, mean NLLs, the cluster size, ...).
         equivalence_fallbacks: Answer checks of this result (the majority vote's clustering here, its grading
@@ -185,6 +190,129 @@ class SelfBestOfN(RoleModule):
         return dspy.Prediction(index=index or 0, raw=raw, fallback=fallback, error=error)
 
 
+def mp_prompt(question: str, others: Sequence[str], target: str) -> tuple[str, int]:
+    """The mutual-predictability prompt of one rollout: the question, the other rollouts, then that rollout.
+
+    Plain text (no chat template), so that every backend scores the same string.
+
+    Returns:
+        ``(prompt, offset)``: the prompt and where ``target`` starts in it.
+
+    Examples:
+        >>> text, at = mp_prompt("1+1?", ["It is 2."], "So 2.")
+        >>> print(text)
+        Question: 1+1?
+        <BLANKLINE>
+        Response 1:
+        It is 2.
+        <BLANKLINE>
+        Response 2:
+        So 2.
+        >>> text[at:]
+        'So 2.'
+    """
+    head = "\n\n".join([f"Question: {question}", *(f"Response {k}:\n{o}" for k, o in enumerate(others, 1))])
+    head += f"\n\nResponse {len(others) + 1}:\n"
+    return head + target, len(head)
+
+
+def answer_span(text: str, answer: str | None) -> tuple[int, int] | None:
+    """Where a rollout states its final answer: the last occurrence of the extracted answer, or None.
+
+    Examples:
+        >>> answer_span("2 + 2 = 4. The answer is 4.", "4")
+        (25, 26)
+        >>> answer_span("no answer here", None), answer_span("x = 1/2", "\\frac{1}{2}")
+        (None, None)
+    """
+    if not answer:
+        return None
+    at = text.rfind(answer)
+    return None if at < 0 else (at, at + len(answer))
+
+
+def span_nll(tokens: Sequence[tuple[int, int, float | None]], start: int, end: int) -> float | None:
+    """Mean NLL of the tokens that overlap characters ``[start, end)`` (None when no such token has a logprob).
+
+    Examples:
+        >>> span_nll([(0, 3, None), (3, 5, -1.0), (5, 8, -3.0), (8, 9, -9.0)], 4, 7)
+        2.0
+        >>> span_nll([(0, 3, None)], 0, 3) is None
+        True
+    """
+    return mean_nll([lp for a, b, lp in tokens if a < end and b > start and b > a and lp is not None])
+
+
+class MutualPredictability(RoleModule):
+    """The ``mp`` baseline (Wen et al. 2025; CaT paper §1.8): the rollout the others predict best.
+
+    For each of the G rollouts, one prompt holds the question, the other G−1 rollouts in a seeded random order,
+    then that rollout; the policy scores each prompt (prompt log-probabilities, batched over the G prompts:
+    :func:`cat_dspy.lm.prompt_logprobs.prompt_logprobs`) and the rollout whose answer tokens have the lowest mean
+    NLL given the others wins (ties: the earliest). The answer tokens are those overlapping the last occurrence of
+    the rollout's extracted answer; a rollout whose answer is not found (or has none) is scored on all its tokens
+    and counted (``whole_rollout``, fallback ``no_answer_span``). Free-text responses (``answers=None``) are scored
+    whole, which is no fallback.
+
+    Args:
+        lm: The policy LM (the local engine, or a vLLM server).
+        seed: Seeds the order of the other rollouts (with the question, G and the rollout's position).
+
+    Examples:
+        >>> from cat_dspy.testing.scripted import scripted_lm
+        >>> MutualPredictability(lm=scripted_lm([]))(question="q", rollouts=["only"]).index
+        0
+    """
+
+    def __init__(self, lm: dspy.BaseLM | None = None, seed: int = 0):
+        super().__init__(lm=lm)
+        self.seed = seed
+
+    def prompts(self, question: str, rollouts: Sequence[str],
+                answers: Sequence[str | None] | None = None) -> tuple[list[str], list[tuple[int, int]], int]:
+        """The G prompts, the character span scored in each, and how many rollouts are scored whole (fallback)."""
+        g, prompts, spans, whole = len(rollouts), [], [], 0
+        for i, target in enumerate(rollouts):
+            others = [rollouts[j] for j in range(g) if j != i]
+            random.Random(f"mp\0{self.seed}\0{question}\0{g}\0{i}").shuffle(others)
+            text, at = mp_prompt(question, others, target)
+            span = answer_span(target, answers[i]) if answers is not None else None
+            if span is None:
+                whole += answers is not None
+                span = (0, len(target))
+            prompts.append(text)
+            spans.append((at + span[0], at + span[1]))
+        return prompts, spans, whole
+
+    def forward(self, question: str, rollouts: list[str],
+                answers: Sequence[str | None] | None = None) -> dspy.Prediction:
+        """Pick the rollout the others predict best.
+
+        Returns:
+            A prediction with ``index`` (0 on a fallback), ``nlls`` (per rollout: mean NLL of its scored tokens,
+            None when it had none), ``whole_rollout`` (rollouts scored whole although answers were expected),
+            ``fallback`` (None, ``"no_answer_span"``, ``"no_logprobs"`` or ``"policy_error"``) and ``error``.
+
+        Raises:
+            PromptLogprobsUnavailable: The policy's backend cannot score text.
+        """
+        if len(rollouts) == 1:  # nothing to choose: no call
+            return dspy.Prediction(index=0, nlls=[None], whole_rollout=0, fallback=None, error=None)
+        prompts, spans, whole = self.prompts(question, rollouts, answers)
+        try:
+            scores = prompt_logprobs(self.lm or dspy.settings.lm, prompts)
+        except Exception as exc:  # a failed backend is counted; a backend that cannot score text is raised
+            if isinstance(exc, PromptLogprobsUnavailable) or not is_backend_failure(exc):
+                raise
+            error = f"{type(exc).__name__}: {redact(str(exc))[:500]}"
+            return dspy.Prediction(index=0, nlls=[None] * len(rollouts), whole_rollout=whole,
+                                   fallback="policy_error", error=error)
+        nlls = [span_nll(tokens, a, b) for tokens, (a, b) in zip(scores, spans, strict=True)]
+        index, fallback = select_min_ppl(nlls)
+        return dspy.Prediction(index=index, nlls=nlls, whole_rollout=whole,
+                               fallback=fallback or ("no_answer_span" if whole else None), error=None)
+
+
 def apply_methods(
     question: str,
     rollouts: Sequence[str],
@@ -196,6 +324,7 @@ def apply_methods(
     synthesize: Any = None,
     synthesize_q: Any = None,
     select_best: SelfBestOfN | None = None,
+    mutual: MutualPredictability | None = None,
     verifiable: bool = True,
     equivalence: str = "symbolic",
     num_threads: int | None = None,
@@ -212,6 +341,7 @@ def apply_methods(
         synthesize: The question-blind :class:`~cat_dspy.modules.Synthesize` (for ``cat``).
         synthesize_q: The question-aware one (for ``cat_q``).
         select_best: The :class:`SelfBestOfN` module (for ``self_bon``).
+        mutual: The :class:`MutualPredictability` module (for ``mp``).
         verifiable: Whether answers are graded (else responses are).
         equivalence: Answer equivalence mode for majority clustering.
         num_threads: Concurrent LM calls (default: all at once).
@@ -248,6 +378,11 @@ def apply_methods(
                 if select_best is None:
                     raise ValueError("self_bon needs a SelfBestOfN module")
                 pred = select_best(question=question, rollouts=list(rollouts[:g]))
+            elif method == "mp":
+                if mutual is None:
+                    raise ValueError("mp needs a MutualPredictability module")
+                pred = mutual(question=question, rollouts=list(rollouts[:g]),
+                              answers=answers[:g] if verifiable else None)
             else:
                 module = synthesize if method == "cat" else synthesize_q
                 if module is None:
@@ -255,6 +390,10 @@ def apply_methods(
                 pred = module(rollouts=list(rollouts[:g]), question=question if method == "cat_q" else None)
         for counts in usage.values():
             counts.pop("generate_calls", None)
+        if method == "mp":
+            extra = {"nll": pred.nlls, "whole_rollout": pred.whole_rollout, "error": pred.error}
+            return MethodResult(method, g, pred.index, rollouts[pred.index], answer_of(pred.index), pred.fallback,
+                                usage, extra)
         if method == "self_bon":
             extra = {"choice": pred.raw, "error": pred.error}
             return MethodResult(method, g, pred.index, rollouts[pred.index], answer_of(pred.index), pred.fallback,

@@ -5,8 +5,9 @@
 error across questions (sample standard deviation / √n), fallback counts, the failed LM calls behind it (rollout,
 self-BoN policy, anchor and HealthBench judge calls, after DSPy's retries), the answer checks that fell back to
 string comparison (math-verify worker timeout, busy, crash, ...), the compute attributable to that
-(method, G) per role, and for ``cat``/``cat_q`` on verifiable sets the paper's diagnostics (§3.2): the rate of
-disagreement with ``majority`` at the same G, the accuracy when disagreeing, and the rate of questions answered
+(method, G) per role, and for ``cat``/``cat_q`` on verifiable sets the paper's diagnostics (§3.2, v3 Table 1): the
+rates of disagreement with ``majority`` and with ``self_bon`` at the same G, the accuracy when disagreeing with
+each, and the rate of questions answered
 right while all of the first G rollouts were wrong. :func:`log_eval` writes them to MLflow and the run directory.
 """
 
@@ -47,7 +48,9 @@ def summarize(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         on verifiable sets ``rollout_accuracy`` / ``rollout_stderr`` (the mean over questions of the share of the
         first G rollouts that are right: the policy's expected single-sample accuracy, with less variance than
         ``single``), and for cat/cat_q ``disagree_rate``, ``n_disagree``, ``accuracy_when_disagree``,
-        ``all_wrong_rate``, ``right_when_all_wrong`` (share of all questions) and ``right_given_all_wrong``.
+        ``all_wrong_rate``, ``right_when_all_wrong`` (share of all questions) and ``right_given_all_wrong``; when
+        ``self_bon`` ran at the same G, also ``disagree_self_bon_rate``, ``n_disagree_self_bon`` and
+        ``accuracy_when_disagree_self_bon``.
     """
     groups: dict[tuple[str, int], list[tuple[dict[str, Any], dict[str, Any]]]] = {}
     for record in records:
@@ -103,6 +106,12 @@ def summarize(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                                             for rec, r in pairs]),
                 right_given_all_wrong=_rate([r["correct"] for _, r in all_wrong]),
             )
+            versus = [r for _, r in pairs if "disagrees_self_bon" in r]  # questions where self_bon ran at this G
+            if versus:
+                row.update(disagree_self_bon_rate=_rate([bool(r["disagrees_self_bon"]) for r in versus]),
+                           n_disagree_self_bon=sum(bool(r["disagrees_self_bon"]) for r in versus),
+                           accuracy_when_disagree_self_bon=_rate([r["correct"] for r in versus
+                                                                  if r["disagrees_self_bon"]]))
         rows.append(row)
     return rows
 
@@ -164,7 +173,8 @@ def row_metrics(row: dict[str, Any]) -> dict[str, float]:
     keys = ("n", "accuracy", "stderr", "rollout_accuracy", "rollout_stderr", "fallbacks", "calls", "tokens", "seconds",
             "failed_calls", "rollout_errors", "policy_errors", "anchor_errors", "judge_errors", "ungraded",
             "unread_verdicts", "equivalence_fallbacks", "disagree_rate", "n_disagree",
-            "accuracy_when_disagree", "all_wrong_rate", "right_when_all_wrong", "right_given_all_wrong")
+            "accuracy_when_disagree", "disagree_self_bon_rate", "n_disagree_self_bon",
+            "accuracy_when_disagree_self_bon", "all_wrong_rate", "right_when_all_wrong", "right_given_all_wrong")
     metrics = {k: float(row[k]) for k in keys if row.get(k) is not None}
     metrics |= {f"equivalence.{k}": float(v) for k, v in (row.get("equivalence_fallback_kinds") or {}).items()}
     for role, counts in row["usage"].items():

@@ -35,7 +35,14 @@ import dspy
 
 from cat_dspy.datasets import Item
 from cat_dspy.evaluation.grading import RubricGrader, grade_answer
-from cat_dspy.evaluation.methods import VERIFIABLE_ONLY, SelfBestOfN, apply_methods, mean_nll, select_majority
+from cat_dspy.evaluation.methods import (
+    VERIFIABLE_ONLY,
+    MutualPredictability,
+    SelfBestOfN,
+    apply_methods,
+    mean_nll,
+    select_majority,
+)
 from cat_dspy.jsonl_store import JsonlStore
 from cat_dspy.lm.usage import empty_usage, merge_usage, track_role
 from cat_dspy.modules import CaT, Rollout, Synthesize
@@ -58,6 +65,7 @@ class Programs:
     select_best: SelfBestOfN
     grader: RubricGrader | None
     policy_lm: Any = None
+    mutual: MutualPredictability | None = None
 
 
 def build_programs(lms: dict[str, Any], *, mode: str, g: int, logprobs: bool = False, temperature: float = 1.0,
@@ -91,7 +99,8 @@ def build_programs(lms: dict[str, Any], *, mode: str, g: int, logprobs: bool = F
     synth_q.synthesize.demos = list(cat.synthesize.synthesize.demos)
     return Programs(rollout=cat.rollout, synthesize=cat.synthesize, synthesize_q=synth_q,
                     select_best=SelfBestOfN(lm=lms["policy"]),
-                    grader=RubricGrader(lm=lms["judge"]) if mode == "rubric" else None, policy_lm=lms["policy"])
+                    grader=RubricGrader(lm=lms["judge"]) if mode == "rubric" else None, policy_lm=lms["policy"],
+                    mutual=MutualPredictability(lm=lms["policy"]))
 
 
 def mode_of(items: Sequence[Item]) -> str:
@@ -150,7 +159,7 @@ def evaluate_question(item: Item, programs: Programs, gs: Sequence[int], methods
     # The methods see the question and the rollouts only: gold is used below, after they have answered.
     results = apply_methods(question, rollouts, answers, nlls, gs, methods, synthesize=programs.synthesize,
                             synthesize_q=programs.synthesize_q, select_best=programs.select_best,
-                            verifiable=verifiable, equivalence=equivalence)
+                            mutual=programs.mutual, verifiable=verifiable, equivalence=equivalence)
     record_results = [r.to_dict() for r in results]
     grading: dict[str, dict[str, float]] = {}
     rollout_correct, rollout_fallbacks = None, {}
@@ -159,14 +168,21 @@ def evaluate_question(item: Item, programs: Programs, gs: Sequence[int], methods
             majority = {g: select_majority(answers[:g], mode=equivalence)[1] for g in gs}
             rollout_correct = [grade_answer(a, item.answer, mode=equivalence) for a in answers]
         rollout_fallbacks = {k: outcomes[k] for k in EQUIVALENCE_FALLBACKS if outcomes[k]}
+        self_bon = {r["g"]: r["answer"] for r in record_results if r["method"] == "self_bon"}
+
+        def differ(own: str | None, other: str | None) -> bool:
+            return not ((other is None and own is None) or (other is not None and own is not None and
+                                                            grade_answer(own, other, mode=equivalence)))
+
         for r in record_results:
             with collect_equivalence() as outcomes:  # the checks that decide this result's grade
                 r["correct"] = grade_answer(r["answer"], item.answer, mode=equivalence)
                 if r["method"] in ("cat", "cat_q"):
-                    maj, own = majority[r["g"]], r["answer"]
-                    r["majority_answer"] = maj
-                    r["disagrees"] = not ((maj is None and own is None) or (maj is not None and own is not None and
-                                                                             grade_answer(own, maj, mode=equivalence)))
+                    r["majority_answer"] = majority[r["g"]]
+                    r["disagrees"] = differ(r["answer"], majority[r["g"]])
+                    if r["g"] in self_bon:  # CaT vs the policy's own pick at the same G (paper v3 Table 1)
+                        r["self_bon_answer"] = self_bon[r["g"]]
+                        r["disagrees_self_bon"] = differ(r["answer"], self_bon[r["g"]])
             fallbacks = r.setdefault("equivalence_fallbacks", {})
             for k in EQUIVALENCE_FALLBACKS:
                 if outcomes[k]:

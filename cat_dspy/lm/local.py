@@ -164,6 +164,62 @@ class LocalEngine:
         with _TOKENIZER_LOCK:
             return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
+    def score(self, texts: list[str], *, max_batch_tokens: int = 4096) -> list[list[tuple[int, int, float | None]]]:
+        """Prompt log-probabilities: each token of each text with its character span and log p(token | prefix).
+
+        The texts are scored as plain text (no chat template, no special tokens added), right-padded into
+        batches of at most ``max_batch_tokens`` padded tokens (one forward pass each; the logits of a batch are
+        that size times the vocabulary). The first token of a text has no prefix, so its log-probability is None.
+        The model's raw distribution is used (no temperature). Counted in :attr:`stats` as requests, rows and
+        prompt tokens (not as generate calls).
+
+        Args:
+            texts: The texts to score.
+            max_batch_tokens: Padded tokens per forward pass.
+
+        Returns:
+            Per text, ``(start, end, logprob)`` for each token, ``start``/``end`` being character offsets.
+
+        Raises:
+            lm15.ContextLengthError: A text is longer than the model's context.
+        """
+        model, tokenizer = self.load()
+        with _TOKENIZER_LOCK:
+            encoded = [tokenizer(t, add_special_tokens=False, return_offsets_mapping=True) for t in texts]
+        ids = [e["input_ids"] for e in encoded]
+        limit = getattr(model.config, "max_position_embeddings", None)
+        if limit is not None and (longest := max(map(len, ids), default=0)) > limit:
+            raise lm15.ContextLengthError(f"a scored text has {longest} tokens, more than the model's {limit}")
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        logprobs: list[list[float | None]] = [[] for _ in ids]
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        batches: list[list[int]] = []
+        for i in order:  # ascending length: a batch's width is its last text's
+            if batches and (len(batches[-1]) + 1) * len(ids[i]) <= max_batch_tokens:
+                batches[-1].append(i)
+            else:
+                batches.append([i])
+        with torch.inference_mode():
+            for batch in batches:
+                width = max(len(ids[i]) for i in batch)
+                rows = torch.tensor([ids[i] + [pad] * (width - len(ids[i])) for i in batch], device=self.device)
+                mask = torch.tensor([[1] * len(ids[i]) + [0] * (width - len(ids[i])) for i in batch],
+                                    device=self.device)
+                logits = model(input_ids=rows, attention_mask=mask).logits
+                for k, i in enumerate(batch):
+                    n = len(ids[i])
+                    lp = torch.log_softmax(logits[k, : max(n - 1, 0)].float(), dim=-1)
+                    chosen = lp.gather(1, rows[k, 1:n].unsqueeze(1)).squeeze(1).cpu().tolist()
+                    logprobs[i] = ([None] if n else []) + chosen
+        with self._stats_lock:
+            self._stats["requests"] += len(ids)
+            self._stats["rows"] += len(ids)
+            self._stats["prompt_tokens"] += sum(map(len, ids))
+        return [
+            [(int(a), int(b), lp) for (a, b), lp in zip(e["offset_mapping"], row, strict=True)]
+            for e, row in zip(encoded, logprobs, strict=True)
+        ]
+
     def submit(self, request: lm15.Request) -> concurrent.futures.Future:
         """Validate and tokenize ``request`` here, then queue it; the future resolves to its Response."""
         validate_request(request)

@@ -63,6 +63,11 @@ class CaTScriptArguments(ScriptArguments):
                   "eval_strategy is not 'no' and holdout is 0."},
     )
     eval_limit: int | None = field(default=None, metadata={"help": "Keep the first N evaluation questions."})
+    ttrl: bool = field(
+        default=False,
+        metadata={"help": "Train on a named set's test questions without labels (TTRL: the paper's MATH-500 "
+                  "setting); without it, training or validating on the examples `cat-dspy eval` grades is refused."},
+    )
     system_prompt: str | None = field(
         default=None,
         metadata={"help": "System message of every prompt. Default: the Solve instruction (boxed final answer) in "
@@ -130,8 +135,9 @@ def build_datasets(script_args: Any, training_args: Any) -> tuple[Any, Any]:
     """``(train, eval)`` ``datasets.Dataset`` objects: ``prompt`` (+ ``id``), and ``answer`` in eval only."""
     from datasets import Dataset
 
-    from cat_dspy.datasets import load_dataset
+    from cat_dspy.datasets import check_training_split, load_dataset
 
+    check_training_split(script_args.dataset_name, script_args.dataset_train_split, ttrl=script_args.ttrl)
     common = {"data_dir": script_args.data_dir, "question_field": script_args.question_field,
               "answer_field": script_args.answer_field}
     items = load_dataset(script_args.dataset_name, split=script_args.dataset_train_split,
@@ -151,6 +157,8 @@ def build_datasets(script_args: Any, training_args: Any) -> tuple[Any, Any]:
     evaluation = None
     if training_args.eval_strategy != "no":
         if not held:
+            check_training_split(script_args.eval_dataset_name or script_args.dataset_name,
+                                 script_args.dataset_test_split, ttrl=script_args.ttrl, validation=True)
             held = load_dataset(script_args.eval_dataset_name or script_args.dataset_name,
                                 split=script_args.dataset_test_split, **common)
         if script_args.eval_limit is not None:

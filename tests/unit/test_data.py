@@ -125,7 +125,7 @@ def test_aime_answers_are_integers(name, data_dir):
 @pytest.mark.needs_data("healthbench")
 def test_healthbench_has_messages_and_rubrics(data_dir):
     path = need(data_dir, "healthbench")
-    items = load_dataset("healthbench", data_dir=data_dir)
+    items = load_dataset("healthbench", split="all", data_dir=data_dir)
     raw = raw_records(path)
     assert [i.id for i in items] == [r["prompt_id"] for r in raw]
     for item in items[:50]:
