@@ -88,6 +88,8 @@ def build_reward(options: Mapping[str, Any], reward: str = "cat", **overrides: A
     params = inspect.signature(cls).parameters
     mode = opts["mode"]
     needs_judge = "judge" in params and (cls is not CaTReward or mode == "rubric")
+    if opts.get("program") and cls is not CaTReward:
+        raise ValueError(f"cat_program sets the prompts of the CaT reward; the {reward!r} reward has none")
     if "anchor" not in params and not needs_judge:  # majority, gold: no LM at all
         kwargs = {name: opts[name] for name in params if name in REWARD_OPTIONS and opts.get(name) is not None}
         return cls(**kwargs)
@@ -116,8 +118,6 @@ def build_reward(options: Mapping[str, Any], reward: str = "cat", **overrides: A
         lms["judge"] = judge
     built = cls(**lms, **kwargs)
     if opts.get("program"):  # optimized synthesis / rubric / judge prompts (cat-dspy optimize --out)
-        if not isinstance(built, CaTReward):
-            raise ValueError(f"cat_program sets the prompts of the CaT reward; the {reward!r} reward has none")
         from cat_dspy.optimization.program_file import load_program
 
         load_program(built.cat, opts["program"])
