@@ -31,8 +31,8 @@ from cat_dspy.rl.group import GroupReward
 from cat_dspy.rl.reward import CaTReward
 
 __all__ = ["REWARD_FUNCS", "CaTReward", "EnvCaTReward", "GoldReward", "JudgeReward", "MajorityReward",
-           "PhysicianRubricReward", "build_reward", "cat_reward", "dataset_columns", "gold_reward", "judge_reward",
-           "majority_reward", "physician_rubric_reward"]
+           "PhysicianRubricReward", "anchor_lm", "build_reward", "cat_reward", "dataset_columns", "gold_reward",
+           "judge_reward", "majority_reward", "physician_rubric_reward"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +65,26 @@ def dataset_columns(reward: str) -> tuple[str, ...]:
     return (("answer",) if cls.reads_labels else ()) + tuple(cls.train_columns)
 
 
+def anchor_lm(options: Mapping[str, Any], role: str = "anchor", **settings: Any) -> Any:
+    """The frozen anchor's LM from :data:`REWARD_OPTIONS`: ``anchor`` (an LM object is returned as is; a model
+    string is built with the ``anchor_*`` options), by default the initial checkpoint ``model_name_or_path``.
+
+    ``role="policy"`` with its own ``settings`` (temperature, max_tokens) gives an LM of the same model for the
+    initial policy's rollouts (CaT-SFT), on the same engine or server.
+    """
+    opts = {**DEFAULTS, **{k: v for k, v in normalize_reward_options(options).items() if v is not None}}
+    anchor = opts.get("anchor") or _model_default_anchor(opts.get("model_name_or_path"))
+    if not isinstance(anchor, str):
+        return anchor
+    base = {"temperature": opts.get("anchor_temperature"), "top_p": opts.get("anchor_top_p"),
+            "top_k": opts.get("anchor_top_k"), "max_tokens": opts.get("anchor_max_tokens")}
+    if anchor.startswith("local"):
+        base["device"] = opts.get("anchor_device")
+    else:
+        base["api_base"] = opts.get("anchor_api_base")
+    return role_lm(anchor, role, **{**base, **settings}, **(opts.get("anchor_lm_kwargs") or {}))
+
+
 def build_reward(options: Mapping[str, Any], reward: str = "cat", **overrides: Any) -> GroupReward:
     """The reward named ``reward`` (:data:`REWARD_FUNCS`) from :data:`REWARD_OPTIONS` (names or recipe aliases;
     ``overrides`` win); each reward takes the options its class accepts.
@@ -93,15 +113,7 @@ def build_reward(options: Mapping[str, Any], reward: str = "cat", **overrides: A
     if "anchor" not in params and not needs_judge:  # majority, gold: no LM at all
         kwargs = {name: opts[name] for name in params if name in REWARD_OPTIONS and opts.get(name) is not None}
         return cls(**kwargs)
-    anchor = opts.get("anchor") or _model_default_anchor(opts.get("model_name_or_path"))
-    if isinstance(anchor, str):
-        settings = {"temperature": opts.get("anchor_temperature"), "top_p": opts.get("anchor_top_p"),
-                    "top_k": opts.get("anchor_top_k"), "max_tokens": opts.get("anchor_max_tokens")}
-        if anchor.startswith("local"):
-            settings["device"] = opts.get("anchor_device")
-        else:
-            settings["api_base"] = opts.get("anchor_api_base")
-        anchor = role_lm(anchor, "anchor", **settings, **(opts.get("anchor_lm_kwargs") or {}))
+    anchor = anchor_lm(opts)
     judge = opts.get("judge")
     if isinstance(judge, str):
         settings = {"temperature": opts.get("judge_temperature"), "max_tokens": opts.get("judge_max_tokens")}

@@ -220,10 +220,11 @@ def last_checkpoint(training_args: Any, auto_resume: bool = True) -> str | None:
 class _MlflowRun:
     """The MLflow run of a training job on the main process; TRL's MLflow callback logs into it."""
 
-    def __init__(self, training_args: Any, params: dict[str, Any]):
+    def __init__(self, training_args: Any, params: dict[str, Any], experiment: str = DEFAULT_EXPERIMENT):
         self.enabled = "mlflow" in (training_args.report_to or []) and training_args.process_index == 0
         self.name = training_args.run_name
         self.params = params
+        self.experiment = experiment
         self.run: Any = None
 
     def __enter__(self) -> _MlflowRun:
@@ -234,7 +235,7 @@ class _MlflowRun:
         from cat_dspy import tracking
 
         os.environ.setdefault("MLFLOW_TRACKING_URI", tracking.DEFAULT_TRACKING_URI)  # the callback reads it too
-        tracking.setup(os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT)
+        tracking.setup(os.environ.get("MLFLOW_EXPERIMENT_NAME") or self.experiment)
         run_id = os.environ.pop("MLFLOW_RUN_ID", None)  # resumed here; TRL's callback must not start it again
         self.run = mlflow.start_run(run_id=run_id, run_name=None if run_id else self.name)
         tracking.log_params(self.params)
