@@ -51,6 +51,11 @@ class CaTSFTScriptArguments(CaTScriptArguments):
         metadata={"help": "JSONL store of the anchor's references (default: <output_dir>/references.jsonl); a "
                   "restart reuses every reference in it."},
     )
+    early_stopping_patience: int | None = field(
+        default=None,
+        metadata={"help": "Stop after this many evaluations without a better metric_for_best_model (the paper: "
+                  "early stopping on the validation loss); needs eval_strategy and load_best_model_at_end."},
+    )
 
 
 @dataclass
@@ -231,7 +236,7 @@ def main(script_args: Any, training_args: Any, model_args: Any) -> Any:
     anchor = anchor_lm(options)
     policy_options = {**options, "anchor_model": training_args.rollout_model or options.get("anchor_model")}
     policy = anchor_lm(policy_options, role="policy", temperature=training_args.rollout_temperature,
-                       max_tokens=training_args.rollout_max_tokens, top_p=None, top_k=None)
+                       max_tokens=training_args.rollout_max_tokens)  # top-p/top-k: the anchor's (family sampling)
     cat = CaT(g=training_args.num_generations, mode=training_args.cat_mode, policy=policy, anchor=anchor,
               question_aware=training_args.question_aware, extraction=training_args.extraction)
     store = JsonlStore(script_args.references_path or Path(training_args.output_dir) / "references.jsonl", key="key")
@@ -264,8 +269,11 @@ def main(script_args: Any, training_args: Any, model_args: Any) -> Any:
             import mlflow
 
             mlflow.log_metrics({f"sft/{k}": float(v) for k, v in counts.items()}, step=0)
+        callbacks = []
+        if script_args.early_stopping_patience:
+            callbacks.append(transformers.EarlyStoppingCallback(script_args.early_stopping_patience))
         trainer = SFTTrainer(model=model_path, args=training_args, train_dataset=train, eval_dataset=evaluation,
-                             peft_config=peft)
+                             peft_config=peft, callbacks=callbacks)
         result = trainer.train(resume_from_checkpoint=checkpoint)
         trainer.log_metrics("train", result.metrics)
         trainer.save_metrics("train", result.metrics)

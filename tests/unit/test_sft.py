@@ -143,3 +143,15 @@ def test_cli_hands_every_argument_to_trl(monkeypatch):
     monkeypatch.setattr(sft, "main", lambda s, t, m: seen.update(s=s, t=t, m=m))
     assert cli.main(["sft", "--config", str(RECIPE), "--num_generations", "4", "--references_path", "r.jsonl"]) == 0
     assert seen["t"].num_generations == 4 and seen["s"].references_path == "r.jsonl" and seen["m"].lora_r == 32
+
+
+def test_paper_sft_recipe_parses_with_the_papers_settings():
+    from cat_dspy.rl.sft import make_parser
+
+    script_args, args, model_args = make_parser().parse_args_and_config(
+        ["--config", str(REPO / "experiments/recipes/qwen3_4b_healthbench_sft.yaml"), "--use_cpu", "true",
+         "--bf16", "false", "--gradient_checkpointing", "false"])
+    assert (args.num_generations, args.learning_rate, args.lr_scheduler_type, model_args.lora_r) == (
+        8, 5e-5, "cosine", 32)  # cat-paper.md §2.2
+    assert args.per_device_train_batch_size * 4 == 32 and args.cat_mode == "rubric" and args.anchor_api_base
+    assert script_args.early_stopping_patience == 3 and args.metric_for_best_model == "eval_loss"
