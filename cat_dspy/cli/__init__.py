@@ -1,7 +1,7 @@
-"""The ``cat-dspy`` command line: solve | eval | compare | train | optimize | serve.
+"""The ``cat-dspy`` command line: solve | eval | compare | train | sft | optimize | serve.
 
 A static table maps each subcommand to its module, which exposes ``add_arguments(parser)`` and ``run(args) -> int``
-(``train`` has its own parser: ``run_argv``). The commands only parse arguments and call the library
+(``train`` and ``sft`` have their own parser: ``run_argv``). The commands only parse arguments and call the library
 (:mod:`cat_dspy.cli.common` holds the options they share). Heavy imports (torch, mlflow) happen inside the
 commands so ``--help`` stays fast.
 """
@@ -21,6 +21,7 @@ COMMANDS = {
     "eval": "cat_dspy.cli.eval",
     "compare": "cat_dspy.evaluation.compare",
     "train": "cat_dspy.cli.train",
+    "sft": "cat_dspy.cli.sft",
     "optimize": "cat_dspy.cli.optimize",
     "serve": "cat_dspy.cli.serve",
 }

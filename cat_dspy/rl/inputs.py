@@ -42,6 +42,27 @@ def prompt_question(prompt: Any) -> str:
     return _content_text(users[-1].get("content")) if users else ""
 
 
+def prompt_conversation(prompt: Any) -> str:
+    r"""The conversation of a TRL prompt as text, system messages left out: rendered as evaluation shows it to the
+    physician-rubric grader (:attr:`cat_dspy.datasets.Item.question`: a lone user message as-is, else ``Role:
+    content`` turns).
+
+    Examples:
+        >>> prompt_conversation([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}])
+        'Hi'
+        >>> prompt_conversation([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yes?"},
+        ...                      {"role": "user", "content": "Help"}])
+        'User: Hi\n\nAssistant: Yes?\n\nUser: Help'
+    """
+    from cat_dspy.datasets import _render  # the one rendering of a conversation (Item.question)
+
+    if isinstance(prompt, str):
+        return prompt
+    messages = [{"role": str(m.get("role")), "content": _content_text(m.get("content"))}
+                for m in prompt or [] if isinstance(m, Mapping) and m.get("role") != "system"]
+    return _render(messages) if messages else ""
+
+
 def prompt_key(prompt: Any) -> str:
     """A canonical string identifying a prompt (whole conversation, system message included), for grouping."""
     return prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True, ensure_ascii=False, default=str)

@@ -7,15 +7,12 @@ it. Heavy imports (torch, accelerate, mlflow, the CaT modules) happen inside the
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Sequence
 from typing import Any
 
-from cat_dspy.lm.usage import merge_usage
-from cat_dspy.rl.callbacks import mlflow_run_active, reward_callback, sampled_traces
+from cat_dspy.rl.callbacks import sampled_traces
 from cat_dspy.rl.config import DEFAULTS
-from cat_dspy.rl.inputs import completion_text, gold_text, group_completions, prompt_key, prompt_question
-from cat_dspy.scoring.equivalence import EQUIVALENCE_FALLBACKS, collect_equivalence, equivalent
+from cat_dspy.rl.group import GroupReward, rate
+from cat_dspy.scoring.equivalence import EQUIVALENCE_FALLBACKS, equivalent
 from cat_dspy.scoring.rewards import majority_answer, verifiable_reward
 
 logger = logging.getLogger(__name__)
@@ -43,8 +40,7 @@ REWARD_METRICS = (
 undefined (no denominator, other mode, not evaluating), identically on every rank."""
 
 
-
-class CaTReward:
+class CaTReward(GroupReward):
     r"""The CaT reward for TRL's ``GRPOTrainer``: one anchor synthesis per group, every completion scored against it.
 
     TRL calls it with ``(prompts, completions, completion_ids, trainer_state, log_extra, log_metric, **columns)``
@@ -57,7 +53,8 @@ class CaTReward:
 
     On several processes (``torch.distributed`` initialised) the completions of all ranks are gathered, each group
     is scored by exactly one rank (round-robin), the results are gathered and each rank returns its own slice, so a
-    group straddling ranks is synthesized once from all its completions.
+    group straddling ranks is synthesized once from all its completions (:class:`cat_dspy.rl.group.GroupReward`,
+    which the comparison rewards of :mod:`cat_dspy.rl.baselines` share).
 
     Failures: a group whose anchor or judge call failed gets ``None`` for every completion (TRL skips it) and is
     counted in ``cat/invalid_groups``; the call never raises for a backend fault.
@@ -90,6 +87,11 @@ class CaTReward:
         ('cat_reward', 1.0)
     """
 
+    prefix = "cat"
+    error_roles = ("anchor", "reward")
+    reference_column = "cat_reference"
+    artifact_fields = ("reference", "reference_answer", "rubric", "answers")
+
     def __init__(
         self,
         anchor: Any,
@@ -120,18 +122,11 @@ class CaTReward:
             raise ValueError("CaTReward needs the frozen anchor LM (e.g. make_lm('local'))")
         if mode == "rubric" and judge is None:
             raise ValueError("rubric mode needs a judge LM")
-        if num_generations < 1:
-            raise ValueError(f"num_generations must be >= 1, got {num_generations}")
-        self.__name__ = name
+        super().__init__(num_generations, num_generations_eval, num_threads, artifacts, trace_every, name)
         self.mode = mode
-        self.num_generations = num_generations
-        self.num_generations_eval = num_generations_eval
         self.length_limit = length_limit
         self.equivalence = equivalence
         self.skip_unparsed = skip_unparsed
-        self.num_threads = num_threads
-        self.artifacts = artifacts
-        self.trace_every = trace_every
         self.cat = CaT(
             g=num_generations,
             mode=mode,
@@ -144,13 +139,6 @@ class CaTReward:
             equivalence=equivalence,
             extraction=extraction,
         )
-        self._model: Any = None
-        self._warned_grouping = False
-        self.calls = 0
-        self.seconds = 0.0
-        self.call_seconds: list[float] = []  # wall time of each call, for benchmarks
-        self.last_metrics: dict[str, float] = {}
-        self.usage: dict[str, dict[str, float]] = {}
 
     @property
     def anchor(self) -> Any:
@@ -160,97 +148,9 @@ class CaTReward:
     def judge(self) -> Any:
         return self.cat.judge.lm
 
-    # -- evaluation state ------------------------------------------------------------------------------------
-
-    def bind(self, trainer_or_model: Any) -> CaTReward:
-        """Follow the train/eval state of a trainer's model (TRL's own test: ``model.training``).
-
-        ``TrainerState`` carries no evaluation flag, so the reward reads it from the model; :meth:`callback`
-        binds it automatically. Unbound, every call counts as training (no label metrics).
-        """
-        is_trainer = hasattr(trainer_or_model, "args") and hasattr(trainer_or_model, "model")
-        self._model = trainer_or_model.model if is_trainer else trainer_or_model
-        return self
-
     @property
-    def evaluating(self) -> bool:
-        """Whether the bound model is in eval mode (TRL is evaluating)."""
-        return self._model is not None and not getattr(self._model, "training", True)
-
-    def callback(self) -> Any:
-        """A ``transformers.TrainerCallback`` that binds this reward to the trainer's model on ``on_init_end``."""
-        return reward_callback(self)
-
-    # -- the TRL contract ------------------------------------------------------------------------------------
-
-    def __call__(
-        self,
-        prompts: Sequence[Any],
-        completions: Sequence[Any],
-        completion_ids: Sequence[Sequence[int]] | None = None,
-        trainer_state: Any = None,
-        log_extra: Any = None,
-        log_metric: Any = None,
-        **columns: Any,
-    ) -> list[float | None]:
-        from cat_dspy.rl import distributed
-
-        start, call = time.perf_counter(), self.calls
-        if len(prompts) != len(completions):
-            raise ValueError(f"{len(prompts)} prompts for {len(completions)} completions")
-        evaluating = self.evaluating
-        n = len(completions)
-        lengths = [len(ids) for ids in completion_ids] if completion_ids is not None else [None] * n
-        # Gold answers are read only while evaluating, and only for the label metrics: never for the reward.
-        golds = [gold_text(a) for a in columns["answer"]] if evaluating and "answer" in columns else [None] * n
-        local = [
-            (prompt_key(p), prompt_question(p), completion_text(c), length, gold)
-            for p, c, length, gold in zip(prompts, completions, lengths, golds, strict=True)
-        ]
-        rank, world = distributed.rank_and_world()
-        parts = distributed.all_gather(local)  # collective 1 (a no-op on one process)
-        offset = sum(len(part) for part in parts[:rank])
-        rows = [row for part in parts for row in part]
-
-        g = (self.num_generations_eval or self.num_generations) if evaluating else self.num_generations
-        groups, blocks_ok = group_completions([row[0] for row in rows], g)
-        if not blocks_ok and not self._warned_grouping:
-            self._warned_grouping = True
-            logger.warning(
-                "CaT reward: %d completions are not consecutive blocks of num_generations=%d with one prompt each; "
-                "grouping by prompt text instead (is num_generations set to TRL's value?)", len(rows), g)
-
-        mine = distributed.owned(len(groups), rank, world)
-        traced = self.trace_every > 0 and rank == 0 and call % self.trace_every == 0 and mlflow_run_active()
-        scored = self._score_groups([[rows[i] for i in groups[k]] for k in mine], traced)
-        results: dict[int, dict[str, Any]] = dict(zip(mine, scored, strict=True))
-        if world > 1:
-            results = {k: v for part in distributed.all_gather(results) for k, v in part.items()}  # collective 2
-
-        rewards: list[float | None] = [None] * len(rows)
-        references: list[str] = [""] * len(rows)
-        for k, indices in enumerate(groups):
-            for j, i in enumerate(indices):
-                rewards[i] = results[k]["rewards"][j]
-                references[i] = results[k]["reference"]
-
-        elapsed = time.perf_counter() - start
-        metrics = self.metrics([results[k] for k in range(len(groups))], n_completions=len(rows))
-        metrics["cat/reward_seconds"] = elapsed
-        self.calls += 1
-        self.seconds += elapsed
-        self.call_seconds.append(elapsed)
-        self.last_metrics = metrics
-        for result in results.values():
-            merge_usage(self.usage, result.get("usage") or {})
-        if log_metric is not None:
-            for key in sorted(metrics):
-                log_metric(key, metrics[key])
-        if log_extra is not None:
-            log_extra("cat_reference", references[offset : offset + n])
-        if rank == 0 and self.artifacts:
-            self._log_artifacts(groups, results, rows, trainer_state, evaluating, call)
-        return rewards[offset : offset + n]
+    def checks_answers(self) -> bool:
+        return self.mode == "verifiable"
 
     # -- scoring ---------------------------------------------------------------------------------------------
 
@@ -263,23 +163,14 @@ class CaTReward:
         with sampled_traces():
             return run()
 
-    def _score_group(self, rows: list[tuple]) -> dict[str, Any]:
-        """Score one group; never raises (a failure makes the group invalid)."""
+    def score_group(self, rows: list[tuple]) -> dict[str, Any]:
+        """Score one group: the anchor's reference, then every rollout against it (the base class makes a group
+        that raises invalid)."""
         rollouts = [row[2] for row in rows]
         lengths = [row[3] for row in rows]
         tokens = lengths if all(length is not None for length in lengths) else None
-        try:
-            with collect_equivalence() as outcomes:  # the reward's checks and the metrics' ones
-                pred = self.cat.score(rollouts, question=rows[0][1], rollout_tokens=tokens)
-                result = self._result(pred, rows)
-            result["equivalence"] = {k: outcomes[k] for k in EQUIVALENCE_FALLBACKS}
-        except Exception as exc:  # a bug or an unexpected backend error must not hang the other ranks
-            logger.exception("CaT reward: scoring a group failed")
-            result = {"valid": False, "failures": [f"reward_error: {type(exc).__name__}: {str(exc)[:300]}"],
-                      "reference": "", "reference_answer": None, "rubric": [], "synthesis_parsed": False}
-        if not result["valid"]:
-            result["rewards"] = [None] * len(rows)
-        return result
+        pred = self.cat.score(rollouts, question=rows[0][1], rollout_tokens=tokens)
+        return self._result(pred, rows)
 
     def _result(self, pred: Any, rows: list[tuple]) -> dict[str, Any]:
         limit = self.length_limit
@@ -317,73 +208,27 @@ class CaTReward:
 
     def metrics(self, results: list[dict[str, Any]], n_completions: int) -> dict[str, float]:
         """The ``cat/*`` metrics of one call, from the results of all its groups (the same on every rank)."""
-        out: dict[str, float] = {}
+        out = super().metrics(results, n_completions)  # invalid/zero-spread groups, errors, length, equivalence
         valid = [r for r in results if r["valid"]]
-        scored = [r for r in valid if not r.get("skipped")]
-
-        def rate(name: str, values: list[float]) -> None:
-            if values:
-                out[name] = sum(values) / len(values)
-
-        rate("cat/synthesis_extracted", [float(r["synthesis_parsed"]) for r in results])
-        out["cat/invalid_groups"] = float(len(results) - len(valid))
-        rate("cat/zero_spread_groups", [float(max(r["rewards"]) == min(r["rewards"])) for r in scored if r["rewards"]])
-        out["cat/length_penalty_hits"] = sum(r.get("length_hits", 0) for r in results) / max(n_completions, 1)
-        if self.skip_unparsed:
-            out["cat/skipped_groups"] = float(sum(1 for r in valid if r.get("skipped")))
-        for role in ("anchor", "reward"):
-            out[f"cat/{role}_errors"] = float(
-                sum(1 for r in results for f in r["failures"] if f.startswith(f"{role}_error")))
+        rate(out, "cat/synthesis_extracted", [float(r.get("synthesis_parsed", False)) for r in results])
         if self.mode == "verifiable":
-            for reason in EQUIVALENCE_FALLBACKS:
-                out[f"cat/equivalence_{reason}"] = float(sum((r.get("equivalence") or {}).get(reason, 0)
-                                                             for r in results))
-            out["cat/equivalence_fallbacks"] = sum(out[f"cat/equivalence_{k}"] for k in EQUIVALENCE_FALLBACKS)
-            rate("cat/majority_disagreement",
+            rate(out, "cat/majority_disagreement",
                  [float(not r["majority_agrees"]) for r in valid if r.get("majority_agrees") is not None])
-            rate("cat/reference_outside_rollouts", [float(r["outside"]) for r in valid if r.get("outside") is not None])
+            rate(out, "cat/reference_outside_rollouts",
+                 [float(r["outside"]) for r in valid if r.get("outside") is not None])
             with_gold = [r for r in valid if "label_correct" in r]
-            rate("cat/label_accuracy", [r["label_correct"] for r in with_gold])
+            rate(out, "cat/label_accuracy", [r["label_correct"] for r in with_gold])
             if with_gold:
                 total = sum(len(r["answers"]) for r in with_gold)
                 out["cat/reward_accuracy"] = sum(r["reward_agreements"] for r in with_gold) / max(total, 1)
         else:
             rubrics = [r for r in valid if r["rubric"]]
-            rate("cat/rubric_size", [float(len(r["rubric"])) for r in rubrics])
+            rate(out, "cat/rubric_size", [float(len(r["rubric"])) for r in rubrics])
             verdicts = [v for r in rubrics for row in (r["verdicts"] or []) for v in row]
-            rate("cat/criterion_pass_rate", [float(v is True) for v in verdicts])
+            rate(out, "cat/criterion_pass_rate", [float(v is True) for v in verdicts])
             out["cat/judge_errors"] = float(
                 sum(1 for r in results for f in r["failures"] if f.startswith("judge_error")))
         return out
-
-    # -- MLflow ----------------------------------------------------------------------------------------------
-
-    def _log_artifacts(self, groups: list[list[int]], results: dict[int, dict[str, Any]], rows: list[tuple],
-                       trainer_state: Any, evaluating: bool, call: int) -> None:
-        if not mlflow_run_active():
-            return
-        from cat_dspy import tracking
-
-        step = int(getattr(trainer_state, "global_step", 0) or 0)
-        records = []
-        for k, indices in enumerate(groups):
-            r = results[k]
-            records.append({
-                "group": k,
-                "question": rows[indices[0]][1][:2000],
-                "reference": r["reference"][:8000],
-                "reference_answer": r.get("reference_answer"),
-                "rubric": r.get("rubric") or [],
-                "answers": r.get("answers") or [],
-                "rewards": r["rewards"],
-                "failures": r["failures"],
-            })
-        phase = "eval" if evaluating else "train"
-        try:
-            tracking.log_json({"step": step, "phase": phase, "groups": records},
-                              f"cat/{phase}/step_{step:06d}_call_{call:05d}.json")
-        except Exception as exc:  # artifacts are a convenience: never stop training for them
-            logger.warning("CaT reward: could not log the references to MLflow: %s", exc)
 
     def __repr__(self) -> str:
         return (f"CaTReward(mode={self.mode!r}, num_generations={self.num_generations}, "

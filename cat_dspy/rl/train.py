@@ -83,9 +83,24 @@ class CaTScriptArguments(ScriptArguments):
     )
 
 
+REWARDS = ("cat", "majority", "judge", "physician_rubric", "gold")
+"""The rewards a recipe can train with (``reward:``; the keys of :data:`cat_dspy.rewards.REWARD_FUNCS`)."""
+
+
 @dataclass
 class CaTGRPOConfig(GRPOConfig, CaTRewardConfig):
-    """TRL's ``GRPOConfig`` plus the CaT reward's options (:class:`cat_dspy.rl.config.CaTRewardConfig`)."""
+    """TRL's ``GRPOConfig`` plus the CaT reward's options (:class:`cat_dspy.rl.config.CaTRewardConfig`) and the
+    choice of reward (the CaT reward, or a comparison arm)."""
+
+    reward: str = field(
+        default="cat",
+        metadata={"choices": list(REWARDS),
+                  "help": "The reward: 'cat' (CaT), or a comparison arm: 'majority' (TTRL majority vote, "
+                  "label-free), 'judge' (model-as-judge equivalence to the anchor's reference), 'physician_rubric' "
+                  "(HealthBench's rubrics graded by the judge) or 'gold' (the dataset's answers, supervised upper "
+                  "bound). The arms read the CaT options they share (anchor, judge, equivalence, extraction, "
+                  "length_limit, ...)."},
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -132,10 +147,16 @@ def to_prompt(item: Any, system_prompt: str | None, prefix: str = "") -> list[di
 
 
 def build_datasets(script_args: Any, training_args: Any) -> tuple[Any, Any]:
-    """``(train, eval)`` ``datasets.Dataset`` objects: ``prompt`` (+ ``id``), and ``answer`` in eval only."""
+    """``(train, eval)`` ``datasets.Dataset`` objects: ``prompt`` (+ ``id``), and ``answer`` in eval only; plus the
+    columns the recipe's reward reads (:func:`cat_dspy.rewards.dataset_columns`: ``answer`` for the gold arm,
+    ``rubrics`` as JSON for the physician-rubric arm), in both."""
     from datasets import Dataset
 
     from cat_dspy.datasets import check_training_split, load_dataset
+    from cat_dspy.rewards import dataset_columns
+
+    reward = getattr(training_args, "reward", "cat")
+    needed = dataset_columns(reward)
 
     check_training_split(script_args.dataset_name, script_args.dataset_train_split, ttrl=script_args.ttrl)
     common = {"data_dir": script_args.data_dir, "question_field": script_args.question_field,
@@ -153,7 +174,8 @@ def build_datasets(script_args: Any, training_args: Any) -> tuple[Any, Any]:
               else script_args.system_prompt)
     prefix = script_args.prompt_prefix
 
-    train = Dataset.from_list([{"prompt": to_prompt(it, system, prefix), "id": it.id} for it in items])
+    train = Dataset.from_list([{"prompt": to_prompt(it, system, prefix), "id": it.id,
+                                **reward_columns(it, needed, reward)} for it in items])
     evaluation = None
     if training_args.eval_strategy != "no":
         if not held:
@@ -163,11 +185,28 @@ def build_datasets(script_args: Any, training_args: Any) -> tuple[Any, Any]:
                                 split=script_args.dataset_test_split, **common)
         if script_args.eval_limit is not None:
             held = held[: script_args.eval_limit]
-        rows = [{"prompt": to_prompt(it, system, prefix), "id": it.id} for it in held]
+        rows = [{"prompt": to_prompt(it, system, prefix), "id": it.id, **reward_columns(it, needed, reward)}
+                for it in held]
         if all(it.answer is not None for it in held):  # gold: for the label metrics only, never the reward
             rows = [{**row, "answer": it.answer} for row, it in zip(rows, held, strict=True)]
         evaluation = Dataset.from_list(rows)
     return train, evaluation
+
+
+def reward_columns(item: Any, needed: tuple[str, ...], reward: str) -> dict[str, Any]:
+    """The dataset columns a reward reads, for one item (``answer``; ``rubrics`` JSON-encoded, Arrow-friendly).
+
+    Raises:
+        ValueError: The item lacks one (names the item and the reward).
+    """
+    out: dict[str, Any] = {}
+    for name in needed:
+        value = item.answer if name == "answer" else getattr(item, name, None)
+        if value is None:
+            raise ValueError(f"the {reward!r} reward needs the {name!r} of every question; item {item.id!r} "
+                             f"({item.meta.get('source', '?')}:{item.meta.get('line', '?')}) has none")
+        out[name] = json.dumps(list(value)) if name == "rubrics" else value
+    return out
 
 
 def last_checkpoint(training_args: Any, auto_resume: bool = True) -> str | None:
@@ -189,10 +228,11 @@ def last_checkpoint(training_args: Any, auto_resume: bool = True) -> str | None:
 class _MlflowRun:
     """The MLflow run of a training job on the main process; TRL's MLflow callback logs into it."""
 
-    def __init__(self, training_args: Any, params: dict[str, Any]):
+    def __init__(self, training_args: Any, params: dict[str, Any], experiment: str = DEFAULT_EXPERIMENT):
         self.enabled = "mlflow" in (training_args.report_to or []) and training_args.process_index == 0
         self.name = training_args.run_name
         self.params = params
+        self.experiment = experiment
         self.run: Any = None
 
     def __enter__(self) -> _MlflowRun:
@@ -203,7 +243,7 @@ class _MlflowRun:
         from cat_dspy import tracking
 
         os.environ.setdefault("MLFLOW_TRACKING_URI", tracking.DEFAULT_TRACKING_URI)  # the callback reads it too
-        tracking.setup(os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT)
+        tracking.setup(os.environ.get("MLFLOW_EXPERIMENT_NAME") or self.experiment)
         run_id = os.environ.pop("MLFLOW_RUN_ID", None)  # resumed here; TRL's callback must not start it again
         self.run = mlflow.start_run(run_id=run_id, run_name=None if run_id else self.name)
         tracking.log_params(self.params)
@@ -237,7 +277,7 @@ def main(script_args: Any, training_args: Any, model_args: Any, callbacks: list[
 
         model_path = str(default_model_path())
     train_dataset, eval_dataset = build_datasets(script_args, training_args)
-    reward = build_reward(reward_options(training_args, model_path))
+    reward = build_reward(reward_options(training_args, model_path), reward=training_args.reward)
     _preload(reward)
     logger.info("policy %s, reward %r, %d training prompts", model_path, reward, len(train_dataset))
 
@@ -247,7 +287,8 @@ def main(script_args: Any, training_args: Any, model_args: Any, callbacks: list[
     checkpoint = last_checkpoint(training_args, script_args.auto_resume)
     if checkpoint:
         logger.info("resuming from %s", checkpoint)
-    params = {"cat.model_path": model_path, "cat.anchor": getattr(reward.anchor, "model", repr(reward.anchor)),
+    params = {"cat.model_path": model_path, "cat.reward": training_args.reward,
+              "cat.anchor": getattr(reward.anchor, "model", repr(reward.anchor)),
               "cat.judge": getattr(reward.judge, "model", None), "cat.train_prompts": len(train_dataset),
               "cat.eval_prompts": len(eval_dataset) if eval_dataset is not None else 0,
               "cat.resumed_from": checkpoint}

@@ -66,3 +66,9 @@ def test_straddling_groups_are_synthesized_once_and_match_one_process(tmp_path):
     assert ranks[0]["metrics"]["cat/length_penalty_hits"] == [0.25]
     assert len(ranks[0]["references"]) == len(ranks[1]["references"]) == 6
     assert "\\boxed{7}" in ranks[1]["references"][0]  # rank 1 starts inside g1
+
+    # a comparison arm on the same machinery: g1's majority (7, three of four) is decided across both ranks
+    majority = worker.make_majority()(prompts=prompts, completions=completions, completion_ids=ids)
+    assert ranks[0]["majority_rewards"] + ranks[1]["majority_rewards"] == majority
+    assert majority == [1.0, 1.0, 0.0, -1.0, 1.0, 0.0, 1.0, -1.0, 1.0, 0.0, 1.0, -1.0]
+    assert ranks[0]["majority_metrics"] == ranks[1]["majority_metrics"]

@@ -60,6 +60,12 @@ def make_reward(anchor):
     return CaTReward(anchor, num_generations=NUM_GENERATIONS, length_limit=LENGTH_LIMIT)
 
 
+def make_majority():
+    from cat_dspy.rewards import MajorityReward
+
+    return MajorityReward(num_generations=NUM_GENERATIONS, length_limit=LENGTH_LIMIT)
+
+
 def main(out_dir: str) -> None:
     from accelerate import PartialState
 
@@ -76,9 +82,12 @@ def main(out_dir: str) -> None:
         log_metric=lambda k, v: metrics.setdefault(k, []).append(v),
         log_extra=lambda c, vs: extra.setdefault(c, []).extend(vs),
     )
+    majority = make_majority()  # a comparison arm: the same group machinery (GroupReward), no LM
+    majority_rewards = majority(prompts=prompts[mine], completions=completions[mine], completion_ids=ids[mine])
     record = {"rank": rank, "world": world, "rewards": rewards, "calls": dict(anchor.group_calls),
               "metrics": {k: v for k, v in metrics.items() if k != "cat/reward_seconds"},
-              "references": extra.get("cat_reference", [])}
+              "references": extra.get("cat_reference", []), "majority_rewards": majority_rewards,
+              "majority_metrics": {k: v for k, v in majority.last_metrics.items() if not k.endswith("seconds")}}
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(record))
     state.wait_for_everyone()
     state.destroy_process_group()  # a live gloo group at exit aborts the process ("terminate called ...")

@@ -18,7 +18,8 @@ from cat_dspy.datasets import DATASETS, HEALTHBENCH_HELD_OUT, DataError, check_t
 REPO = Path(__file__).resolve().parents[2]
 RECIPES = REPO / "experiments" / "recipes"
 HEALTHBENCH_RECIPES = sorted(p.stem for p in RECIPES.glob("*healthbench*.yaml") if not p.stem.startswith("eval-"))
-GPU_FLAGS = ["--use_cpu", "true", "--bf16", "false", "--use_vllm", "false", "--gradient_checkpointing", "false"]
+SFT_FLAGS = ["--use_cpu", "true", "--bf16", "false", "--gradient_checkpointing", "false"]  # the GPU recipes on CPU
+GPU_FLAGS = [*SFT_FLAGS, "--use_vllm", "false"]  # GRPO recipes also generate with vLLM
 
 
 def write_healthbench(root: Path, n: int, seed: int = 0, order_seed: int | None = None, keep: float = 1.0) -> list[str]:
@@ -55,9 +56,13 @@ def test_healthbench_test_and_train_are_disjoint_by_id_and_eval_defaults_to_test
 
 
 def build(recipe: str, data_dir: Path, *overrides: str):
-    from cat_dspy.rl.train import build_datasets, make_parser
+    from cat_dspy.rl import sft, train
+    from cat_dspy.rl.train import build_datasets
 
-    argv = ["--config", str(RECIPES / f"{recipe}.yaml"), "--data_dir", str(data_dir), *GPU_FLAGS, *overrides]
+    is_sft = recipe.endswith("_sft")  # CaT-SFT has its own recipe dataclasses (no vLLM generation)
+    make_parser = sft.make_parser if is_sft else train.make_parser
+    flags = SFT_FLAGS if is_sft else GPU_FLAGS
+    argv = ["--config", str(RECIPES / f"{recipe}.yaml"), "--data_dir", str(data_dir), *flags, *overrides]
     script_args, training_args, _ = make_parser().parse_args_and_config(argv)
     return build_datasets(script_args, training_args)
 

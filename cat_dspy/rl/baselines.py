@@ -1,0 +1,326 @@
+"""The comparison rewards of CaT-RL, each a TRL group reward like the CaT reward
+(:class:`~cat_dspy.rl.group.GroupReward`: the same grouping across processes, ``None`` for a group that could not be
+scored, counted ``<arm>/*`` metrics).
+
+* :class:`MajorityReward` (``majority_reward``): TTRL's label-free reward, 1 when a rollout's answer is the group's
+  majority answer (:func:`cat_dspy.scoring.rewards.majority_answer`).
+* :class:`JudgeReward` (``judge_reward``): the paper's model-as-judge baseline (cat-paper.md §1.4): the anchor
+  synthesizes the reference as in CaT, the judge decides whether each rollout is semantically equivalent to it.
+* :class:`PhysicianRubricReward` (``physician_rubric_reward``): HealthBench's own physician rubric items graded by
+  the judge, the simple-evals score clipped to [0, 1] (:class:`cat_dspy.evaluation.grading.RubricGrader`).
+* :class:`GoldReward` (``gold_reward``): the supervised upper bound, 1 when a rollout's answer equals the dataset's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cat_dspy.lm.usage import track_role
+from cat_dspy.rl.config import DEFAULTS
+from cat_dspy.rl.group import GroupReward, Row, json_column, rate
+from cat_dspy.rl.inputs import prompt_conversation
+from cat_dspy.scoring.extraction import extract_answer
+from cat_dspy.scoring.rewards import majority_answer, verifiable_reward
+
+
+def _role_lm(lm: Any, role: str) -> Any:
+    if isinstance(lm, str):
+        from cat_dspy.lm.roles import role_lm
+
+        return role_lm(lm, role, max_tokens=DEFAULTS[f"{role}_max_tokens"])
+    return lm
+
+
+class _AnswerReward(GroupReward):
+    """A reward on the rollouts' extracted final answers (majority, gold)."""
+
+    artifact_fields = ("answers",)
+
+    def __init__(self, num_generations: int = 8, num_generations_eval: int | None = None,
+                 equivalence: str = DEFAULTS["equivalence"], extraction: str = DEFAULTS["extraction"],
+                 length_limit: int | None = DEFAULTS["length_limit"], num_threads: int | None = DEFAULTS["num_threads"],
+                 artifacts: bool = DEFAULTS["artifacts"], trace_every: int = DEFAULTS["trace_every"],
+                 name: str | None = None):
+        super().__init__(num_generations, num_generations_eval, num_threads, artifacts, trace_every,
+                         name or f"{self.prefix}_reward")
+        self.equivalence = equivalence
+        self.extraction = extraction
+        self.length_limit = length_limit
+
+    @property
+    def checks_answers(self) -> bool:
+        return True
+
+    def answers(self, rows: list[Row]) -> list[str | None]:
+        return [extract_answer(row.text, self.extraction) for row in rows]
+
+    def metrics(self, results: list[dict[str, Any]], n_completions: int) -> dict[str, float]:
+        out = super().metrics(results, n_completions)
+        rate(out, f"{self.prefix}/answer_extracted",
+             [float(a is not None) for r in results if r["valid"] for a in r["answers"]])
+        return out
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(num_generations={self.num_generations}, equivalence={self.equivalence!r}, "
+                f"extraction={self.extraction!r})")
+
+
+class MajorityReward(_AnswerReward):
+    r"""TTRL's majority-vote reward (label-free): 1 when a rollout's final answer is in the group's majority cluster.
+
+    Answers are clustered by equivalence (:func:`~cat_dspy.scoring.rewards.majority_answer`, ``equivalence``
+    settings); a rollout without an answer gets 0, and a group where no rollout has one gets 0 throughout (no GRPO
+    signal). Metrics: ``majority/answer_extracted``, ``majority/consensus`` (mean majority size / G),
+    ``majority/no_answer_groups``, and while evaluating with gold answers ``majority/label_accuracy`` (the majority
+    answer is right) and ``majority/reward_accuracy`` (reward = gold reward), as TTRL reports them.
+
+    Examples:
+        >>> reward = MajorityReward(num_generations=3)
+        >>> reward(prompts=["2+2?"] * 3, completions=["\\boxed{4}", "\\boxed{4.0}", "\\boxed{5}"])
+        [1.0, 1.0, 0.0]
+        >>> reward.__name__, round(reward.last_metrics["majority/consensus"], 3)
+        ('majority_reward', 0.667)
+    """
+
+    prefix = "majority"
+    artifact_fields = ("majority_answer", "answers")
+
+    def score_group(self, rows: list[Row]) -> dict[str, Any]:
+        answers = self.answers(rows)
+        majority, size, members = majority_answer(answers, mode=self.equivalence)
+        matches = [1.0 if i in members else 0.0 for i in range(len(rows))]
+        rewards, hits = self.penalize(matches, rows, self.length_limit)
+        result: dict[str, Any] = {"valid": True, "rewards": rewards, "failures": [], "answers": answers,
+                                  "majority_answer": majority, "consensus": size / len(rows), "length_hits": hits}
+        gold = rows[0].gold  # evaluating only
+        if gold is not None:
+            result["label_correct"] = verifiable_reward(majority, gold, mode=self.equivalence)
+            gold_rewards = [verifiable_reward(a, gold, mode=self.equivalence) for a in answers]
+            result["reward_agreements"] = sum(m == g for m, g in zip(matches, gold_rewards, strict=True))
+        return result
+
+    def metrics(self, results: list[dict[str, Any]], n_completions: int) -> dict[str, float]:
+        out = super().metrics(results, n_completions)
+        valid = [r for r in results if r["valid"]]
+        rate(out, "majority/consensus", [r["consensus"] for r in valid if r["majority_answer"] is not None])
+        out["majority/no_answer_groups"] = float(sum(1 for r in valid if r["majority_answer"] is None))
+        with_gold = [r for r in valid if "label_correct" in r]
+        rate(out, "majority/label_accuracy", [r["label_correct"] for r in with_gold])
+        if with_gold:
+            total = sum(len(r["answers"]) for r in with_gold)
+            out["majority/reward_accuracy"] = sum(r["reward_agreements"] for r in with_gold) / max(total, 1)
+        return out
+
+
+class GoldReward(_AnswerReward):
+    r"""The supervised upper bound: 1 when a rollout's final answer is equivalent to the dataset's ``answer``.
+
+    The training set must carry the ``answer`` column (``cat-dspy train`` adds it for this reward); a group whose
+    label is missing gets ``None`` and is counted in ``gold/missing_labels``. Metrics: ``gold/answer_extracted``,
+    ``gold/accuracy`` (the fraction of rollouts that are right, before any length penalty).
+
+    Examples:
+        >>> reward = GoldReward(num_generations=2)
+        >>> reward(prompts=["2+2?"] * 2, completions=["so \\boxed{4}", "\\boxed{22}"], answer=["4", "4"])
+        [1.0, 0.0]
+    """
+
+    prefix = "gold"
+    reads_labels = True
+
+    def score_group(self, rows: list[Row]) -> dict[str, Any]:
+        if any(row.gold is None for row in rows):
+            return {"valid": False, "failures": ["missing_label"]}
+        answers = self.answers(rows)
+        matches = [verifiable_reward(a, row.gold, mode=self.equivalence) for a, row in zip(answers, rows, strict=True)]
+        rewards, hits = self.penalize(matches, rows, self.length_limit)
+        return {"valid": True, "rewards": rewards, "failures": [], "answers": answers, "correct": matches,
+                "length_hits": hits}
+
+    def metrics(self, results: list[dict[str, Any]], n_completions: int) -> dict[str, float]:
+        out = super().metrics(results, n_completions)
+        rate(out, "gold/accuracy", [c for r in results if r["valid"] for c in r["correct"]])
+        out["gold/missing_labels"] = float(sum(1 for r in results if "missing_label" in r["failures"]))
+        return out
+
+
+class JudgeReward(GroupReward):
+    r"""The paper's model-as-judge reward: the frozen anchor synthesizes the reference from the group (as CaT does,
+    question-blind unless ``question_aware``), then the judge decides, per rollout, whether it is semantically
+    equivalent to the reference (:class:`~cat_dspy.modules.equivalence_judge.EquivalenceJudge`): reward 1 or 0.
+
+    A failed anchor or judge call makes the group ``None`` (counted: ``judge/anchor_errors``,
+    ``judge/judge_errors``, ``judge/invalid_groups``); an unreadable verdict counts as not equivalent and is
+    counted in ``judge/unread_verdicts``; an empty reference gives 0 throughout (``None`` with ``skip_unparsed``).
+    Metrics also: ``judge/synthesis_extracted``, ``judge/equivalent_rate``; the references are logged in the
+    ``judge_reference`` column.
+
+    Args:
+        anchor: The frozen anchor π_0 (a ``dspy.LM`` or a model string).
+        judge: The judge π_J (the paper: GPT-4o).
+        mode: ``"verifiable"`` (math: the reasoning synthesis) or ``"rubric"`` (free-form synthesis), as CaT's.
+        length_limit: Reward −1 above this many tokens (the paper's HealthBench penalty).
+        Other arguments: as :class:`~cat_dspy.rl.reward.CaTReward`.
+
+    Examples:
+        >>> from cat_dspy.testing import scripted_lm
+        >>> anchor = scripted_lm(["# UNIFIED RESPONSE The answer is $\\boxed{4}$."])
+        >>> judge = scripted_lm(lambda prompt: "yes" if "boxed{4}" in prompt.split("<response>")[-1] else "no")
+        >>> JudgeReward(anchor, judge, num_generations=2)(prompts=["2+2?"] * 2, completions=["\\boxed{4}", "5"])
+        [1.0, 0.0]
+    """
+
+    prefix = "judge"
+    error_roles = ("anchor", "judge", "reward")
+    reference_column = "judge_reference"
+    artifact_fields = ("reference", "verdicts")
+
+    def __init__(self, anchor: Any, judge: Any, mode: str = DEFAULTS["mode"], num_generations: int = 8,
+                 num_generations_eval: int | None = None, question_aware: bool = DEFAULTS["question_aware"],
+                 extraction: str = DEFAULTS["extraction"], length_limit: int | None = DEFAULTS["length_limit"],
+                 skip_unparsed: bool = DEFAULTS["skip_unparsed"], num_threads: int | None = DEFAULTS["num_threads"],
+                 artifacts: bool = DEFAULTS["artifacts"], trace_every: int = DEFAULTS["trace_every"],
+                 name: str = "judge_reward"):
+        from cat_dspy.modules.equivalence_judge import EquivalenceJudge
+        from cat_dspy.modules.synthesize import Synthesize
+
+        anchor, judge = _role_lm(anchor, "anchor"), _role_lm(judge, "judge")
+        if anchor is None or judge is None:
+            raise ValueError("judge_reward needs the frozen anchor (synthesis) and a judge LM")
+        super().__init__(num_generations, num_generations_eval, num_threads, artifacts, trace_every, name)
+        self.mode = mode
+        self.length_limit = length_limit
+        self.skip_unparsed = skip_unparsed
+        self.synthesize = Synthesize(mode="reasoning" if mode == "verifiable" else "freeform",
+                                     question_aware=question_aware, extraction=extraction, lm=anchor)
+        self.equivalence_judge = EquivalenceJudge(lm=judge)
+
+    @property
+    def anchor(self) -> Any:
+        return self.synthesize.lm
+
+    @property
+    def judge(self) -> Any:
+        return self.equivalence_judge.lm
+
+    def score_group(self, rows: list[Row]) -> dict[str, Any]:
+        usage: dict[str, dict[str, float]] = {}
+        with track_role(usage, "anchor", self.anchor):
+            synthesis = self.synthesize(rollouts=[row.text for row in rows], question=rows[0].question)
+        result: dict[str, Any] = {"reference": synthesis.reference, "synthesis_parsed": bool(synthesis.parsed),
+                                  "usage": usage, "verdicts": [], "failures": []}
+        if synthesis.error:
+            return {**result, "valid": False, "failures": [f"anchor_error: {synthesis.error}"]}
+        if not synthesis.reference.strip():
+            return {**result, "valid": True, "rewards": [None] * len(rows) if self.skip_unparsed else [0.0] * len(rows),
+                    "skipped": self.skip_unparsed, "failures": ["empty_reference"]}
+        with track_role(usage, "judge", self.judge):
+            judged = self.equivalence_judge.map(
+                lambda row: self.equivalence_judge(reference=synthesis.reference, response=row.text), rows)
+        errors = [j.error for j in judged if j.error]
+        verdicts = [j.equivalent for j in judged]
+        if errors:
+            return {**result, "valid": False, "failures": [f"judge_error: {e}" for e in errors]}
+        rewards, hits = self.penalize([1.0 if v else 0.0 for v in verdicts], rows, self.length_limit)
+        return {**result, "valid": True, "rewards": rewards, "verdicts": verdicts, "length_hits": hits,
+                "failures": ["unread_verdict"] * sum(v is None for v in verdicts)}
+
+    def metrics(self, results: list[dict[str, Any]], n_completions: int) -> dict[str, float]:
+        out = super().metrics(results, n_completions)
+        rate(out, "judge/synthesis_extracted", [float(r.get("synthesis_parsed", False)) for r in results])
+        verdicts = [v for r in results if r["valid"] for v in r["verdicts"]]
+        rate(out, "judge/equivalent_rate", [float(v is True) for v in verdicts])
+        out["judge/unread_verdicts"] = float(sum(v is None for v in verdicts))
+        return out
+
+    def __repr__(self) -> str:
+        return (f"JudgeReward(mode={self.mode!r}, num_generations={self.num_generations}, "
+                f"anchor={getattr(self.anchor, 'model', self.anchor)!r}, judge={getattr(self.judge, 'model', None)!r})")
+
+
+class PhysicianRubricReward(GroupReward):
+    r"""HealthBench's physician-rubric reward (the physician-rubric RL arm): each rollout graded by the judge
+    against the prompt's own rubric items, the simple-evals score (points of the met items ÷ total positive points,
+    :func:`~cat_dspy.evaluation.grading.healthbench_score`) clipped to [0, 1].
+
+    The rubric items reach the reward as the ``rubrics`` dataset column (a list of ``{criterion, points}`` items,
+    or that list as JSON), which ``cat-dspy train`` adds for this reward; the grader sees the conversation without
+    its system message, as evaluation does. A failed judge call makes the group ``None`` (``physician_rubric/
+    judge_errors``), so does a rubric without positive points (``physician_rubric/unscorable_rubrics``); unreadable
+    verdicts count as not met and are counted (``physician_rubric/unread_verdicts``). Metrics also:
+    ``physician_rubric/items_met`` (the fraction of rubric items judged met) and ``physician_rubric/raw_score``
+    (the mean score before clipping).
+
+    Args:
+        judge: The grader π_J (the paper: GPT-4o; simple-evals: gpt-4.1).
+        length_limit: Reward −1 above this many tokens (the paper's HealthBench penalty).
+        Other arguments: as :class:`~cat_dspy.rl.reward.CaTReward`.
+
+    Examples:
+        >>> from cat_dspy.testing import scripted_lm
+        >>> judge = scripted_lm(lambda prompt: "yes" if "Rest" in prompt and "[3]" in prompt else "no")
+        >>> rubric = [{"criterion": "Advises rest.", "points": 3}, {"criterion": "Mentions ice.", "points": 1}]
+        >>> PhysicianRubricReward(judge, num_generations=2)(
+        ...     prompts=["Sprained ankle?"] * 2, completions=["Rest it.", "Walk it off."], rubrics=[rubric] * 2)
+        [0.75, 0.0]
+    """
+
+    prefix = "physician_rubric"
+    train_columns = ("rubrics",)
+    error_roles = ("judge", "reward")
+    artifact_fields = ("scores", "met")
+
+    def __init__(self, judge: Any, num_generations: int = 8, num_generations_eval: int | None = None,
+                 length_limit: int | None = DEFAULTS["length_limit"], num_threads: int | None = DEFAULTS["num_threads"],
+                 artifacts: bool = DEFAULTS["artifacts"], trace_every: int = DEFAULTS["trace_every"],
+                 name: str = "physician_rubric_reward"):
+        from cat_dspy.evaluation.grading import RubricGrader
+
+        judge = _role_lm(judge, "judge")
+        if judge is None:
+            raise ValueError("physician_rubric_reward needs a judge LM (the grader of the rubric items)")
+        super().__init__(num_generations, num_generations_eval, num_threads, artifacts, trace_every, name)
+        self.length_limit = length_limit
+        self.grader = RubricGrader(lm=judge)
+
+    @property
+    def judge(self) -> Any:
+        return self.grader.lm
+
+    def score_group(self, rows: list[Row]) -> dict[str, Any]:
+        rubrics = json_column(rows[0].data["rubrics"])
+        if not isinstance(rubrics, list) or not all(isinstance(i, dict) and "criterion" in i and "points" in i
+                                                    for i in rubrics):
+            raise ValueError(f"physician_rubric_reward: the 'rubrics' value of {rows[0].question[:80]!r} must be a "
+                             f"list of {{criterion, points}} items, got {str(rubrics)[:200]}")
+        conversation = prompt_conversation(rows[0].prompt)
+        usage: dict[str, dict[str, float]] = {}
+        with track_role(usage, "judge", self.judge):
+            graded = self.grader.map(
+                lambda row: self.grader(conversation=conversation, response=row.text, rubrics=rubrics), rows)
+        result: dict[str, Any] = {"usage": usage, "met": [g.met for g in graded],
+                                  "unread": sum(g.unread for g in graded)}
+        errors = [e for g in graded for e in g.errors]
+        if errors:
+            return {**result, "valid": False, "failures": [f"judge_error: {e}" for e in errors]}
+        scores = [g.score for g in graded]
+        if any(s is None for s in scores):
+            return {**result, "valid": False, "failures": ["rubric_without_positive_points"]}
+        clipped = [min(1.0, max(0.0, float(s))) for s in scores]
+        rewards, hits = self.penalize(clipped, rows, self.length_limit)
+        return {**result, "valid": True, "rewards": rewards, "scores": scores, "length_hits": hits,
+                "failures": ["unread_verdicts"] * bool(result["unread"])}
+
+    def metrics(self, results: list[dict[str, Any]], n_completions: int) -> dict[str, float]:
+        out = super().metrics(results, n_completions)
+        valid = [r for r in results if r["valid"]]
+        rate(out, "physician_rubric/items_met", [float(m) for r in valid for met in r["met"] for m in met])
+        rate(out, "physician_rubric/raw_score", [s for r in valid for s in r["scores"]])
+        out["physician_rubric/unread_verdicts"] = float(sum(r.get("unread", 0) for r in results))
+        out["physician_rubric/unscorable_rubrics"] = float(
+            sum(1 for r in results if "rubric_without_positive_points" in r["failures"]))
+        return out
+
+    def __repr__(self) -> str:
+        return (f"PhysicianRubricReward(num_generations={self.num_generations}, "
+                f"judge={getattr(self.judge, 'model', None)!r})")

@@ -1,0 +1,328 @@
+"""What every group reward for TRL's GRPOTrainer shares: whole groups of G across processes, ``None`` for a group
+that could not be scored, and counted metrics.
+
+:class:`GroupReward` is TRL's reward contract ``fn(prompts, completions, completion_ids, trainer_state, log_extra,
+log_metric, **columns) -> list[float | None]`` around one method a subclass writes, :meth:`GroupReward.score_group`
+(the rows of one group -> its rewards). The base class reads the rows, gathers every rank's slice, groups them in
+blocks of ``num_generations`` (:func:`cat_dspy.rl.inputs.group_completions`), scores each group on exactly one
+rank, concurrently, gathers the results back and returns this rank's slice; it logs ``<prefix>/*`` metrics through
+TRL's ``log_metric`` (the same on every rank) and each call's groups as an MLflow artifact. The CaT reward
+(:class:`cat_dspy.rl.reward.CaTReward`) and the comparison arms (:mod:`cat_dspy.rl.baselines`) are its subclasses.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+from cat_dspy.lm.usage import merge_usage
+from cat_dspy.rl.callbacks import mlflow_run_active, reward_callback, sampled_traces
+from cat_dspy.rl.inputs import completion_text, gold_text, group_completions, prompt_key, prompt_question
+from cat_dspy.scoring.equivalence import EQUIVALENCE_FALLBACKS, collect_equivalence
+from cat_dspy.scoring.rewards import length_penalty
+
+logger = logging.getLogger(__name__)
+
+
+class Row(NamedTuple):
+    """One completion as a group reward sees it (the first five fields are positional: ``row[2]`` is the text)."""
+
+    key: str  # the whole prompt, canonical (grouping)
+    question: str  # the last user message
+    text: str  # the completion's text
+    length: int | None  # its token count (TRL's completion_ids), None when not given
+    gold: str | None  # the dataset's answer: always for a reward that reads labels, else only while evaluating
+    data: Mapping[str, Any]  # the other dataset columns the reward reads (train_columns), this completion's values
+    prompt: Any = None  # the TRL prompt itself (a string or a conversation)
+
+
+def rate(out: dict[str, float], name: str, values: Sequence[float]) -> None:
+    """Set ``out[name]`` to the mean of ``values``; leave it out when there are none (undefined, not 0)."""
+    if values:
+        out[name] = sum(values) / len(values)
+
+
+class GroupReward:
+    r"""A TRL reward scored per group of ``num_generations`` completions of one prompt; subclasses write
+    :meth:`score_group`.
+
+    On several processes (``torch.distributed`` initialised) the completions of all ranks are gathered, each group
+    is scored by exactly one rank (round-robin), the results are gathered and each rank returns its own slice, so a
+    group straddling ranks is scored once from all its completions. Completions that are not consecutive blocks of
+    one prompt are grouped by prompt text instead, with a warning.
+
+    The ``None`` contract: a group whose scoring failed (a failed LM call, a missing label, or a bug, which is
+    logged with its traceback) gets ``None`` for every completion (TRL skips it) and is counted in
+    ``<prefix>/invalid_groups``; a call never raises for a backend fault.
+
+    Class attributes a subclass sets:
+        prefix: The metric prefix (``cat`` -> ``cat/invalid_groups``).
+        reads_labels: The reward itself reads the dataset's ``answer`` column (the gold arm); otherwise gold
+            answers are read only while evaluating, for label metrics.
+        train_columns: Dataset columns the training set must carry (besides the prompt).
+        error_roles: Failure prefixes counted as ``<prefix>/<role>_errors`` (``anchor`` -> ``anchor_error: ...``).
+        reference_column: The ``log_extra`` column of each group's ``reference`` (None: not logged).
+        artifact_fields: Result fields written to the MLflow artifact of each call.
+
+    Args:
+        num_generations: G, TRL's ``num_generations``.
+        num_generations_eval: TRL's ``num_generations_eval`` (default: ``num_generations``).
+        num_threads: Groups scored concurrently per process (default: all of them).
+        artifacts: Log each call's groups as an MLflow artifact when a run is active (rank 0).
+        trace_every: Record the DSPy traces of every N-th call in MLflow (0: never).
+        name: The name TRL logs the reward under (``rewards/<name>/mean``).
+    """
+
+    prefix = "reward"
+    reads_labels = False
+    train_columns: tuple[str, ...] = ()
+    error_roles: tuple[str, ...] = ("reward",)
+    reference_column: str | None = None
+    artifact_fields: tuple[str, ...] = ()
+
+    def __init__(self, num_generations: int = 8, num_generations_eval: int | None = None,
+                 num_threads: int | None = None, artifacts: bool = True, trace_every: int = 0,
+                 name: str = "reward"):
+        if num_generations < 1:
+            raise ValueError(f"num_generations must be >= 1, got {num_generations}")
+        self.__name__ = name
+        self.num_generations = num_generations
+        self.num_generations_eval = num_generations_eval
+        self.num_threads = num_threads
+        self.artifacts = artifacts
+        self.trace_every = trace_every
+        self._model: Any = None
+        self._warned_grouping = False
+        self._warned_words = False
+        self.calls = 0
+        self.seconds = 0.0
+        self.call_seconds: list[float] = []  # wall time of each call, for benchmarks
+        self.last_metrics: dict[str, float] = {}
+        self.usage: dict[str, dict[str, float]] = {}
+
+    @property
+    def anchor(self) -> Any:
+        """The frozen anchor LM this reward calls (None: it calls none)."""
+        return None
+
+    @property
+    def judge(self) -> Any:
+        """The judge LM this reward calls (None: it calls none)."""
+        return None
+
+    @property
+    def checks_answers(self) -> bool:
+        """Whether groups compare final answers (the ``<prefix>/equivalence_*`` fallback counts are logged)."""
+        return False
+
+    # -- evaluation state ------------------------------------------------------------------------------------
+
+    def bind(self, trainer_or_model: Any) -> GroupReward:
+        """Follow the train/eval state of a trainer's model (TRL's own test: ``model.training``).
+
+        ``TrainerState`` carries no evaluation flag, so the reward reads it from the model; :meth:`callback`
+        binds it automatically. Unbound, every call counts as training (no label metrics).
+        """
+        is_trainer = hasattr(trainer_or_model, "args") and hasattr(trainer_or_model, "model")
+        self._model = trainer_or_model.model if is_trainer else trainer_or_model
+        return self
+
+    @property
+    def evaluating(self) -> bool:
+        """Whether the bound model is in eval mode (TRL is evaluating)."""
+        return self._model is not None and not getattr(self._model, "training", True)
+
+    def callback(self) -> Any:
+        """A ``transformers.TrainerCallback`` that binds this reward to the trainer's model on ``on_init_end``."""
+        return reward_callback(self)
+
+    # -- the TRL contract ------------------------------------------------------------------------------------
+
+    def __call__(
+        self,
+        prompts: Sequence[Any],
+        completions: Sequence[Any],
+        completion_ids: Sequence[Sequence[int]] | None = None,
+        trainer_state: Any = None,
+        log_extra: Any = None,
+        log_metric: Any = None,
+        **columns: Any,
+    ) -> list[float | None]:
+        from cat_dspy.rl import distributed
+
+        start, call = time.perf_counter(), self.calls
+        if len(prompts) != len(completions):
+            raise ValueError(f"{len(prompts)} prompts for {len(completions)} completions")
+        evaluating = self.evaluating
+        n = len(completions)
+        local = self._rows(prompts, completions, completion_ids, columns, evaluating)
+        rank, world = distributed.rank_and_world()
+        parts = distributed.all_gather(local)  # collective 1 (a no-op on one process)
+        offset = sum(len(part) for part in parts[:rank])
+        rows = [row for part in parts for row in part]
+
+        g = (self.num_generations_eval or self.num_generations) if evaluating else self.num_generations
+        groups, blocks_ok = group_completions([row[0] for row in rows], g)
+        if not blocks_ok and not self._warned_grouping:
+            self._warned_grouping = True
+            logger.warning(
+                "%s: %d completions are not consecutive blocks of num_generations=%d with one prompt each; "
+                "grouping by prompt text instead (is num_generations set to TRL's value?)", self.__name__,
+                len(rows), g)
+
+        mine = distributed.owned(len(groups), rank, world)
+        traced = self.trace_every > 0 and rank == 0 and call % self.trace_every == 0 and mlflow_run_active()
+        scored = self._score_groups([[rows[i] for i in groups[k]] for k in mine], traced)
+        results: dict[int, dict[str, Any]] = dict(zip(mine, scored, strict=True))
+        if world > 1:
+            results = {k: v for part in distributed.all_gather(results) for k, v in part.items()}  # collective 2
+
+        rewards: list[float | None] = [None] * len(rows)
+        references: list[str] = [""] * len(rows)
+        for k, indices in enumerate(groups):
+            for j, i in enumerate(indices):
+                rewards[i] = results[k]["rewards"][j]
+                references[i] = results[k].get("reference") or ""
+
+        elapsed = time.perf_counter() - start
+        metrics = self.metrics([results[k] for k in range(len(groups))], n_completions=len(rows))
+        metrics[f"{self.prefix}/reward_seconds"] = elapsed
+        self.calls += 1
+        self.seconds += elapsed
+        self.call_seconds.append(elapsed)
+        self.last_metrics = metrics
+        for result in results.values():
+            merge_usage(self.usage, result.get("usage") or {})
+        if log_metric is not None:
+            for key in sorted(metrics):
+                log_metric(key, metrics[key])
+        if log_extra is not None and self.reference_column:
+            log_extra(self.reference_column, references[offset : offset + n])
+        if rank == 0 and self.artifacts:
+            self._log_artifacts(groups, results, rows, trainer_state, evaluating, call)
+        return rewards[offset : offset + n]
+
+    def _rows(self, prompts: Sequence[Any], completions: Sequence[Any], completion_ids: Any,
+              columns: Mapping[str, Any], evaluating: bool) -> list[Row]:
+        n = len(completions)
+        lengths = [len(ids) for ids in completion_ids] if completion_ids is not None else [None] * n
+        for name in (("answer",) if self.reads_labels else ()) + self.train_columns:
+            if name not in columns:
+                raise ValueError(f"{self.__name__} needs the dataset column {name!r} (TRL passes every column but "
+                                 f"the prompt to the reward); got columns {sorted(columns)}")
+            if len(columns[name]) != n:
+                raise ValueError(f"{self.__name__}: column {name!r} has {len(columns[name])} values for {n} "
+                                 "completions")
+        # Gold answers reach a label-free reward only while evaluating, and only for its label metrics.
+        read_gold = (self.reads_labels or evaluating) and "answer" in columns
+        golds = [gold_text(a) for a in columns["answer"]] if read_gold else [None] * n
+        data = [{name: columns[name][i] for name in self.train_columns if name != "answer"} for i in range(n)]
+        return [Row(prompt_key(p), prompt_question(p), completion_text(c), length, gold, extra, p)
+                for p, c, length, gold, extra in zip(prompts, completions, lengths, golds, data, strict=True)]
+
+    # -- scoring ---------------------------------------------------------------------------------------------
+
+    def score_group(self, rows: list[Row]) -> dict[str, Any]:
+        """Score one group: a dict with ``valid``, ``rewards`` (one per row) and ``failures`` (reasons, counted),
+        plus anything the subclass's metrics read. May raise: :meth:`_score_group` turns that into an invalid
+        group."""
+        raise NotImplementedError
+
+    def _score_groups(self, groups: list[list[Row]], traced: bool) -> list[dict[str, Any]]:
+        from cat_dspy.modules.base import thread_map
+
+        if not groups:
+            return []
+        if not traced:
+            return thread_map(self._score_group, groups, self.num_threads)
+        with sampled_traces():
+            return thread_map(self._score_group, groups, self.num_threads)
+
+    def _score_group(self, rows: list[Row]) -> dict[str, Any]:
+        """Score one group; never raises (a failure makes the group invalid: ``None`` rewards)."""
+        try:
+            with collect_equivalence() as outcomes:
+                result = self.score_group(rows)
+            result["equivalence"] = {k: outcomes[k] for k in EQUIVALENCE_FALLBACKS}
+        except Exception as exc:  # a bug or an unexpected backend error must not hang the other ranks
+            logger.exception("%s: scoring a group failed", self.__name__)
+            result = {"valid": False, "failures": [f"reward_error: {type(exc).__name__}: {str(exc)[:300]}"]}
+        result.setdefault("failures", [])
+        if not result["valid"]:
+            result["rewards"] = [None] * len(rows)
+        return result
+
+    def penalize(self, rewards: list[float], rows: list[Row], limit: int | None) -> tuple[list[float], int]:
+        """The length penalty (reward −1 above ``limit`` tokens, :func:`~cat_dspy.scoring.rewards.length_penalty`)
+        on the rewards of one group, and how many completions it hit. Lengths are TRL's token counts; a call
+        without ``completion_ids`` counts whitespace words (warned once)."""
+        if limit is None:
+            return rewards, 0
+        if any(row.length is None for row in rows) and not self._warned_words:
+            self._warned_words = True
+            logger.warning("%s: no completion_ids given; lengths are counted in whitespace words", self.__name__)
+        lengths = [row.length if row.length is not None else len(row.text.split()) for row in rows]
+        penalized = [length_penalty(r, n, limit) for r, n in zip(rewards, lengths, strict=True)]
+        return penalized, sum(p != r for p, r in zip(penalized, rewards, strict=True))
+
+    # -- metrics ---------------------------------------------------------------------------------------------
+
+    def metrics(self, results: list[dict[str, Any]], n_completions: int) -> dict[str, float]:
+        """The ``<prefix>/*`` metrics every group reward logs, from the results of all groups of one call (the same
+        on every rank); subclasses add their own."""
+        p, out = self.prefix, {}
+        valid = [r for r in results if r["valid"]]
+        scored = [r for r in valid if not r.get("skipped")]
+        out[f"{p}/invalid_groups"] = float(len(results) - len(valid))
+        rate(out, f"{p}/zero_spread_groups", [float(max(r["rewards"]) == min(r["rewards"]))
+                                              for r in scored if r["rewards"]])
+        out[f"{p}/length_penalty_hits"] = sum(r.get("length_hits", 0) for r in results) / max(n_completions, 1)
+        for role in self.error_roles:
+            out[f"{p}/{role}_errors"] = float(
+                sum(1 for r in results for f in r["failures"] if f.startswith(f"{role}_error")))
+        if getattr(self, "skip_unparsed", False):
+            out[f"{p}/skipped_groups"] = float(sum(1 for r in valid if r.get("skipped")))
+        if self.checks_answers:
+            for reason in EQUIVALENCE_FALLBACKS:
+                out[f"{p}/equivalence_{reason}"] = float(sum((r.get("equivalence") or {}).get(reason, 0)
+                                                             for r in results))
+            out[f"{p}/equivalence_fallbacks"] = sum(out[f"{p}/equivalence_{k}"] for k in EQUIVALENCE_FALLBACKS)
+        return out
+
+    # -- MLflow ----------------------------------------------------------------------------------------------
+
+    def _log_artifacts(self, groups: list[list[int]], results: dict[int, dict[str, Any]], rows: list[Row],
+                       trainer_state: Any, evaluating: bool, call: int) -> None:
+        if not mlflow_run_active():
+            return
+        from cat_dspy import tracking
+
+        step = int(getattr(trainer_state, "global_step", 0) or 0)
+        records = []
+        for k, indices in enumerate(groups):
+            r = results[k]
+            record: dict[str, Any] = {"group": k, "question": rows[indices[0]][1][:2000]}
+            for name in self.artifact_fields:
+                value = r.get(name)
+                record[name] = value[:8000] if isinstance(value, str) else value
+            record.update(rewards=r["rewards"], failures=r["failures"])
+            records.append(record)
+        phase = "eval" if evaluating else "train"
+        try:
+            tracking.log_json({"step": step, "phase": phase, "reward": self.__name__, "groups": records},
+                              f"{self.prefix}/{phase}/step_{step:06d}_call_{call:05d}.json")
+        except Exception as exc:  # artifacts are a convenience: never stop training for them
+            logger.warning("%s: could not log the groups to MLflow: %s", self.__name__, exc)
+
+
+def json_column(value: Any) -> Any:
+    """A dataset column value that may arrive JSON-encoded (Arrow-friendly) or as the object itself.
+
+    Examples:
+        >>> json_column('[{"criterion": "a", "points": 1}]'), json_column([1])
+        ([{'criterion': 'a', 'points': 1}], [1])
+    """
+    return json.loads(value) if isinstance(value, str) else value

@@ -1,0 +1,59 @@
+"""The comparison rewards on the embedded model: the judge and physician-rubric rewards with SmolLM2 as anchor and
+judge (reward calls), and the gold arm through ``cat-dspy train`` (one GRPO step: the answer column reaches the
+reward through TRL)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def test_judge_and_physician_rubric_rewards_on_the_embedded_model():
+    from cat_dspy.lm.models import make_lm
+    from cat_dspy.rewards import JudgeReward, PhysicianRubricReward
+
+    anchor = make_lm("local", temperature=0.7, max_tokens=48)
+    judge = make_lm("local", temperature=0.0, max_tokens=8)
+    prompts = [[{"role": "user", "content": f"What is {q}?"}] for q in ("3 + 4", "3 + 4", "5 + 5", "5 + 5")]
+    completions = ["3 + 4 = 7.", "3 + 4 = 8.", "5 + 5 = 10.", "The answer is 10."]
+    reward = JudgeReward(anchor, judge, num_generations=2)
+    out = reward(prompts=prompts, completions=completions)
+    assert len(out) == 4 and all(r in (0.0, 1.0) for r in out)  # binary; no group failed on the local model
+    m = reward.last_metrics
+    assert m["judge/invalid_groups"] == 0.0 and 0.0 <= m["judge/equivalent_rate"] <= 1.0
+    assert reward.usage["anchor"]["calls"] == 2 and reward.usage["judge"]["calls"] == 4  # one verdict per rollout
+
+    rubric = json.dumps([{"criterion": "Says to rest the ankle.", "points": 5},
+                         {"criterion": "Recommends surgery right away.", "points": -5}])
+    grader = PhysicianRubricReward(judge, num_generations=2)
+    sprain = [{"role": "user", "content": "I sprained my ankle. What should I do?"}]
+    out = grader(prompts=[sprain] * 2, completions=["Rest it and use ice.", "Get surgery now."], rubrics=[rubric] * 2)
+    assert len(out) == 2 and all(r is not None and 0.0 <= r <= 1.0 for r in out)
+    assert grader.last_metrics["physician_rubric/invalid_groups"] == 0.0
+    assert grader.usage["judge"]["calls"] == 4  # one call per (response, rubric item), as simple-evals
+
+
+def test_gold_arm_trains_one_step_with_the_answer_column(tmp_path):
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"question": f"What is {a} + {b}?", "answer": str(a + b)}) + "\n"
+                            for a, b in ((2, 3), (4, 1))))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [str(BIN / "cat-dspy"), "train", "--config", str(REPO / "experiments/recipes/arith_smollm2_cpu_gold.yaml"),
+           "--dataset_name", str(data), "--output_dir", str(tmp_path / "out"), "--max_steps", "1",
+           "--per_device_train_batch_size", "4", "--max_completion_length", "16", "--save_strategy", "no",
+           "--report_to", "none", "--logging_steps", "1"]
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-6000:])
+    logs = done.stdout + done.stderr
+    assert "'rewards/gold_reward/mean'" in logs and "'gold/accuracy'" in logs and "'gold/missing_labels': '0'" in logs
