@@ -2,14 +2,15 @@
 
 DSPy hands an engine one candidate per call, so G rollouts arrive as G concurrent calls. One worker thread collects
 requests until ``max_batch_size`` or until none arrived for ``batch_window_s``, groups them by generation settings
-and runs one ``model.generate`` per group: identical sampled prompts via ``num_return_sequences`` (transformers
-repeats them before the prefill), different prompts left-padded, identical greedy prompts computed once.
+and runs one ``model.generate`` per group: one row per sampled request (prompts left-padded), identical greedy
+prompts computed once.
 Temperature 0/None is greedy; else temperature, top_k, top_p apply in that order (checkpoint sampling defaults are
 ignored). ``Config.logprobs`` gives each generated token's log-probability under the distribution actually sampled
-from (after those warpers; the raw model distribution when greedy). With seeds, torch's RNG is seeded from the sorted
-seeds of the generate group: sampled outputs are reproducible for the same batch composition (DSPy's cache makes
-reruns exact). Usage and logprobs cover generated tokens without padding or EOS, up to the token that completed a
-stop string when one cut the text.
+from (after those warpers; the raw model distribution when greedy). Each sampled request draws its tokens from a
+torch generator of its own (as vLLM does), seeded from ``Config.seed`` (an unseeded request gets a seed drawn from
+torch's global RNG), so a seeded request gives the same text whatever else shares its batch: results do not depend
+on concurrency, up to float rounding of differently shaped batches. Usage and logprobs cover generated tokens
+without padding or EOS, up to the token that completed a stop string when one cut the text.
 """
 
 from __future__ import annotations
@@ -17,13 +18,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import copy
-import hashlib
 import logging
 import os
 import queue
 import threading
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,6 +81,26 @@ class _Recorder:
             [(lp, list(zip(v, i, strict=True))) for lp, v, i in zip(*row, strict=True)]
             for row in zip(chosen, values, ids, strict=True)
         ]
+
+
+class _Sampler:
+    """The last logits processor of a sampled batch: each row draws its next token from its own generator.
+
+    vLLM's exponential race (``argmax p / q``, ``q ~ Exp(1)`` drawn from the row's generator) is an exact sample
+    from ``p``; the scores become ``-inf`` except at the drawn token, which greedy decoding then takes. Every row
+    draws one vocabulary-sized vector per step, so its tokens depend on its seed and its own logits only.
+    """
+
+    def __init__(self, generators: list[torch.Generator]) -> None:
+        self.generators = generators
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        probs = torch.softmax(scores.float(), dim=-1)
+        noise = torch.stack(
+            [torch.empty_like(probs[0]).exponential_(generator=generator) for generator in self.generators]
+        )
+        chosen = (probs / noise).argmax(dim=-1, keepdim=True)
+        return torch.full_like(scores, -float("inf")).scatter_(1, chosen, 0.0)
 
 
 def _own_copy(exc: BaseException) -> BaseException:
@@ -270,17 +289,12 @@ class LocalEngine:
         model, tokenizer = self._model, self._tokenizer
         greedy, temperature, top_p, top_k, max_tokens, top_logprobs, stop = jobs[0].key
         order = sorted(range(len(jobs)), key=lambda i: (jobs[i].ids, jobs[i].seed is None, jobs[i].seed or 0, i))
-        counts = Counter(tuple(jobs[i].ids) for i in order)
-        prompts, rows, seen = list(counts), {}, Counter()
-        if greedy or len(set(counts.values())) == 1:  # identical greedy prompts run once; else num_return_sequences
-            per = 1 if greedy else next(iter(counts.values()))
-            for i in order:
-                ids = tuple(jobs[i].ids)
-                rows[i] = prompts.index(ids) * per + (0 if greedy else seen[ids])
-                seen[ids] += 1
+        if greedy:  # identical greedy prompts run once
+            prompts = list(dict.fromkeys(tuple(jobs[i].ids) for i in order))
+            rows = {i: prompts.index(tuple(jobs[i].ids)) for i in order}
             inputs = [list(p) for p in prompts]
-        else:
-            per, rows, inputs = 1, {i: r for r, i in enumerate(order)}, [jobs[i].ids for i in order]
+        else:  # one row per request, each with its own generator
+            rows, inputs = {i: r for r, i in enumerate(order)}, [jobs[i].ids for i in order]
         pad, width = tokenizer.pad_token_id, max(map(len, inputs))
         if self.device.type == "cuda":
             width = -(-width // 64) * 64  # fewer shapes for the compiled static-cache decode
@@ -293,26 +307,21 @@ class LocalEngine:
             processors += [hf.TopPLogitsWarper(top_p)] if top_p is not None else []
         recorder = _Recorder(min(top_logprobs, 20)) if top_logprobs is not None else None
         processors += [recorder] if recorder is not None else []
-        kwargs: dict[str, Any] = (
-            {"do_sample": False} if greedy else {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
-        )  # our warpers, none of generate's
+        if not greedy:
+            processors.append(_Sampler([self._generator(jobs[i].seed) for i in order]))
         criteria = hf.StoppingCriteriaList()
         if stop:  # built here, under the lock: it reads the tokenizer that callers are encoding with
             with _TOKENIZER_LOCK:
                 criteria.append(hf.StopStringCriteria(tokenizer, list(stop)))
+        kwargs: dict[str, Any] = {"do_sample": False}  # our warpers and sampler, none of generate's
         if self.device.type == "cuda":
             kwargs["cache_implementation"] = "static"
-        seeds = sorted(job.seed for job in jobs if job.seed is not None)
         start = time.perf_counter()
-        devices = [self.device.index or 0] if self.device.type == "cuda" else []
-        with torch.inference_mode(), torch.random.fork_rng(devices=devices, enabled=bool(seeds)):
-            if seeds:
-                torch.manual_seed(int.from_bytes(hashlib.sha256(repr(seeds).encode()).digest()[:7], "little"))
+        with torch.inference_mode():
             out = model.generate(
                 input_ids=input_ids,
                 attention_mask=mask,
                 max_new_tokens=max_tokens,
-                num_return_sequences=per,
                 logits_processor=processors,
                 stopping_criteria=criteria,
                 pad_token_id=pad,
@@ -329,12 +338,18 @@ class LocalEngine:
                 self._response(job, *finished[rows[i]], generated[rows[i]], scored and scored[rows[i]])
                 for i, job in enumerate(jobs)
             ]
-        deltas = (1, len(jobs), len(generated), sum(map(len, inputs)) * per, sum(f[1] for f in finished), elapsed)
+        deltas = (1, len(jobs), len(generated), sum(map(len, inputs)), sum(f[1] for f in finished), elapsed)
         with self._stats_lock:
             for name, value in zip(_STATS, deltas, strict=True):
                 self._stats[name] += value
         logger.debug("generate: %d request(s), %d row(s), %.2f s", len(jobs), len(generated), elapsed)
         return responses
+
+    def _generator(self, seed: int | None) -> torch.Generator:
+        """The sampling generator of one request: seeded from its seed, else from torch's global RNG."""
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, ()).item())
+        return torch.Generator(self.device).manual_seed(seed % 2**64)
 
     def _finish(self, ids: list[int], max_tokens: int, stop: tuple[str, ...]) -> tuple[str, int, str]:
         """``(text, kept token count, finish_reason)`` for one generated row."""

@@ -191,6 +191,25 @@ def test_seeded_sampling_is_reproducible(engine: LocalEngine) -> None:
     assert len({sample(7), sample(8), sample(9)}) > 1
 
 
+def test_a_seeded_request_gives_the_same_text_whatever_shares_its_batch(engine: LocalEngine) -> None:
+    def sample(text: str, seed: int | None, **config) -> str:
+        return engine.complete(request(text, max_tokens=12, temperature=1.0, seed=seed, **config)).text
+
+    alone = [sample(QUESTION, 7), sample(QUESTION, 7, logprobs=2)]
+    others = [("hi", 1), ("Natalia sold clips to 48 of her friends.", 2), (QUESTION, 8), (QUESTION, None)]
+    for with_logprobs in (False, True):
+        extra = {"logprobs": 2} if with_logprobs else {}
+        jobs = [(QUESTION, 7), *others] if with_logprobs else [*others, (QUESTION, 7)]  # another row position
+        engine.reset_stats()
+        with batch_of(engine, len(jobs)):
+            batched = concurrently(lambda i: sample(*jobs[i], **extra), len(jobs))
+        assert engine.stats["generate_calls"] == 1 and engine.stats["rows"] == len(jobs)
+        assert batched[jobs.index((QUESTION, 7))] == alone[with_logprobs]
+        assert batched[jobs.index((QUESTION, 8))] == sample(QUESTION, 8, **extra)  # its own seed, also batch-free
+    assert alone[0] == alone[1]  # recording logprobs does not change the sample
+    assert sample(QUESTION, 7) != sample(QUESTION, 8) or sample(QUESTION, 9) != sample(QUESTION, 7)
+
+
 def test_stop_strings_cut_text_usage_and_logprobs(engine: LocalEngine) -> None:
     _, tokenizer = engine.load()
     ids = tokenizer("The answer is 4. The answer is 5.", add_special_tokens=False)["input_ids"]
