@@ -60,7 +60,7 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=512,
+        max_position_embeddings=1024,  # room for a synthesis prompt of this byte-level tokenizer
         tie_word_embeddings=True,
         initializer_range=0.2,
         bos_token_id=hf.bos_token_id,
@@ -202,7 +202,7 @@ def test_a_seeded_request_gives_the_same_text_whatever_shares_its_batch(engine: 
         jobs = [(QUESTION, 7), *others] if with_logprobs else [*others, (QUESTION, 7)]  # another row position
         engine.reset_stats()
         with batch_of(engine, len(jobs)):
-            batched = concurrently(lambda i: sample(*jobs[i], **extra), len(jobs))
+            batched = concurrently(lambda i, jobs=jobs, extra=extra: sample(*jobs[i], **extra), len(jobs))
         assert engine.stats["generate_calls"] == 1 and engine.stats["rows"] == len(jobs)
         assert batched[jobs.index((QUESTION, 7))] == alone[with_logprobs]
         assert batched[jobs.index((QUESTION, 8))] == sample(QUESTION, 8, **extra)  # its own seed, also batch-free
@@ -377,3 +377,34 @@ def test_length_limit_counts_the_local_policys_tokens_not_words(tiny_dir: Path, 
     # Given token counts (TRL's completion ids) win over any counter.
     given = CaT(g=2, policy=policy, anchor=anchor, length_limit=limit).score([short, long], rollout_tokens=[99, 1])
     assert given.rewards == [-1.0, 1.0] and given.parsed["length_unit"] == "tokens"
+
+
+def test_eval_results_are_the_same_with_one_or_four_questions_in_flight(tiny_dir: Path, tmp_path: Path) -> None:
+    from cat_dspy.datasets import Item
+    from cat_dspy.evaluation.runner import build_programs, run_eval
+
+    items = [Item(id=f"q{k}", question=f"What is {k} + {k}?", answer=str(2 * k)) for k in range(4)]
+    methods = ["single", "majority", "min_ppl", "self_bon", "cat"]
+    runs, calls, nlls, failures = {}, {}, {}, {}
+    for in_flight in (1, 4):
+        lms = {role: make_lm(f"local:{tiny_dir}", temperature=t, max_tokens=6, seed=11, cache=False)
+               for role, t in (("policy", 1.0), ("anchor", 0.7), ("judge", 0.0))}
+        engine = engine_of(lms["policy"])
+        engine.reset_stats()
+        engine.batch_window_s = 0.3  # the questions' calls meet in one batch even on a loaded machine
+        try:
+            programs = build_programs(lms, mode="verifiable", g=2, logprobs=True)
+            run = run_eval(items, programs, [1, 2], methods, tmp_path / str(in_flight), num_threads=in_flight,
+                           progress=False, cache=False)
+        finally:
+            engine.batch_window_s = 0.02
+        calls[in_flight] = engine.stats["generate_calls"]
+        runs[in_flight] = [(r["id"], r["rollouts"], [(x["method"], x["g"], x["text"], x["answer"], x["fallback"])
+                                                     for x in r["results"]]) for r in run.records]
+        nlls[in_flight] = [nll for r in run.records for nll in r["rollout_nll"]]
+        failures[in_flight] = sum(x["fallback"] == "synthesis_failed" for r in run.records for x in r["results"])
+    assert runs[4] == runs[1]
+    assert nlls[4] == pytest.approx(nlls[1], rel=1e-5)  # float rounding of differently shaped batches only
+    assert [r[0] for r in runs[4]] == ["q0", "q1", "q2", "q3"]  # item order, whatever finished first
+    assert failures[1] == failures[4] == 0
+    assert calls[4] < calls[1]  # the questions' rollouts and syntheses shared generate calls
