@@ -1,9 +1,10 @@
 """The embedded local backend: a transformers causal LM behind DSPy 3.4's engine protocol, with dynamic batching.
 
 DSPy hands an engine one candidate per call, so G rollouts arrive as G concurrent calls. One worker thread collects
-requests until ``max_batch_size`` or until none arrived for ``batch_window_s``, groups them by generation settings
-and runs one ``model.generate`` per group: one row per sampled request (prompts left-padded), identical greedy
-prompts computed once.
+requests until ``max_batch_size`` or until none arrived for ``batch_window_s``, groups them by (greedy or sampled,
+max_tokens, stop) and runs one ``model.generate`` per group: one row per sampled request (prompts left-padded;
+temperature, top_p, top_k, logprobs and seed are per row, so a policy's rollouts and an anchor's syntheses share a
+batch), identical greedy prompts computed once.
 Temperature 0/None is greedy; else temperature, top_k, top_p apply in that order (checkpoint sampling defaults are
 ignored). ``Config.logprobs`` gives each generated token's log-probability under the distribution actually sampled
 from (after those warpers; the raw model distribution when greedy). Each sampled request draws its tokens from a
@@ -45,7 +46,9 @@ _ENGINES_LOCK = threading.Lock()
 @dataclass
 class _Job:
     ids: list[int]
-    key: tuple  # (greedy, temperature, top_p, top_k, max_tokens, logprobs, stop): one generate call per key
+    key: tuple  # (greedy, max_tokens, stop): one generate call per key
+    sampling: tuple  # (temperature, top_p, top_k): per row, so requests of different settings share a batch
+    logprobs: int | None
     seed: int | None
     model: str
     adaptations: tuple
@@ -81,6 +84,31 @@ class _Recorder:
             [(lp, list(zip(v, i, strict=True))) for lp, v, i in zip(*row, strict=True)]
             for row in zip(chosen, values, ids, strict=True)
         ]
+
+
+class _RowWarpers:
+    """Each row's temperature, top_k and top_p (transformers' warpers, in that order) on that row's scores only."""
+
+    def __init__(self, settings: list[tuple]) -> None:
+        import transformers as hf
+
+        self.groups = []
+        for setting in dict.fromkeys(settings):
+            temperature, top_p, top_k = setting
+            warpers = [hf.TemperatureLogitsWarper(temperature)] if temperature != 1.0 else []
+            warpers += [hf.TopKLogitsWarper(top_k)] if top_k else []
+            warpers += [hf.TopPLogitsWarper(top_p)] if top_p is not None else []
+            if warpers:
+                self.groups.append(([r for r, s in enumerate(settings) if s == setting], warpers))
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        for rows, warpers in self.groups:
+            index = torch.tensor(rows, device=scores.device)
+            part = scores[index]
+            for warper in warpers:
+                part = warper(input_ids[index], part)
+            scores[index] = part
+        return scores
 
 
 class _Sampler:
@@ -214,8 +242,9 @@ class LocalEngine:
         greedy = not config.temperature
         top_p = config.top_p if config.top_p is not None and config.top_p < 1 else None
         sampling = (None, None, None) if greedy else (config.temperature, top_p, config.top_k or None)
-        key = (greedy, *sampling, max_tokens, config.logprobs, config.stop)
-        job = _Job(ids, key, config.seed, request.model, adaptations, concurrent.futures.Future())
+        key = (greedy, max_tokens, config.stop)
+        job = _Job(ids, key, sampling, config.logprobs, config.seed, request.model, adaptations,
+                   concurrent.futures.Future())
         with self._lock:
             if self._pid != os.getpid():  # a forked child: the worker thread did not survive
                 self._queue, self._worker, self._pid = queue.Queue(), None, os.getpid()
@@ -287,7 +316,8 @@ class LocalEngine:
         import transformers as hf
 
         model, tokenizer = self._model, self._tokenizer
-        greedy, temperature, top_p, top_k, max_tokens, top_logprobs, stop = jobs[0].key
+        greedy, max_tokens, stop = jobs[0].key
+        tops = [job.logprobs for job in jobs if job.logprobs is not None]
         order = sorted(range(len(jobs)), key=lambda i: (jobs[i].ids, jobs[i].seed is None, jobs[i].seed or 0, i))
         if greedy:  # identical greedy prompts run once
             prompts = list(dict.fromkeys(tuple(jobs[i].ids) for i in order))
@@ -302,10 +332,8 @@ class LocalEngine:
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in inputs], device=self.device)
         processors = hf.LogitsProcessorList()
         if not greedy:
-            processors += [hf.TemperatureLogitsWarper(temperature)] if temperature != 1.0 else []
-            processors += [hf.TopKLogitsWarper(top_k)] if top_k else []
-            processors += [hf.TopPLogitsWarper(top_p)] if top_p is not None else []
-        recorder = _Recorder(min(top_logprobs, 20)) if top_logprobs is not None else None
+            processors.append(_RowWarpers([jobs[i].sampling for i in order]))
+        recorder = _Recorder(min(max(tops), 20)) if tops else None
         processors += [recorder] if recorder is not None else []
         if not greedy:
             processors.append(_Sampler([self._generator(jobs[i].seed) for i in order]))
@@ -335,7 +363,8 @@ class LocalEngine:
         with _TOKENIZER_LOCK:
             finished = [self._finish(ids, max_tokens, stop) for ids in generated]
             responses = [
-                self._response(job, *finished[rows[i]], generated[rows[i]], scored and scored[rows[i]])
+                self._response(job, *finished[rows[i]], generated[rows[i]],
+                               scored[rows[i]] if scored is not None and job.logprobs is not None else None)
                 for i, job in enumerate(jobs)
             ]
         deltas = (1, len(jobs), len(generated), sum(map(len, inputs)), sum(f[1] for f in finished), elapsed)
@@ -375,7 +404,7 @@ class LocalEngine:
                     token=decode([t]),
                     logprob=lp,
                     token_id=t,
-                    top=tuple(lm15.TopLogprob(token=decode([a]), logprob=v, token_id=a) for v, a in top),
+                    top=tuple(lm15.TopLogprob(token=decode([a]), logprob=v, token_id=a) for v, a in top[:job.logprobs]),
                 )
                 for t, (lp, top) in zip(ids[:n], scored[:n], strict=True)
             )

@@ -192,11 +192,15 @@ def test_seeded_sampling_is_reproducible(engine: LocalEngine) -> None:
 
 
 def test_a_seeded_request_gives_the_same_text_whatever_shares_its_batch(engine: LocalEngine) -> None:
+    settings = {"hi": {"temperature": 0.7, "top_k": 5}, "#### 72": {"temperature": 1.3, "top_p": 0.9}}
+
     def sample(text: str, seed: int | None, **config) -> str:
-        return engine.complete(request(text, max_tokens=12, temperature=1.0, seed=seed, **config)).text
+        config = {"temperature": 1.0, **settings.get(text, {}), **config}
+        return engine.complete(request(text, max_tokens=12, seed=seed, **config)).text
 
     alone = [sample(QUESTION, 7), sample(QUESTION, 7, logprobs=2)]
-    others = [("hi", 1), ("Natalia sold clips to 48 of her friends.", 2), (QUESTION, 8), (QUESTION, None)]
+    others = [("hi", 1), ("Natalia sold clips to 48 of her friends.", 2), (QUESTION, 8), (QUESTION, None),
+              ("#### 72", 3)]  # other sampling settings share the generate call, each row sampled as its own
     for with_logprobs in (False, True):
         extra = {"logprobs": 2} if with_logprobs else {}
         jobs = [(QUESTION, 7), *others] if with_logprobs else [*others, (QUESTION, 7)]  # another row position
@@ -206,6 +210,7 @@ def test_a_seeded_request_gives_the_same_text_whatever_shares_its_batch(engine: 
         assert engine.stats["generate_calls"] == 1 and engine.stats["rows"] == len(jobs)
         assert batched[jobs.index((QUESTION, 7))] == alone[with_logprobs]
         assert batched[jobs.index((QUESTION, 8))] == sample(QUESTION, 8, **extra)  # its own seed, also batch-free
+        assert batched[jobs.index(("hi", 1))] == sample("hi", 1, **extra)  # its own temperature and top_k
     assert alone[0] == alone[1]  # recording logprobs does not change the sample
     assert sample(QUESTION, 7) != sample(QUESTION, 8) or sample(QUESTION, 9) != sample(QUESTION, 7)
 
