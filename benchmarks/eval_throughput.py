@@ -87,7 +87,9 @@ def main() -> int:
                 "questions_per_minute": 60 * len(items) / seconds,
                 "generate_calls": stats["generate_calls"],
                 "rows_per_generate": stats["rows"] / max(stats["generate_calls"], 1),
+                "prompt_tokens": stats["prompt_tokens"],
                 "completion_tokens": stats["completion_tokens"],
+                "generate_seconds": stats["generate_seconds"],
                 "accuracy": {f"{r['method']}@{r['g']}": r["accuracy"] for r in summarize(run.records)},
                 "outcome": outcome(run.records),
             }
@@ -106,7 +108,8 @@ def main() -> int:
           f"methods {','.join(methods)}, seed {args.seed}, {result['device']}")
     for label, r in runs.items():
         print(f"  {label:>13} (N={r['in_flight']}): {r['seconds']:7.1f} s  {r['questions_per_minute']:6.2f} "
-              f"questions/min  {r['generate_calls']} generate calls, {r['rows_per_generate']:.1f} rows each")
+              f"questions/min  {r['generate_calls']} generate calls, {r['rows_per_generate']:.1f} rows each, "
+              f"{r['generate_seconds']:.1f} s inside generate")
     print(f"  ratio: {result['ratio']:.2f}x (target >= {result['target']:.0f}x)")
     print(f"  identical results: {result['identical']}" + (f" (differ: {', '.join(differing)})" if differing else ""))
     print(f"  accuracy one at a time: {one['accuracy']}\n  accuracy in flight:     {many['accuracy']}")
