@@ -413,3 +413,30 @@ def test_eval_results_are_the_same_with_one_or_four_questions_in_flight(tiny_dir
     assert [r[0] for r in runs[4]] == ["q0", "q1", "q2", "q3"]  # item order, whatever finished first
     assert failures[1] == failures[4] == 0
     assert calls[4] < calls[1]  # the questions' rollouts and syntheses shared generate calls
+
+
+def test_the_cat_reward_batches_all_groups_of_a_step_into_one_generate(tiny_dir: Path) -> None:
+    from cat_dspy.rl.reward import CaTReward
+    from cat_dspy.testing import scripted_lm
+
+    prompts = [f"What is {k} + 1?" for k in range(4) for _ in range(2)]  # 4 groups of G=2
+    completions = [f"\\boxed{{{k}}}" for k in range(8)]
+    anchor = make_lm(f"local:{tiny_dir}", temperature=0.7, max_tokens=4, cache=False)
+    engine = engine_of(anchor)
+    engine.reset_stats()
+    engine.batch_window_s = 0.3  # a scored-one-after-the-other reward would still make 4 calls
+    try:
+        rewards = CaTReward(anchor, num_generations=2)(prompts=prompts, completions=completions)
+        assert len(rewards) == 8 and engine.stats["generate_calls"] == 1 and engine.stats["requests"] == 4
+        # Rubric mode: each group proposes its rubric (scripted anchor), then every group's judge calls share one
+        # generate of the local judge (greedy: identical prompts are computed once).
+        rubric = "<rubric>" + "".join(f"<criterion>criterion {i}</criterion>" for i in range(5)) + "</rubric>"
+        judge = make_lm(f"local:{tiny_dir}", temperature=0.0, max_tokens=4, cache=False)
+        reward = CaTReward(scripted_lm(lambda p: rubric if "criterion" in p else "Combined advice."), judge=judge,
+                           mode="rubric", num_generations=2)
+        engine.reset_stats()
+        reward(prompts=prompts, completions=completions)
+        assert engine.stats["generate_calls"] == 1 and engine.stats["requests"] == 8
+        assert reward.last_metrics["cat/judge_errors"] == 0
+    finally:
+        engine.batch_window_s = 0.02
