@@ -124,10 +124,11 @@ class _Sampler:
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         probs = torch.softmax(scores.float(), dim=-1)
-        noise = torch.stack(
-            [torch.empty_like(probs[0]).exponential_(generator=generator) for generator in self.generators]
+        vocab = probs.shape[1]
+        uniform = torch.stack(  # -log(u) ~ Exp(1); torch.rand is ~3x faster than exponential_ on CPU
+            [torch.rand(vocab, generator=generator, device=probs.device) for generator in self.generators]
         )
-        chosen = (probs / noise).argmax(dim=-1, keepdim=True)
+        chosen = (probs / uniform.log_().neg_()).argmax(dim=-1, keepdim=True)
         return torch.full_like(scores, -float("inf")).scatter_(1, chosen, 0.0)
 
 
