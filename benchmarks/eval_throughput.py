@@ -6,9 +6,10 @@ question at a time (``num_threads=1``), once with N in flight (the ``eval`` defa
 :data:`cat_dspy.evaluation.evaluate.IN_FLIGHT`), in separate run directories. Prints questions per minute of each,
 their ratio (target ≥ 3×), the local engine's generate calls and rows per call, and checks that both runs gave
 identical rollouts, method texts and answers (the engine samples each request from its own seeded generator, so
-results must not depend on what shares a batch). Writes the numbers to a small JSON file.
+results must not depend on what shares a batch). ``--repeats`` runs each mode again, alternating which goes
+first. Writes the numbers to a small JSON file (default ``runs/benchmarks/eval_throughput.json``).
 
-Run (the measurement): python benchmarks/eval_throughput.py --questions 16 --g 4 --max-tokens 32
+Run (the measurement): python benchmarks/eval_throughput.py --questions 16 --g 4 --max-tokens 32 --repeats 2
 Dry run: python benchmarks/eval_throughput.py --questions 4 --max-tokens 8
 """
 
@@ -55,6 +56,7 @@ def main() -> int:
     parser.add_argument("--in-flight", type=int, default=IN_FLIGHT, help=f"N (default: eval's {IN_FLIGHT})")
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS))
     parser.add_argument("--seed", type=int, default=0, help="question generation and LM sampling seed")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each mode, alternating order (default: 1)")
     parser.add_argument("--out", default=str(REPO / "runs" / "benchmarks" / "eval_throughput.json"))
     args = parser.parse_args()
 
@@ -71,34 +73,40 @@ def main() -> int:
     engine.load()
     lms["policy"]("warm-up", max_tokens=4)  # first-call costs stay out of both measurements
 
-    runs = {}
+    runs: dict[str, dict] = {}
+    outcomes: dict[str, list] = {}
+    modes = [("one_at_a_time", 1), ("in_flight", args.in_flight)]
     with tempfile.TemporaryDirectory(prefix="cat-eval-throughput-") as tmp:
-        for label, in_flight in (("one_at_a_time", 1), ("in_flight", args.in_flight)):
-            programs = build_programs(lms, mode="verifiable", g=max(gs), logprobs="min_ppl" in methods)
-            engine.reset_stats()
-            start = time.perf_counter()
-            run = run_eval(items, programs, gs, methods, Path(tmp) / label, num_threads=in_flight, progress=False,
-                           cache=False)
-            seconds = time.perf_counter() - start
-            stats = engine.stats
-            runs[label] = {
-                "in_flight": in_flight,
-                "seconds": seconds,
-                "questions_per_minute": 60 * len(items) / seconds,
-                "generate_calls": stats["generate_calls"],
-                "rows_per_generate": stats["rows"] / max(stats["generate_calls"], 1),
-                "prompt_tokens": stats["prompt_tokens"],
-                "completion_tokens": stats["completion_tokens"],
-                "generate_seconds": stats["generate_seconds"],
-                "accuracy": {f"{r['method']}@{r['g']}": r["accuracy"] for r in summarize(run.records)},
-                "outcome": outcome(run.records),
-            }
+        for repeat in range(args.repeats):  # the order alternates, so a change of load hits both modes alike
+            for label, in_flight in modes if repeat % 2 == 0 else modes[::-1]:
+                programs = build_programs(lms, mode="verifiable", g=max(gs), logprobs="min_ppl" in methods)
+                engine.reset_stats()
+                start = time.perf_counter()
+                run = run_eval(items, programs, gs, methods, Path(tmp) / f"{label}-{repeat}", num_threads=in_flight,
+                               progress=False, cache=False)
+                seconds = time.perf_counter() - start
+                stats = engine.stats
+                r = runs.setdefault(label, {"in_flight": in_flight, "seconds_each": [], "generate_calls": 0,
+                                            "rows": 0, "prompt_tokens": 0, "completion_tokens": 0,
+                                            "generate_seconds": 0.0})
+                r["seconds_each"].append(seconds)
+                for key in ("generate_calls", "rows", "prompt_tokens", "completion_tokens", "generate_seconds"):
+                    r[key] += stats[key]
+                r["accuracy"] = {f"{x['method']}@{x['g']}": x["accuracy"] for x in summarize(run.records)}
+                outcomes.setdefault(label, []).append(outcome(run.records))
+    for r in runs.values():
+        r["seconds"] = sum(r["seconds_each"])
+        r["questions_per_minute"] = 60 * len(items) * len(r["seconds_each"]) / r["seconds"]
+        r["rows_per_generate"] = r["rows"] / max(r["generate_calls"], 1)
+    reference = outcomes["one_at_a_time"][0]
+    all_runs = [o for label in outcomes for o in outcomes[label]]
+    differing = sorted({a[0] for o in all_runs for a, b in zip(reference, o, strict=True) if a != b})
     one, many = runs["one_at_a_time"], runs["in_flight"]
-    differing = [a[0] for a, b in zip(one["outcome"], many["outcome"], strict=True) if a != b]
     result = {
         "questions": len(items), "g": gs, "max_tokens": args.max_tokens, "methods": methods, "seed": args.seed,
         "device": str(engine.device),
-        **{label: {k: v for k, v in r.items() if k != "outcome"} for label, r in runs.items()},
+        "repeats": args.repeats,
+        **runs,
         "ratio": many["questions_per_minute"] / one["questions_per_minute"],
         "identical": not differing,
         "differing_questions": differing,
