@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cat_dspy.evaluation.evaluate import DEFAULT_METHODS
+from cat_dspy.evaluation.evaluate import DEFAULT_METHODS, IN_FLIGHT
 
 # Arguments that change neither which work is done nor its results (left out of the run-directory hash).
 _NOT_HASHED = ("command", "experiment", "run_dir", "runs_root", "num_threads", "no_progress", "no_cache", "json")
@@ -62,7 +62,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ev.add_argument("--rollout-strategy", choices=("concurrent", "n", "auto"), default="concurrent",
                     help="one request per rollout (exact per-rollout tokens; default) or one with n=G (vLLM)")
     ev.add_argument("--program", default=None, help="a saved CaT program (CaT.save) to load")
-    ev.add_argument("--num-threads", type=int, default=1, help="questions evaluated concurrently (default: 1)")
+    ev.add_argument("--num-threads", type=int, default=IN_FLIGHT, metavar="N",
+                    help="questions in flight together; the local engine batches their calls (default: %(default)s)")
     ev.add_argument("--experiment", default="cat-dspy-eval", help="MLflow experiment (default: cat-dspy-eval)")
     ev.add_argument("--run-dir", default=None, help="results and cache folder (default: RUNS_ROOT/EXPERIMENT/HASH)")
     ev.add_argument("--runs-root", default="runs", help="root of the default run folders (default: runs)")

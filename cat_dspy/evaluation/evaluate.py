@@ -16,6 +16,9 @@ from cat_dspy.rl.config import DEFAULTS
 from cat_dspy.scoring.counters import parse_failure_stats
 
 DEFAULT_METHODS = ("single", "majority", "self_bon", "min_ppl", "cat")
+IN_FLIGHT = 8
+"""Questions in flight together by default: the local engine batches their calls (``benchmarks/eval_throughput.py``
+measures one at a time against N)."""
 
 
 @dataclass
@@ -44,7 +47,7 @@ def evaluate(
     prompt_prefix: str = "",
     rollout_strategy: str = "concurrent",
     temperature: float | None = None,
-    num_threads: int = 1,
+    num_threads: int = IN_FLIGHT,
     progress: bool = False,
     cache: bool = True,
 ) -> Evaluation:
@@ -65,7 +68,7 @@ def evaluate(
         prompt_prefix: Text put before every question.
         rollout_strategy: ``concurrent`` (one request per rollout), ``n`` or ``auto``.
         temperature: The policy's sampling temperature (default: its LM's, else the policy role's default).
-        num_threads: Questions evaluated concurrently.
+        num_threads: Questions in flight together (1: one at a time).
         progress: Show a progress bar.
         cache: Use DSPy's LM cache.
 

@@ -10,6 +10,11 @@ record per finished question, appended and fsync'd as each question finishes (a
 :class:`~cat_dspy.jsonl_store.JsonlStore`: a line torn by a crash is dropped on the next run). A rerun with the same
 arguments re-reads finished questions without any LM call, and a question that was in flight re-uses its cached calls.
 
+Questions in flight: ``num_threads`` questions are evaluated together (``evaluate`` and ``cat-dspy eval`` default
+to :data:`~cat_dspy.evaluation.evaluate.IN_FLIGHT`), so the local engine batches their rollouts and syntheses into
+shared ``generate`` calls. Results do not depend on it when the LMs are seeded (the engine samples each request
+from its own seeded generator); records are appended as questions finish and returned in item order.
+
 Compute accounting (:func:`attributed_usage`): a (method, G) is charged the first G rollouts' calls and tokens
 (``single``: the first rollout only) plus its own calls. Counts come from DSPy's usage tracker, which records no
 call for a cache hit; ``cache_hits`` in a record counts rollouts served from the cache (e.g. a question resumed
@@ -276,7 +281,7 @@ def run_eval(items: Sequence[Item], programs: Programs, gs: Sequence[int], metho
         mode: ``"verifiable"`` or ``"rubric"`` (default: :func:`mode_of`).
         equivalence: Answer equivalence mode.
         prompt_prefix: Text prepended to every question (e.g. ``"/no_think "`` for Qwen 3).
-        num_threads: Questions evaluated concurrently.
+        num_threads: Questions in flight together (1: one at a time).
         progress: Show a progress bar on stderr.
         cache: Keep every LM result in the run directory's DSPy disk cache.
     """

@@ -1,15 +1,17 @@
 """The embedded local backend: a transformers causal LM behind DSPy 3.4's engine protocol, with dynamic batching.
 
 DSPy hands an engine one candidate per call, so G rollouts arrive as G concurrent calls. One worker thread collects
-requests until ``max_batch_size`` or until none arrived for ``batch_window_s``, groups them by generation settings
-and runs one ``model.generate`` per group: identical sampled prompts via ``num_return_sequences`` (transformers
-repeats them before the prefill), different prompts left-padded, identical greedy prompts computed once.
+requests until ``max_batch_size`` or until none arrived for ``batch_window_s``, groups them by (greedy or sampled,
+max_tokens, stop) and runs one ``model.generate`` per group: one row per sampled request (prompts left-padded;
+temperature, top_p, top_k, logprobs and seed are per row, so a policy's rollouts and an anchor's syntheses share a
+batch), identical greedy prompts computed once.
 Temperature 0/None is greedy; else temperature, top_k, top_p apply in that order (checkpoint sampling defaults are
 ignored). ``Config.logprobs`` gives each generated token's log-probability under the distribution actually sampled
-from (after those warpers; the raw model distribution when greedy). With seeds, torch's RNG is seeded from the sorted
-seeds of the generate group: sampled outputs are reproducible for the same batch composition (DSPy's cache makes
-reruns exact). Usage and logprobs cover generated tokens without padding or EOS, up to the token that completed a
-stop string when one cut the text.
+from (after those warpers; the raw model distribution when greedy). Each sampled request draws its tokens from a
+torch generator of its own (as vLLM does), seeded from ``Config.seed`` (an unseeded request gets a seed drawn from
+torch's global RNG), so a seeded request gives the same text whatever else shares its batch: results do not depend
+on concurrency, up to float rounding of differently shaped batches. Usage and logprobs cover generated tokens
+without padding or EOS, up to the token that completed a stop string when one cut the text.
 """
 
 from __future__ import annotations
@@ -17,13 +19,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import copy
-import hashlib
 import logging
 import os
 import queue
 import threading
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,7 +46,9 @@ _ENGINES_LOCK = threading.Lock()
 @dataclass
 class _Job:
     ids: list[int]
-    key: tuple  # (greedy, temperature, top_p, top_k, max_tokens, logprobs, stop): one generate call per key
+    key: tuple  # (greedy, max_tokens, stop): one generate call per key
+    sampling: tuple  # (temperature, top_p, top_k): per row, so requests of different settings share a batch
+    logprobs: int | None
     seed: int | None
     model: str
     adaptations: tuple
@@ -82,6 +84,52 @@ class _Recorder:
             [(lp, list(zip(v, i, strict=True))) for lp, v, i in zip(*row, strict=True)]
             for row in zip(chosen, values, ids, strict=True)
         ]
+
+
+class _RowWarpers:
+    """Each row's temperature, top_k and top_p (transformers' warpers, in that order) on that row's scores only."""
+
+    def __init__(self, settings: list[tuple]) -> None:
+        import transformers as hf
+
+        self.groups = []
+        for setting in dict.fromkeys(settings):
+            temperature, top_p, top_k = setting
+            warpers = [hf.TemperatureLogitsWarper(temperature)] if temperature != 1.0 else []
+            warpers += [hf.TopKLogitsWarper(top_k)] if top_k else []
+            warpers += [hf.TopPLogitsWarper(top_p)] if top_p is not None else []
+            if warpers:
+                self.groups.append(([r for r, s in enumerate(settings) if s == setting], warpers))
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        for rows, warpers in self.groups:
+            index = torch.tensor(rows, device=scores.device)
+            part = scores[index]
+            for warper in warpers:
+                part = warper(input_ids[index], part)
+            scores[index] = part
+        return scores
+
+
+class _Sampler:
+    """The last logits processor of a sampled batch: each row draws its next token from its own generator.
+
+    vLLM's exponential race (``argmax p / q``, ``q ~ Exp(1)`` drawn from the row's generator) is an exact sample
+    from ``p``; the scores become ``-inf`` except at the drawn token, which greedy decoding then takes. Every row
+    draws one vocabulary-sized vector per step, so its tokens depend on its seed and its own logits only.
+    """
+
+    def __init__(self, generators: list[torch.Generator]) -> None:
+        self.generators = generators
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        probs = torch.softmax(scores.float(), dim=-1)
+        vocab = probs.shape[1]
+        uniform = torch.stack(  # -log(u) ~ Exp(1); torch.rand is ~3x faster than exponential_ on CPU
+            [torch.rand(vocab, generator=generator, device=probs.device) for generator in self.generators]
+        )
+        chosen = (probs / uniform.log_().neg_()).argmax(dim=-1, keepdim=True)
+        return torch.full_like(scores, -float("inf")).scatter_(1, chosen, 0.0)
 
 
 def _own_copy(exc: BaseException) -> BaseException:
@@ -251,8 +299,9 @@ class LocalEngine:
         greedy = not config.temperature
         top_p = config.top_p if config.top_p is not None and config.top_p < 1 else None
         sampling = (None, None, None) if greedy else (config.temperature, top_p, config.top_k or None)
-        key = (greedy, *sampling, max_tokens, config.logprobs, config.stop)
-        job = _Job(ids, key, config.seed, request.model, adaptations, concurrent.futures.Future())
+        key = (greedy, max_tokens, config.stop)
+        job = _Job(ids, key, sampling, config.logprobs, config.seed, request.model, adaptations,
+                   concurrent.futures.Future())
         with self._lock:
             if self._pid != os.getpid():  # a forked child: the worker thread did not survive
                 self._queue, self._worker, self._pid = queue.Queue(), None, os.getpid()
@@ -324,19 +373,15 @@ class LocalEngine:
         import transformers as hf
 
         model, tokenizer = self._model, self._tokenizer
-        greedy, temperature, top_p, top_k, max_tokens, top_logprobs, stop = jobs[0].key
+        greedy, max_tokens, stop = jobs[0].key
+        tops = [job.logprobs for job in jobs if job.logprobs is not None]
         order = sorted(range(len(jobs)), key=lambda i: (jobs[i].ids, jobs[i].seed is None, jobs[i].seed or 0, i))
-        counts = Counter(tuple(jobs[i].ids) for i in order)
-        prompts, rows, seen = list(counts), {}, Counter()
-        if greedy or len(set(counts.values())) == 1:  # identical greedy prompts run once; else num_return_sequences
-            per = 1 if greedy else next(iter(counts.values()))
-            for i in order:
-                ids = tuple(jobs[i].ids)
-                rows[i] = prompts.index(ids) * per + (0 if greedy else seen[ids])
-                seen[ids] += 1
+        if greedy:  # identical greedy prompts run once
+            prompts = list(dict.fromkeys(tuple(jobs[i].ids) for i in order))
+            rows = {i: prompts.index(tuple(jobs[i].ids)) for i in order}
             inputs = [list(p) for p in prompts]
-        else:
-            per, rows, inputs = 1, {i: r for r, i in enumerate(order)}, [jobs[i].ids for i in order]
+        else:  # one row per request, each with its own generator
+            rows, inputs = {i: r for r, i in enumerate(order)}, [jobs[i].ids for i in order]
         pad, width = tokenizer.pad_token_id, max(map(len, inputs))
         if self.device.type == "cuda":
             width = -(-width // 64) * 64  # fewer shapes for the compiled static-cache decode
@@ -344,31 +389,24 @@ class LocalEngine:
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in inputs], device=self.device)
         processors = hf.LogitsProcessorList()
         if not greedy:
-            processors += [hf.TemperatureLogitsWarper(temperature)] if temperature != 1.0 else []
-            processors += [hf.TopKLogitsWarper(top_k)] if top_k else []
-            processors += [hf.TopPLogitsWarper(top_p)] if top_p is not None else []
-        recorder = _Recorder(min(top_logprobs, 20)) if top_logprobs is not None else None
+            processors.append(_RowWarpers([jobs[i].sampling for i in order]))
+        recorder = _Recorder(min(max(tops), 20)) if tops else None
         processors += [recorder] if recorder is not None else []
-        kwargs: dict[str, Any] = (
-            {"do_sample": False} if greedy else {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
-        )  # our warpers, none of generate's
+        if not greedy:
+            processors.append(_Sampler([self._generator(jobs[i].seed) for i in order]))
         criteria = hf.StoppingCriteriaList()
         if stop:  # built here, under the lock: it reads the tokenizer that callers are encoding with
             with _TOKENIZER_LOCK:
                 criteria.append(hf.StopStringCriteria(tokenizer, list(stop)))
+        kwargs: dict[str, Any] = {"do_sample": False}  # our warpers and sampler, none of generate's
         if self.device.type == "cuda":
             kwargs["cache_implementation"] = "static"
-        seeds = sorted(job.seed for job in jobs if job.seed is not None)
         start = time.perf_counter()
-        devices = [self.device.index or 0] if self.device.type == "cuda" else []
-        with torch.inference_mode(), torch.random.fork_rng(devices=devices, enabled=bool(seeds)):
-            if seeds:
-                torch.manual_seed(int.from_bytes(hashlib.sha256(repr(seeds).encode()).digest()[:7], "little"))
+        with torch.inference_mode():
             out = model.generate(
                 input_ids=input_ids,
                 attention_mask=mask,
                 max_new_tokens=max_tokens,
-                num_return_sequences=per,
                 logits_processor=processors,
                 stopping_criteria=criteria,
                 pad_token_id=pad,
@@ -382,15 +420,22 @@ class LocalEngine:
         with _TOKENIZER_LOCK:
             finished = [self._finish(ids, max_tokens, stop) for ids in generated]
             responses = [
-                self._response(job, *finished[rows[i]], generated[rows[i]], scored and scored[rows[i]])
+                self._response(job, *finished[rows[i]], generated[rows[i]],
+                               scored[rows[i]] if scored is not None and job.logprobs is not None else None)
                 for i, job in enumerate(jobs)
             ]
-        deltas = (1, len(jobs), len(generated), sum(map(len, inputs)) * per, sum(f[1] for f in finished), elapsed)
+        deltas = (1, len(jobs), len(generated), sum(map(len, inputs)), sum(f[1] for f in finished), elapsed)
         with self._stats_lock:
             for name, value in zip(_STATS, deltas, strict=True):
                 self._stats[name] += value
         logger.debug("generate: %d request(s), %d row(s), %.2f s", len(jobs), len(generated), elapsed)
         return responses
+
+    def _generator(self, seed: int | None) -> torch.Generator:
+        """The sampling generator of one request: seeded from its seed, else from torch's global RNG."""
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, ()).item())
+        return torch.Generator(self.device).manual_seed(seed % 2**64)
 
     def _finish(self, ids: list[int], max_tokens: int, stop: tuple[str, ...]) -> tuple[str, int, str]:
         """``(text, kept token count, finish_reason)`` for one generated row."""
@@ -416,7 +461,7 @@ class LocalEngine:
                     token=decode([t]),
                     logprob=lp,
                     token_id=t,
-                    top=tuple(lm15.TopLogprob(token=decode([a]), logprob=v, token_id=a) for v, a in top),
+                    top=tuple(lm15.TopLogprob(token=decode([a]), logprob=v, token_id=a) for v, a in top[:job.logprobs]),
                 )
                 for t, (lp, top) in zip(ids[:n], scored[:n], strict=True)
             )

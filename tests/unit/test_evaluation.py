@@ -193,6 +193,36 @@ def test_interrupted_eval_resumes_without_repeating_or_losing_work(tmp_path):
     assert {r["method"]: r["correct"] for r in run.records[3]["results"] if r["g"] == 2}["cat"]
 
 
+def test_an_eval_with_questions_in_flight_resumes_without_redoing_finished_ones(tmp_path):
+    golds = {f"Q{i}": str(i) for i in range(1, 7)}
+    calls: Counter = Counter()
+
+    def anchor(prompt):
+        qid = re.search(r"\bQ\d+\b", prompt).group()
+        calls[qid] += 1
+        if qid == "Q4" and crash:
+            raise KeyboardInterrupt  # Ctrl-C while Q4 is being synthesized, other questions in flight
+        return boxed(golds[qid])
+
+    policy = by_question({q: [g, "0"] for q, g in golds.items()})
+    methods, gs, items = ["single", "majority", "cat"], [2], items_for(golds)
+    crash = True
+    programs, _ = programs_for(policy, anchor, cache=True, g=2)
+    with pytest.raises(KeyboardInterrupt):
+        run_eval(items, programs, gs, methods, tmp_path, progress=False, num_threads=4)
+    saved = [json.loads(line)["id"] for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert "Q4" not in saved and len(saved) == len(set(saved))
+    assert {"Q1", "Q2", "Q3"} <= set(saved)  # in flight with Q4: they finished and were kept
+    crash, before = False, dict(calls)
+    programs, lms = programs_for(policy, anchor, cache=True, g=2)
+    run = run_eval(items, programs, gs, methods, tmp_path, progress=False, num_threads=4)
+    assert (run.resumed, run.evaluated) == (len(saved), len(golds) - len(saved))
+    assert all(calls[q] == before.get(q, 0) for q in saved)  # a finished question makes no call again
+    assert not any(re.search(rf"\b{q}\b", p) for q in saved for lm in lms.values() for p in lm.engine_script.prompts)
+    assert [r["id"] for r in run.records] == list(golds)
+    assert all(r["correct"] for record in run.records for r in record["results"] if r["method"] == "cat")
+
+
 def test_eval_refuses_a_results_file_corrupted_before_its_last_line(tmp_path):
     golds = {"Q1": "2", "Q2": "4"}
     programs, lms = programs_for(by_question({q: [a] for q, a in golds.items()}), lambda p: boxed("2"), g=2)

@@ -60,7 +60,7 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=512,
+        max_position_embeddings=1024,  # room for a synthesis prompt of this byte-level tokenizer
         tie_word_embeddings=True,
         initializer_range=0.2,
         bos_token_id=hf.bos_token_id,
@@ -189,6 +189,30 @@ def test_seeded_sampling_is_reproducible(engine: LocalEngine) -> None:
 
     assert sample(7) == sample(7)
     assert len({sample(7), sample(8), sample(9)}) > 1
+
+
+def test_a_seeded_request_gives_the_same_text_whatever_shares_its_batch(engine: LocalEngine) -> None:
+    settings = {"hi": {"temperature": 0.7, "top_k": 5}, "#### 72": {"temperature": 1.3, "top_p": 0.9}}
+
+    def sample(text: str, seed: int | None, **config) -> str:
+        config = {"temperature": 1.0, **settings.get(text, {}), **config}
+        return engine.complete(request(text, max_tokens=12, seed=seed, **config)).text
+
+    alone = [sample(QUESTION, 7), sample(QUESTION, 7, logprobs=2)]
+    others = [("hi", 1), ("Natalia sold clips to 48 of her friends.", 2), (QUESTION, 8), (QUESTION, None),
+              ("#### 72", 3)]  # other sampling settings share the generate call, each row sampled as its own
+    for with_logprobs in (False, True):
+        extra = {"logprobs": 2} if with_logprobs else {}
+        jobs = [(QUESTION, 7), *others] if with_logprobs else [*others, (QUESTION, 7)]  # another row position
+        engine.reset_stats()
+        with batch_of(engine, len(jobs)):
+            batched = concurrently(lambda i, jobs=jobs, extra=extra: sample(*jobs[i], **extra), len(jobs))
+        assert engine.stats["generate_calls"] == 1 and engine.stats["rows"] == len(jobs)
+        assert batched[jobs.index((QUESTION, 7))] == alone[with_logprobs]
+        assert batched[jobs.index((QUESTION, 8))] == sample(QUESTION, 8, **extra)  # its own seed, also batch-free
+        assert batched[jobs.index(("hi", 1))] == sample("hi", 1, **extra)  # its own temperature and top_k
+    assert alone[0] == alone[1]  # recording logprobs does not change the sample
+    assert sample(QUESTION, 7) != sample(QUESTION, 8) or sample(QUESTION, 9) != sample(QUESTION, 7)
 
 
 def test_stop_strings_cut_text_usage_and_logprobs(engine: LocalEngine) -> None:
@@ -358,3 +382,61 @@ def test_length_limit_counts_the_local_policys_tokens_not_words(tiny_dir: Path, 
     # Given token counts (TRL's completion ids) win over any counter.
     given = CaT(g=2, policy=policy, anchor=anchor, length_limit=limit).score([short, long], rollout_tokens=[99, 1])
     assert given.rewards == [-1.0, 1.0] and given.parsed["length_unit"] == "tokens"
+
+
+def test_eval_results_are_the_same_with_one_or_four_questions_in_flight(tiny_dir: Path, tmp_path: Path) -> None:
+    from cat_dspy.datasets import Item
+    from cat_dspy.evaluation.runner import build_programs, run_eval
+
+    items = [Item(id=f"q{k}", question=f"What is {k} + {k}?", answer=str(2 * k)) for k in range(4)]
+    methods = ["single", "majority", "min_ppl", "self_bon", "cat"]
+    runs, calls, nlls, failures = {}, {}, {}, {}
+    for in_flight in (1, 4):
+        lms = {role: make_lm(f"local:{tiny_dir}", temperature=t, max_tokens=6, seed=11, cache=False)
+               for role, t in (("policy", 1.0), ("anchor", 0.7), ("judge", 0.0))}
+        engine = engine_of(lms["policy"])
+        engine.reset_stats()
+        engine.batch_window_s = 0.3  # the questions' calls meet in one batch even on a loaded machine
+        try:
+            programs = build_programs(lms, mode="verifiable", g=2, logprobs=True)
+            run = run_eval(items, programs, [1, 2], methods, tmp_path / str(in_flight), num_threads=in_flight,
+                           progress=False, cache=False)
+        finally:
+            engine.batch_window_s = 0.02
+        calls[in_flight] = engine.stats["generate_calls"]
+        runs[in_flight] = [(r["id"], r["rollouts"], [(x["method"], x["g"], x["text"], x["answer"], x["fallback"])
+                                                     for x in r["results"]]) for r in run.records]
+        nlls[in_flight] = [nll for r in run.records for nll in r["rollout_nll"]]
+        failures[in_flight] = sum(x["fallback"] == "synthesis_failed" for r in run.records for x in r["results"])
+    assert runs[4] == runs[1]
+    assert nlls[4] == pytest.approx(nlls[1], rel=1e-5)  # float rounding of differently shaped batches only
+    assert [r[0] for r in runs[4]] == ["q0", "q1", "q2", "q3"]  # item order, whatever finished first
+    assert failures[1] == failures[4] == 0
+    assert calls[4] < calls[1]  # the questions' rollouts and syntheses shared generate calls
+
+
+def test_the_cat_reward_batches_all_groups_of_a_step_into_one_generate(tiny_dir: Path) -> None:
+    from cat_dspy.rl.reward import CaTReward
+    from cat_dspy.testing import scripted_lm
+
+    prompts = [f"What is {k} + 1?" for k in range(4) for _ in range(2)]  # 4 groups of G=2
+    completions = [f"\\boxed{{{k}}}" for k in range(8)]
+    anchor = make_lm(f"local:{tiny_dir}", temperature=0.7, max_tokens=4, cache=False)
+    engine = engine_of(anchor)
+    engine.reset_stats()
+    engine.batch_window_s = 0.3  # a scored-one-after-the-other reward would still make 4 calls
+    try:
+        rewards = CaTReward(anchor, num_generations=2)(prompts=prompts, completions=completions)
+        assert len(rewards) == 8 and engine.stats["generate_calls"] == 1 and engine.stats["requests"] == 4
+        # Rubric mode: each group proposes its rubric (scripted anchor), then every group's judge calls share one
+        # generate of the local judge (greedy: identical prompts are computed once).
+        rubric = "<rubric>" + "".join(f"<criterion>criterion {i}</criterion>" for i in range(5)) + "</rubric>"
+        judge = make_lm(f"local:{tiny_dir}", temperature=0.0, max_tokens=4, cache=False)
+        reward = CaTReward(scripted_lm(lambda p: rubric if "criterion" in p else "Combined advice."), judge=judge,
+                           mode="rubric", num_generations=2)
+        engine.reset_stats()
+        reward(prompts=prompts, completions=completions)
+        assert engine.stats["generate_calls"] == 1 and engine.stats["requests"] == 8
+        assert reward.last_metrics["cat/judge_errors"] == 0
+    finally:
+        engine.batch_window_s = 0.02
