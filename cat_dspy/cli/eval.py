@@ -71,6 +71,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ev.add_argument("--json", action="store_true", help="print the summary rows as JSON lines")
     add_answer_arguments(parser)
     add_role_arguments(parser)
+    # An evaluation is reproducible by default: every request is seeded (seed + rollout id, mixed with its prompt by
+    # the local engine), so its samples, and so its numbers, do not depend on how many questions are in flight.
+    parser.set_defaults(seed=0)
 
 
 def _file_digest(path: str | None) -> str | None:

@@ -8,10 +8,10 @@ batch), identical greedy prompts computed once.
 Temperature 0/None is greedy; else temperature, top_k, top_p apply in that order (checkpoint sampling defaults are
 ignored). ``Config.logprobs`` gives each generated token's log-probability under the distribution actually sampled
 from (after those warpers; the raw model distribution when greedy). Each sampled request draws its tokens from a
-torch generator of its own (as vLLM does), seeded from ``Config.seed`` (an unseeded request gets a seed drawn from
-torch's global RNG), so a seeded request gives the same text whatever else shares its batch: results do not depend
-on concurrency, up to float rounding of differently shaped batches. Usage and logprobs cover generated tokens
-without padding or EOS, up to the token that completed a stop string when one cut the text.
+torch generator of its own (as vLLM does), seeded from ``Config.seed`` and its prompt (an unseeded request gets a
+seed drawn from torch's global RNG), so a seeded request gives the same text whatever else shares its batch:
+results do not depend on concurrency, up to float rounding of differently shaped batches. Usage and logprobs cover
+generated tokens without padding or EOS, up to the token that completed a stop string when one cut the text.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import copy
+import hashlib
 import logging
 import os
 import queue
@@ -393,7 +394,7 @@ class LocalEngine:
         recorder = _Recorder(min(max(tops), 20)) if tops else None
         processors += [recorder] if recorder is not None else []
         if not greedy:
-            processors.append(_Sampler([self._generator(jobs[i].seed) for i in order]))
+            processors.append(_Sampler([self._generator(jobs[i].seed, jobs[i].ids) for i in order]))
         criteria = hf.StoppingCriteriaList()
         if stop:  # built here, under the lock: it reads the tokenizer that callers are encoding with
             with _TOKENIZER_LOCK:
@@ -431,11 +432,17 @@ class LocalEngine:
         logger.debug("generate: %d request(s), %d row(s), %.2f s", len(jobs), len(generated), elapsed)
         return responses
 
-    def _generator(self, seed: int | None) -> torch.Generator:
-        """The sampling generator of one request: seeded from its seed, else from torch's global RNG."""
+    def _generator(self, seed: int | None, ids: list[int]) -> torch.Generator:
+        """The sampling generator of one request: seeded from its seed and its prompt, else from torch's global RNG.
+
+        The prompt enters the seed so that one ``--seed`` over many questions does not give every question the same
+        stream of random draws (which would correlate their samples); the same seed and prompt still give the same
+        text in any batch.
+        """
         if seed is None:
-            seed = int(torch.randint(0, 2**62, ()).item())
-        return torch.Generator(self.device).manual_seed(seed % 2**64)
+            return torch.Generator(self.device).manual_seed(int(torch.randint(0, 2**62, ()).item()))
+        digest = hashlib.blake2b(repr((seed, ids)).encode(), digest_size=8).digest()
+        return torch.Generator(self.device).manual_seed(int.from_bytes(digest, "little"))
 
     def _finish(self, ids: list[int], max_tokens: int, stop: tuple[str, ...]) -> tuple[str, int, str]:
         """``(text, kept token count, finish_reason)`` for one generated row."""
