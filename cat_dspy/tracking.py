@@ -169,6 +169,17 @@ def timed_run(run_name: str, start_time: float, end_time: float | None = None, *
         client.set_terminated(created.info.run_id, status=status, end_time=int(end * 1000))
 
 
+def ui_path(experiment_id: str, run_id: str | None = None) -> str:
+    """The MLflow UI address (after ``http://host:port``) of an experiment's runs table or of one run, opened in the
+    "Model training" view: MLflow 3.17 follows its workflow switch (default GenAI) over ``mlflow.experimentKind``.
+
+    Examples:
+        >>> ui_path("3", "abc")
+        '/#/experiments/3/runs/abc?workflowType=machine_learning'
+    """
+    return f"/#/experiments/{experiment_id}/runs{'/' + run_id if run_id else ''}?workflowType=machine_learning"
+
+
 def log_params(params: dict[str, Any]) -> None:
     """Log params (redacted, values stringified and truncated to MLflow's limit); a None value is left out (the
     UI would show the string "None" as if it were a setting)."""

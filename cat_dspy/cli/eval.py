@@ -159,5 +159,9 @@ def _evaluate(args: argparse.Namespace, items: list, mode: str, config: dict[str
             print(json.dumps(row, default=str))
     else:
         print_rows(rows, title=f"{args.dataset}: {len(items)} questions ({result.resumed} resumed)")
-        print(f"run dir: {run_dir}   MLflow run: {run_id} (experiment {args.experiment!r})")
+        import mlflow
+
+        experiment_id = mlflow.get_run(run_id).info.experiment_id
+        print(f"run dir: {run_dir}   MLflow run: {run_id} (experiment {args.experiment!r}; in `mlflow ui`: "
+              f"{tracking.ui_path(experiment_id, run_id)})")
     return 0
