@@ -5,7 +5,7 @@ A tiny scripted eval (scripted LMs, no model; a few seconds) fills a fresh MLflo
 ``mlflow server`` is started on 127.0.0.1 over it; Chromium (the Debian package ``chromium``) loads each page and
 writes a PNG. Nothing leaves the machine.
 
-Run: python experiments/mlflow_screenshots.py --out docs/mlflow   (PNGs are gitignored except docs/*.png)
+Run: python experiments/mlflow_screenshots.py   (writes docs/mlflow_*.png; PNGs are gitignored except docs/*.png)
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pathlib import Path
 
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--hide-scrollbars")
+                  "--hide-scrollbars", "--run-all-compositor-stages-before-draw")  # else charts show spinners
 
 
 def make_store(folder: Path, questions: int = 12) -> None:
@@ -96,7 +96,7 @@ def screenshot(chromium: str, url: str, png: Path, size: str, wait_ms: int) -> N
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="docs/mlflow", help="folder of the PNGs (default: docs/mlflow)")
+    parser.add_argument("--out", default="docs", help="folder of the PNGs (default: docs)")
     parser.add_argument("--chromium", default=shutil.which("chromium") or "chromium")
     parser.add_argument("--size", default="1600,1000", help="window size W,H (default: 1600,1000)")
     parser.add_argument("--wait-ms", type=int, default=40000, help="virtual time each page gets to render (ms)")
@@ -124,15 +124,15 @@ def main() -> int:
         pair = json.dumps([children["majority G=8"], children["cat G=8"]])
         ml = "workflowType=machine_learning"  # MLflow 3.17's "Model training" switch (else: the GenAI pages)
         pages = {
-            "experiment_default.png": f"{base}/#/experiments/{exp}",  # a fresh browser, the experiment clicked
-            "experiment_runs.png": f"{base}/#/experiments/{exp}/runs?{ml}",
-            "parent_run_metrics.png": f"{base}/#/experiments/{exp}/runs/{pid}/model-metrics?{ml}",
-            "compare_majority_cat.png": f"{base}/#/compare-runs?runs={urllib.parse.quote(pair)}"
+            "mlflow_experiment_default.png": f"{base}/#/experiments/{exp}",  # a fresh browser, the experiment clicked
+            "mlflow_runs_table.png": f"{base}/#/experiments/{exp}/runs?{ml}",
+            "mlflow_accuracy_vs_g.png": f"{base}/#/experiments/{exp}/runs/{pid}/model-metrics?{ml}",
+            "mlflow_compare_majority_cat.png": f"{base}/#/compare-runs?runs={urllib.parse.quote(pair)}"
                                         f"&experiments={urllib.parse.quote(json.dumps([exp]))}&{ml}",
         }
         for name, url in pages.items():
             w, h = args.size.split(",")
-            size = f"{w},{int(h) * 2}" if name.startswith("compare") else args.size  # the metrics table is below
+            size = f"{w},{int(h) * 2}" if "compare" in name else args.size  # the metrics table is below
             screenshot(args.chromium, url, out / name, size, args.wait_ms)
     finally:
         server.terminate()
