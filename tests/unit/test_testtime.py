@@ -83,3 +83,15 @@ def test_inputs_sharing_question_ids_are_refused(tmp_path):
     path.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
     with pytest.raises(SystemExit, match="share question ids"):
         testtime.main([str(path), str(path)])
+
+
+def test_doctests_of_the_experiment_scripts():
+    """experiments/ is outside pytest's testpaths: run its scripts' doctests here."""
+    import doctest
+
+    spec_study = importlib.util.spec_from_file_location("study", ROOT / "experiments" / "study.py")
+    study = importlib.util.module_from_spec(spec_study)
+    spec_study.loader.exec_module(study)
+    for module in (testtime, study):
+        result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+        assert result.attempted and not result.failed, module.__name__
