@@ -17,6 +17,10 @@ from typing import Any
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 CHILD_TAG = "cat_dspy.eval"  # "parent" on an eval run, "child" on each of its (method, G) runs
+# MLflow 3's UI opens an experiment without this tag on its GenAI overview (traces, evaluations), where our runs are
+# hard to find; "custom_model_development" opens it on the runs table (the kinds are listed in the UI's bundle).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 _SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL)", re.IGNORECASE)
 
 
@@ -56,6 +60,9 @@ def redact(obj: Any, secrets: list[str] | None = None) -> Any:
 def setup(experiment: str, tracking_uri: str | None = None) -> str:
     """Point MLflow at the tracking store and select ``experiment``; returns the tracking URI.
 
+    The experiment is tagged ``mlflow.experimentKind: custom_model_development`` (unless it has a kind already), so
+    the MLflow 3 UI opens it on the runs table rather than the GenAI overview.
+
     Also installs :func:`redact_span` as an MLflow span processor (once per process), so every trace recorded
     afterwards (``solve --traces``, the training reward's sampled traces, ``optimize``) is redacted.
     """
@@ -63,7 +70,9 @@ def setup(experiment: str, tracking_uri: str | None = None) -> str:
 
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(experiment)
+    found = mlflow.set_experiment(experiment)
+    if EXPERIMENT_KIND_TAG not in found.tags:  # a kind chosen by the user (in the UI or by tag) is kept
+        mlflow.MlflowClient().set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     install_trace_redaction()
     return uri
 
@@ -122,11 +131,61 @@ def run(experiment: str, run_name: str | None = None, traces: bool = False, **kw
             mlflow.dspy.autolog(disable=True, silent=True)
 
 
+@contextmanager
+def timed_run(run_name: str, start_time: float, end_time: float | None = None, *, nested: bool = False,
+              tags: dict[str, str] | None = None) -> Iterator[Any]:
+    """An MLflow run (in the current experiment) that shows the real span of the work it records.
+
+    MLflow stamps a run with the time it is created and ended; a run logged after the work (an eval's per-(method,
+    G) children, a study arm) would read ~100 ms. This one is created with ``start_time`` and, when the block
+    ends, terminated with ``end_time`` (epoch seconds; None: now).
+
+    Args:
+        run_name: The run's name.
+        start_time: When the work began (``time.time()``).
+        end_time: When it ended (default: when the block exits).
+        nested: A child of the active run.
+        tags: Tags set at creation.
+    """
+    import time
+
+    import mlflow
+    from mlflow.tracking.context.registry import resolve_tags
+
+    client = mlflow.MlflowClient()
+    all_tags = resolve_tags(tags or {})  # user, source, git commit: as mlflow.start_run sets them
+    parent = mlflow.active_run()
+    if nested and parent is not None:
+        all_tags["mlflow.parentRunId"] = parent.info.run_id
+    experiment_id = parent.info.experiment_id if parent is not None else mlflow.tracking.fluent._get_experiment_id()
+    created = client.create_run(experiment_id, start_time=int(start_time * 1000), tags=all_tags, run_name=run_name)
+    status = "FAILED"
+    try:
+        with mlflow.start_run(run_id=created.info.run_id, nested=nested) as active:
+            yield active
+        status = "FINISHED"
+    finally:
+        end = time.time() if end_time is None else end_time
+        client.set_terminated(created.info.run_id, status=status, end_time=int(end * 1000))
+
+
+def ui_path(experiment_id: str, run_id: str | None = None) -> str:
+    """The MLflow UI address (after ``http://host:port``) of an experiment's runs table or of one run, opened in the
+    "Model training" view: MLflow 3.17 follows its workflow switch (default GenAI) over ``mlflow.experimentKind``.
+
+    Examples:
+        >>> ui_path("3", "abc")
+        '/#/experiments/3/runs/abc?workflowType=machine_learning'
+    """
+    return f"/#/experiments/{experiment_id}/runs{'/' + run_id if run_id else ''}?workflowType=machine_learning"
+
+
 def log_params(params: dict[str, Any]) -> None:
-    """Log params (redacted, values stringified and truncated to MLflow's limit)."""
+    """Log params (redacted, values stringified and truncated to MLflow's limit); a None value is left out (the
+    UI would show the string "None" as if it were a setting)."""
     import mlflow
 
-    mlflow.log_params({k: str(v)[:6000] for k, v in redact(params).items()})
+    mlflow.log_params({k: str(v)[:6000] for k, v in redact(params).items() if v is not None})
 
 
 def log_json(obj: Any, artifact_file: str) -> None:

@@ -10,13 +10,15 @@ from __future__ import annotations
 import argparse
 import hashlib
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from cat_dspy.evaluation.evaluate import DEFAULT_METHODS, IN_FLIGHT
 
 # Arguments that change neither which work is done nor its results (left out of the run-directory hash).
-_NOT_HASHED = ("command", "experiment", "run_dir", "runs_root", "num_threads", "no_progress", "no_cache", "json")
+_NOT_HASHED = ("command", "experiment", "run_dir", "runs_root", "num_threads", "no_progress", "no_cache", "json",
+               "traces")
 
 
 def _ints(text: str) -> list[int]:
@@ -69,6 +71,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ev.add_argument("--runs-root", default="runs", help="root of the default run folders (default: runs)")
     ev.add_argument("--no-progress", action="store_true", help="no progress bar")
     ev.add_argument("--json", action="store_true", help="print the summary rows as JSON lines")
+    ev.add_argument("--traces", action="store_true",
+                    help="record DSPy traces in MLflow (mlflow.dspy.autolog), in the eval's parent run")
     add_answer_arguments(parser)
     add_role_arguments(parser)
     # An evaluation is reproducible by default: every request is seeded (seed + rollout id, mixed with its prompt by
@@ -135,27 +139,31 @@ def _evaluate(args: argparse.Namespace, items: list, mode: str, config: dict[str
         except PromptLogprobsUnavailable as exc:
             print(f"cat-dspy eval: mp: {exc}", file=sys.stderr)
             return 2
-    evaluation = evaluate(items, lms, run_dir, gs=args.g, methods=args.methods, mode=mode,
-                          equivalence=args.equivalence, extraction=args.extraction, program=args.program,
-                          prompt_prefix=args.prompt_prefix, rollout_strategy=args.rollout_strategy,
-                          temperature=settings["policy"]["temperature"], num_threads=args.num_threads,
-                          progress=not args.no_progress, cache=not args.no_cache)
-    rows, result, failures = evaluation.rows, evaluation.run, evaluation.failures
-    params = {**config, "mode": mode, "run_dir": str(run_dir), "questions": len(items)}
-    params |= {f"{role}.{k}": v for role, opts in settings.items() for k, v in opts.items()}
-    parent_metrics = {"questions": len(items), "resumed": result.resumed, "evaluated": result.evaluated,
-                      "seconds": result.seconds,
-                      "cache_hits": sum(r.get("cache_hits", 0) for r in result.records)}
-    parent_metrics |= {f"run.{role}.{k}": v for role, counts in result.usage.items() for k, v in counts.items()
-                       if k != "generate_calls"}
-    parent_metrics |= {f"failures.{k}": v for k, v in failures.items()}
-    failed = failure_note(failures)
-    if failed:
-        notes.append(failed)
-        print(f"cat-dspy eval: warning: {failed}", file=sys.stderr)
-    run_id = log_eval(args.experiment, params, rows, result.records, run_dir, notes=notes,
-                      run_name=f"eval {Path(str(args.dataset)).stem} G={','.join(map(str, args.g))}",
-                      parent_metrics=parent_metrics)
+    run_name = f"eval {Path(str(args.dataset)).stem} G={','.join(map(str, args.g))}"
+    # The parent run spans the evaluation (its real start and end in MLflow) and holds the traces of --traces.
+    with tracking.run(args.experiment, run_name=run_name, traces=args.traces):
+        started = time.time()
+        evaluation = evaluate(items, lms, run_dir, gs=args.g, methods=args.methods, mode=mode,
+                              equivalence=args.equivalence, extraction=args.extraction, program=args.program,
+                              prompt_prefix=args.prompt_prefix, rollout_strategy=args.rollout_strategy,
+                              temperature=settings["policy"]["temperature"], num_threads=args.num_threads,
+                              progress=not args.no_progress, cache=not args.no_cache)
+        ended = time.time()
+        rows, result, failures = evaluation.rows, evaluation.run, evaluation.failures
+        params = {**config, "mode": mode, "run_dir": str(run_dir), "questions": len(items)}
+        params |= {f"{role}.{k}": v for role, opts in settings.items() for k, v in opts.items()}
+        parent_metrics = {"questions": len(items), "resumed": result.resumed, "evaluated": result.evaluated,
+                          "seconds": result.seconds,
+                          "cache_hits": sum(r.get("cache_hits", 0) for r in result.records)}
+        parent_metrics |= {f"run.{role}.{k}": v for role, counts in result.usage.items() for k, v in counts.items()
+                           if k != "generate_calls"}
+        parent_metrics |= {f"failures.{k}": v for k, v in failures.items()}
+        failed = failure_note(failures)
+        if failed:
+            notes.append(failed)
+            print(f"cat-dspy eval: warning: {failed}", file=sys.stderr)
+        run_id = log_eval(args.experiment, params, rows, result.records, run_dir, notes=notes, run_name=run_name,
+                          parent_metrics=parent_metrics, start_time=started, end_time=ended)
     if args.json:
         import json
 
@@ -163,5 +171,9 @@ def _evaluate(args: argparse.Namespace, items: list, mode: str, config: dict[str
             print(json.dumps(row, default=str))
     else:
         print_rows(rows, title=f"{args.dataset}: {len(items)} questions ({result.resumed} resumed)")
-        print(f"run dir: {run_dir}   MLflow run: {run_id} (experiment {args.experiment!r})")
+        import mlflow
+
+        experiment_id = mlflow.get_run(run_id).info.experiment_id
+        print(f"run dir: {run_dir}   MLflow run: {run_id} (experiment {args.experiment!r}; in `mlflow ui`: "
+              f"{tracking.ui_path(experiment_id, run_id)})")
     return 0

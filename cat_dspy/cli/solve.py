@@ -129,6 +129,49 @@ def unproduced(result: dict[str, Any]) -> str | None:
     return None
 
 
+def outcome(result: dict[str, Any]) -> str:
+    """One line saying what CaT did on this question: how many rollouts agree with the synthesized reference, and
+    whether the reference is the rollouts' majority answer (verifiable mode), or the mean rubric reward.
+
+    Examples:
+        >>> r = {"answers": ["5", "5", "12", "3"], "reference_answer": "12", "rewards": [0, 0, 1, 0], "rubric": []}
+        >>> print(outcome(r))
+        1 of 4 rollouts agree with the reference answer 12 (reward 1); the others answered 5, 5, 3 (reward 0).
+        The reference is not the rollouts' majority answer (5): the anchor sided with a minority.
+        >>> r = {"answers": ["12", "12", "7", None], "reference_answer": "12", "rewards": [1, 1, 0, 0], "rubric": []}
+        >>> print(outcome(r))
+        2 of 4 rollouts agree with the reference answer 12 (reward 1); the others answered 7, none (reward 0).
+        The reference is the rollouts' majority answer.
+        >>> print(outcome({"answers": ["9", "8"], "reference_answer": "17", "rewards": [0, 0], "rubric": []}))
+        0 of 2 rollouts agree with the reference answer 17 (reward 1); the others answered 9, 8 (reward 0).
+        No rollout has the reference's answer: the anchor went beyond selecting one.
+        >>> print(outcome({"answers": ["9", None], "reference_answer": None, "rewards": [0, 0], "rubric": []}))
+        The reference has no final answer, so every rollout gets reward 0: this group gives no training signal.
+        >>> print(outcome({"answers": [], "reference_answer": None, "rewards": [0.6, 0.2], "rubric": ["a"] * 5}))
+        Mean reward 0.40 over 2 rollouts: the share of the 5 self-proposed criteria the judge marks satisfied.
+    """
+    from cat_dspy.scoring.rewards import majority_answer
+
+    rewards, answers, reference = result["rewards"], result["answers"], result["reference_answer"]
+    if not answers:
+        criteria = len(result.get("rubric") or [])
+        mean = sum(rewards) / len(rewards) if rewards else 0.0
+        return (f"Mean reward {mean:.2f} over {len(rewards)} rollouts: the share of the {criteria} self-proposed "
+                "criteria the judge marks satisfied.")
+    if reference is None:
+        return "The reference has no final answer, so every rollout gets reward 0: this group gives no training signal."
+    agree = [i for i, r in enumerate(rewards) if r > 0]
+    others = ", ".join("none" if answers[i] is None else str(answers[i]) for i in range(len(answers)) if i not in agree)
+    line = (f"{len(agree)} of {len(rewards)} rollouts agree with the reference answer {reference} (reward 1)"
+            + (f"; the others answered {others} (reward 0)." if others else "."))
+    majority, _, members = majority_answer(list(answers))
+    if not agree:
+        return line + " No rollout has the reference's answer: the anchor went beyond selecting one."
+    if set(agree) & set(members) and len(agree) >= len(members):
+        return line + " The reference is the rollouts' majority answer."
+    return line + f" The reference is not the rollouts' majority answer ({majority}): the anchor sided with a minority."
+
+
 def _log_result(result: dict[str, Any]) -> None:
     import mlflow
 
@@ -173,6 +216,7 @@ def _print_report(result: dict[str, Any]) -> None:
     console.print(table)
     console.print(f"reference answer: {result['reference_answer']}   valid: {result['valid']}   "
                   f"failures: {result['failures'] or 'none'}")
+    console.print(f"[bold]{outcome(result)}[/bold]", highlight=False)
     console.print({role: {k: round(v, 2) for k, v in u.items()} for role, u in result["usage"].items()})
 
 

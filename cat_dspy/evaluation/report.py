@@ -13,9 +13,10 @@ right while all of the first G rollouts were wrong. :func:`log_eval` writes them
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -238,16 +239,52 @@ def plot(rows: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> P
     return path
 
 
+def curve_metrics(row: dict[str, Any]) -> dict[str, float]:
+    """The metrics of one row that the parent run logs with G as the step, so MLflow draws accuracy vs G per method
+    (``accuracy/<method>``, ``stderr/<method>``, ``tokens_per_question/<method>``).
+
+    Examples:
+        >>> curve_metrics({"method": "cat", "accuracy": 0.5, "stderr": 0.1, "n": 4, "tokens": 800})
+        {'accuracy/cat': 0.5, 'stderr/cat': 0.1, 'tokens_per_question/cat': 200.0}
+    """
+    method = row["method"]
+    values = {f"accuracy/{method}": row.get("accuracy"), f"stderr/{method}": row.get("stderr"),
+              f"tokens_per_question/{method}": row["tokens"] / row["n"] if row.get("n") else None}
+    return {k: float(v) for k, v in values.items() if v is not None}
+
+
+@contextlib.contextmanager
+def _parent_run(experiment: str, run_name: str | None) -> Iterator[Any]:
+    """The active MLflow run when the caller started one (``cat-dspy eval`` does, around the evaluation, so the run
+    spans it and holds its traces), else a new run in ``experiment``."""
+    import mlflow
+
+    from cat_dspy import tracking
+
+    active = mlflow.active_run()
+    if active is not None:
+        yield active
+        return
+    with tracking.run(experiment, run_name=run_name) as parent:
+        yield parent
+
+
 def log_eval(experiment: str, params: dict[str, Any], rows: Sequence[dict[str, Any]],
              records: Sequence[dict[str, Any]], run_dir: str | Path, *, run_name: str | None = None,
-             parent_metrics: dict[str, float] | None = None, notes: Sequence[str] = ()) -> str:
+             parent_metrics: dict[str, float] | None = None, notes: Sequence[str] = (),
+             start_time: float | None = None, end_time: float | None = None) -> str:
     """Log one evaluation to MLflow: a parent run, a nested child run per (method, G), the table and the plot.
 
-    The plot and ``summary.json`` are also written into ``run_dir``.
+    The parent logs ``accuracy/<method>`` (and its standard error, tokens per question) with G as the step, so
+    MLflow's charts show accuracy vs G. Each child is given the evaluation's real span (``start_time`` to
+    ``end_time``, epoch seconds; default: now): every (method, G) was computed over the whole evaluation. The plot
+    and ``summary.json`` are also written into ``run_dir``. When a run is active (the caller's), it is the parent.
 
     Returns:
         The parent run's id.
     """
+    import time
+
     import mlflow
 
     from cat_dspy import tracking
@@ -255,20 +292,22 @@ def log_eval(experiment: str, params: dict[str, Any], rows: Sequence[dict[str, A
     run_dir = Path(run_dir)
     png = plot(rows, run_dir / PLOT_FILE, title=f"{params.get('dataset', '')} ({len(records)} questions)")
     summary = tracking.write_json({"params": params, "rows": rows, "notes": list(notes)}, run_dir / "summary.json")
-    with tracking.run(experiment, run_name=run_name) as parent:
+    now = time.time()
+    with _parent_run(experiment, run_name) as parent:
         tracking.log_params(params)
         mlflow.set_tags({CHILD_TAG: "parent", "run_dir": str(run_dir)})
         if notes:
             mlflow.set_tag("notes", "; ".join(notes)[:5000])
         mlflow.log_metrics({k: float(v) for k, v in (parent_metrics or {}).items()})
         for row in rows:
-            with mlflow.start_run(run_name=f"{row['method']} G={row['g']}", nested=True):
-                mlflow.set_tags({CHILD_TAG: "child"})
-                mlflow.log_params({"method": row["method"], "g": row["g"], "dataset": params.get("dataset"),
-                                   "mode": row["mode"], "fallback_kinds": json.dumps(row["fallback_kinds"]),
-                                   "equivalence_fallback_kinds": json.dumps(row.get("equivalence_fallback_kinds")
-                                                                            or {})})
-                mlflow.log_metrics(row_metrics(row))
+            mlflow.log_metrics(curve_metrics(row), step=int(row["g"]))
+            with tracking.timed_run(f"{row['method']} G={row['g']}", start_time or now, end_time or now,
+                                    nested=True, tags={CHILD_TAG: "child"}):
+                tracking.log_params({"method": row["method"], "g": row["g"], "dataset": params.get("dataset"),
+                                     "mode": row["mode"], "fallback_kinds": json.dumps(row["fallback_kinds"]),
+                                     "equivalence_fallback_kinds": json.dumps(row.get("equivalence_fallback_kinds")
+                                                                              or {})})
+                mlflow.log_metrics(row_metrics(row), step=int(row["g"]))
         mlflow.log_table(tracking.redact(results_table(records)), artifact_file=TABLE_FILE)
         mlflow.log_artifact(str(png))
         mlflow.log_artifact(str(summary))

@@ -27,3 +27,42 @@ def mean_stderr(values: Sequence[float]) -> tuple[float | None, float | None]:
         return mean, 0.0
     var = sum((v - mean) ** 2 for v in values) / (n - 1)
     return mean, math.sqrt(var / n)
+
+
+def interval95(mean: float | None, se: float | None, n: int) -> tuple[float | None, float | None]:
+    """A 95 % interval ``mean ± q·se``: q is Student's t quantile with n − 1 degrees of freedom (few seeds), which
+    tends to 1.96 for many questions; (None, None) without a mean or with fewer than two values.
+
+    Examples:
+        >>> lo, hi = interval95(0.1, 0.02, 200)
+        >>> round(lo, 4), round(hi, 4)
+        (0.0606, 0.1394)
+        >>> [round(x, 3) for x in interval95(0.1, 0.02, 3)]  # 3 seeds: t(2) = 4.303
+        [0.014, 0.186]
+        >>> interval95(0.5, 0.0, 1)
+        (None, None)
+    """
+    if mean is None or se is None or n < 2:
+        return None, None
+    from scipy.stats import t
+
+    q = float(t.ppf(0.975, n - 1))
+    return mean - q * se, mean + q * se
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float]) -> dict[str, float | int | None]:
+    """The mean of ``a − b`` over paired values (the same questions, or the same seeds), its standard error and
+    95 % interval (:func:`interval95`).
+
+    Examples:
+        >>> d = paired_difference([1, 1, 0, 1], [0, 1, 0, 0])
+        >>> d["n"], d["mean"], round(d["se"], 4), [round(x, 3) for x in (d["lo"], d["hi"])]
+        (4, 0.5, 0.2887, [-0.419, 1.419])
+        >>> paired_difference([], [])["mean"] is None
+        True
+    """
+    if len(a) != len(b):
+        raise ValueError(f"paired values differ in length: {len(a)} vs {len(b)}")
+    mean, se = mean_stderr([x - y for x, y in zip(a, b, strict=True)])
+    lo, hi = interval95(mean, se, len(a))
+    return {"n": len(a), "mean": mean, "se": se, "lo": lo, "hi": hi}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import dspy
 import pytest
 from dspy.clients.cache import Cache
 
+from cat_dspy import cli
 from cat_dspy.lm.models import engine_of, make_lm
 
 pytestmark = pytest.mark.integration
@@ -67,7 +69,6 @@ def test_embedded_model_logprobs() -> None:
 def test_solve_length_limit_counts_the_embedded_models_tokens(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     import json
 
-    from cat_dspy import cli
     from cat_dspy.modules import CaT
     from cat_dspy.testing import scripted_lm
 
@@ -93,3 +94,19 @@ def test_solve_length_limit_counts_the_embedded_models_tokens(monkeypatch: pytes
     over = [engine.count_tokens(r) > limit for r in result["rollouts"]]
     assert [r == -1.0 for r in result["rewards"]] == over and result["parsed"]["length_penalized"] == sum(over)
     print(f"tokens/words of the rollouts: {[(engine.count_tokens(r), len(r.split())) for r in result['rollouts']]}")
+
+
+def test_make_demo_shows_cat_at_work(capsys) -> None:
+    """`make demo`'s command (the Makefile's QUESTION and DEMO_ARGS) on the embedded model: rollouts, the reference,
+    the rewards, and one line saying how many rollouts agree with the reference's answer."""
+    makefile = (Path(__file__).parents[2] / "Makefile").read_text()
+    question = re.search(r"^QUESTION \?= (.+)$", makefile, re.M).group(1)
+    demo_args = re.search(r"^DEMO_ARGS \?= (.+)$", makefile, re.M).group(1).split()
+    assert cli.main(["solve", question, *demo_args]) == 0
+    out = capsys.readouterr().out
+    assert "rollout 4" in out and "reference (anchor synthesis)" in out
+    line = re.search(r"(\d) of 4 rollouts agree with the reference answer (\S+) \(reward 1\)", " ".join(out.split()))
+    assert line, out
+    # the reference's answer is read (a demo whose reference has no answer shows nothing of CaT) and the count
+    # matches the rewards table
+    assert int(line.group(1)) == len(re.findall(r"│ 1\.00\s+│", out))
