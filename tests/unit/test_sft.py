@@ -1,6 +1,6 @@
 """CaT-SFT (``cat_dspy.rl.sft``) on scripted policies and anchors: references from G rollouts, cached and resumable
 in the crash-safe store, the SFT dataset, LoRA or its fallback, the recipe and the CLI (training itself:
-tests/integration/test_sft.py)."""
+tests/integration/test_sft_embedded.py)."""
 
 from __future__ import annotations
 
