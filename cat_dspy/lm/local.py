@@ -12,6 +12,10 @@ torch generator of its own (as vLLM does), seeded from ``Config.seed`` and its p
 seed drawn from torch's global RNG), so a seeded request gives the same text whatever else shares its batch:
 results do not depend on concurrency, up to float rounding of differently shaped batches. Usage and logprobs cover
 generated tokens without padding or EOS, up to the token that completed a stop string when one cut the text.
+:meth:`LocalEngine.score` gives the log-probability of each token of given texts (mutual predictability).
+
+Over 500 lines on purpose: the request queue, the batching, the per-row sampling and the scoring share the one
+model, its lock and its statistics; split apart they would each need the engine's internals.
 """
 
 from __future__ import annotations
