@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -220,18 +221,19 @@ def test_eval_runs_mp_and_charges_its_calls(tiny_lm, tmp_path) -> None:
 
 # ------------------------------------------------------------------------------------------ Self-BoN disagreement
 def test_cat_disagreement_with_self_bon_and_accuracy_when_disagreeing(tmp_path) -> None:
-    """Per question: the rollouts' answers, Self-BoN's pick (1-based) and the anchor's answer; gold is 4."""
-    script = {"Q1": (["5", "4"], "1", "4"),  # self-BoN 5, CaT 4: disagree, CaT right
-              "Q2": (["4", "6"], "1", "4"),  # agree
-              "Q3": (["4", "6"], "1", "7"),  # disagree, CaT wrong
-              "Q4": (["3", "4"], "2", "4")}  # agree
+    """Per question: the rollouts' answers, Self-BoN's choice and the anchor's answer; gold is 4."""
+    script = {"Q1": (["5", "4"], "5", "4"),  # self-BoN 5, CaT 4: disagree, CaT right
+              "Q2": (["4", "6"], "4", "4"),  # agree
+              "Q3": (["4", "6"], "4", "7"),  # disagree, CaT wrong
+              "Q4": (["3", "4"], "4", "4")}  # agree
     counts: dict[str, int] = {}
     lock = threading.Lock()
 
     def policy(prompt: str) -> str:
         qid = next(q for q in script if q in prompt)
-        if "best response" in prompt:
-            return script[qid][1]
+        if "best response" in prompt:  # pick by content: the rollouts' order depends on which call came first
+            shown = re.findall(r"\\boxed\{(\d+)\}", prompt)
+            return str(shown.index(script[qid][1]) + 1)
         with lock:
             k = counts[qid] = counts.get(qid, -1) + 1
         return f"{qid}: \\boxed{{{script[qid][0][k % 2]}}}"
