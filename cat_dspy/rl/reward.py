@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from cat_dspy.rl.callbacks import sampled_traces
 from cat_dspy.rl.config import DEFAULTS
 from cat_dspy.rl.group import GroupReward, rate
 from cat_dspy.scoring.equivalence import EQUIVALENCE_FALLBACKS, equivalent
@@ -153,15 +152,6 @@ class CaTReward(GroupReward):
         return self.mode == "verifiable"
 
     # -- scoring ---------------------------------------------------------------------------------------------
-
-    def _score_groups(self, groups: list[list[tuple]], traced: bool) -> list[dict[str, Any]]:
-        if not groups:
-            return []
-        run = lambda: self.cat.synthesize.map(self._score_group, groups, num_threads=self.num_threads)  # noqa: E731
-        if not traced:
-            return run()
-        with sampled_traces():
-            return run()
 
     def score_group(self, rows: list[tuple]) -> dict[str, Any]:
         """Score one group: the anchor's reference, then every rollout against it (the base class makes a group

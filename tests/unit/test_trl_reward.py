@@ -178,6 +178,44 @@ def test_rubric_mode_judge_failure_gives_none():
     assert log.metrics["cat/judge_errors"][-1] >= 1 and log.metrics["cat/invalid_groups"] == [1.0]
 
 
+@pytest.mark.parametrize("num_threads", [1, 2])
+def test_num_threads_bounds_the_groups_in_flight_and_keeps_their_order(num_threads):
+    in_flight, peak, lock = [0], [0], threading.Lock()
+    barrier = threading.Barrier(num_threads)  # fails (a failed anchor call) unless num_threads groups run at once
+    answers = {"g0": "3", "g1": "7", "g2": "1", "g3": "5"}
+
+    def fn(prompt: str) -> str:
+        with lock:
+            in_flight[0] += 1
+            peak[0] = max(peak[0], in_flight[0])
+        barrier.wait(timeout=10)
+        with lock:
+            in_flight[0] -= 1
+        tag = re.search(r"\[(g\d+)\]", prompt).group(1)
+        return f"# UNIFIED RESPONSE $\\boxed{{{answers[tag]}}}$"
+
+    reward = CaTReward(scripted_lm(fn), num_generations=2, num_threads=num_threads)
+    prompts, completions = batch({"g0": ["3", "4"], "g1": ["8", "7"], "g2": ["1", "1"], "g3": ["2", "5"]})
+    assert reward(prompts=prompts, completions=completions) == [1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 1.0]
+    assert peak[0] == num_threads
+
+
+def test_a_group_that_raises_is_invalid_and_the_others_are_scored(monkeypatch):
+    reward = CaTReward(group_anchor({"g0": "3", "g1": "7"}), num_generations=2)
+    score = reward.cat.score
+
+    def flaky(rollouts, **kwargs):
+        if "[g1]" in rollouts[0]:
+            raise RuntimeError("a bug in scoring")
+        return score(rollouts, **kwargs)
+
+    monkeypatch.setattr(reward.cat, "score", flaky)
+    log = Log()
+    prompts, completions = batch({"g0": ["3", "4"], "g1": ["7", "7"]})
+    assert reward(prompts=prompts, completions=completions, **log.kwargs()) == [1.0, 0.0, None, None]
+    assert log.metrics["cat/reward_errors"] == [1.0] and log.metrics["cat/invalid_groups"] == [1.0]
+
+
 def test_length_penalty_counts_completion_ids():
     anchor = group_anchor({"g0": "3"})
     reward = CaTReward(anchor, num_generations=3, length_limit=5)
