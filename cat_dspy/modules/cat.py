@@ -155,7 +155,8 @@ class CaT(dspy.Module):
 
         Returns:
             A prediction with ``rollouts``, ``reference``, ``reference_answer``, ``answers``, ``rubric``,
-            ``verdicts`` (per rollout, rubric mode), ``rewards`` (floats, one per rollout), ``parsed``
+            ``verdicts`` (per rollout, rubric mode), ``rewards`` (floats, one per rollout), ``rollout_tokens``
+            (with a length limit: the lengths the penalty read, given or counted once here; else None), ``parsed``
             (synthesis / rubric / unread-verdict flags; with a length limit, ``length_penalized`` rollouts and the
             ``length_unit`` counted; in verifiable mode ``equivalence_fallbacks``: the symbolic checks that fell
             back to string comparison, by reason), ``failures`` (reasons, counted: ``rollout_error: ...``,
@@ -187,6 +188,7 @@ class CaT(dspy.Module):
         else:
             rewards, rubric, verdicts = self._rubric_rewards(rollouts, synthesis.reference, usage, failures, parsed)
 
+        lengths: list[int] | None = None
         if self.length_limit is not None:
             if rollout_tokens is not None:
                 lengths, unit = list(rollout_tokens), "tokens"
@@ -206,6 +208,7 @@ class CaT(dspy.Module):
             rubric=rubric,
             verdicts=verdicts,
             rewards=rewards,
+            rollout_tokens=lengths,
             parsed=parsed,
             failures=failures,
             valid=not any(f.startswith(BACKEND_FAILURES) for f in failures),

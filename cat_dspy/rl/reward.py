@@ -164,7 +164,7 @@ class CaTReward(GroupReward):
 
     def _result(self, pred: Any, rows: list[tuple]) -> dict[str, Any]:
         limit = self.length_limit
-        counted = [row[3] if row[3] is not None else self.cat.count_tokens(row[2]) for row in rows]
+        counted = pred.rollout_tokens or []  # counted once, by CaT.score (None without a length limit)
         result: dict[str, Any] = {
             "valid": bool(pred.valid),
             "rewards": [float(r) for r in pred.rewards],

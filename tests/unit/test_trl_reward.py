@@ -9,6 +9,7 @@ import threading
 from collections import Counter
 from pathlib import Path
 
+import dspy
 import pytest
 
 from cat_dspy import rewards as rewards_module
@@ -225,6 +226,31 @@ def test_length_penalty_counts_completion_ids():
     assert out == [1.0, -1.0, 0.0]
     assert log.metrics["cat/length_penalty_hits"] == [pytest.approx(1 / 3)]
     assert log.metrics["cat/reference_outside_rollouts"] == [0.0]  # the long rollout still matched
+
+
+def test_without_completion_ids_each_rollout_is_tokenized_once_per_call():
+    policy = scripted_lm(["unused"])  # its engine's tokenizer counts the lengths (as the local engine's would)
+    counted: Counter = Counter()
+
+    def count_tokens(text: str) -> int:
+        counted[text] += 1
+        return len(text.split())
+
+    policy.engine.count_tokens = count_tokens
+    completions = ["[g0] \\boxed{3}", "[g0] a long way to \\boxed{3}", "[g1] \\boxed{7}", "[g1] \\boxed{8}"]
+    prompts = ["Question g0?"] * 2 + ["Question g1?"] * 2
+    limited = CaTReward(group_anchor({"g0": "3", "g1": "7"}), num_generations=2, length_limit=3)
+    log = Log()
+    with dspy.context(lm=policy):
+        for _ in range(2):
+            assert limited(prompts=prompts, completions=completions, **log.kwargs()) == [1.0, -1.0, 1.0, 0.0]
+    assert counted == {text: 2 for text in completions}  # two calls: each rollout counted once per call
+    assert log.metrics["cat/length_penalty_hits"] == [0.25, 0.25]
+    counted.clear()
+    unlimited = CaTReward(group_anchor({"g0": "3", "g1": "7"}), num_generations=2)
+    with dspy.context(lm=policy):
+        assert unlimited(prompts=prompts, completions=completions) == [1.0, 1.0, 1.0, 0.0]
+    assert not counted  # no length limit: nothing to count
 
 
 class FakeModel:
