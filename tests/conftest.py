@@ -122,3 +122,12 @@ def _isolated_stores(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     dspy.configure_cache(enable_disk_cache=True, enable_memory_cache=True, disk_cache_dir=str(tmp_path / "dspy_cache"))
     yield
+
+
+@pytest.fixture
+def fresh_word_warning(monkeypatch):
+    """The once-per-process warning that lengths are counted in words (:func:`cat_dspy.scoring.rewards.word_lengths`)
+    not given yet, so that a test sees it whatever ran before."""
+    from cat_dspy.scoring import rewards
+
+    monkeypatch.setattr(rewards, "_word_lengths_warned", False)

@@ -22,7 +22,7 @@ from cat_dspy.lm.usage import merge_usage
 from cat_dspy.rl.callbacks import mlflow_run_active, reward_callback, sampled_traces
 from cat_dspy.rl.inputs import completion_text, gold_text, group_completions, prompt_key, prompt_question
 from cat_dspy.scoring.equivalence import EQUIVALENCE_FALLBACKS, collect_equivalence
-from cat_dspy.scoring.rewards import length_penalty
+from cat_dspy.scoring.rewards import length_penalty, word_lengths
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,6 @@ class GroupReward:
         self.trace_every = trace_every
         self._model: Any = None
         self._warned_grouping = False
-        self._warned_words = False
         self.calls = 0
         self.seconds = 0.0
         self.call_seconds: list[float] = []  # wall time of each call, for benchmarks
@@ -261,10 +260,9 @@ class GroupReward:
         without ``completion_ids`` counts whitespace words (warned once)."""
         if limit is None:
             return rewards, 0
-        if any(row.length is None for row in rows) and not self._warned_words:
-            self._warned_words = True
-            logger.warning("%s: no completion_ids given; lengths are counted in whitespace words", self.__name__)
-        lengths = [row.length if row.length is not None else len(row.text.split()) for row in rows]
+        lengths = [row.length for row in rows]
+        if any(length is None for length in lengths):
+            lengths = word_lengths([row.text for row in rows], f"{self.__name__} was called without completion_ids")
         penalized = [length_penalty(r, n, limit) for r, n in zip(rewards, lengths, strict=True)]
         return penalized, sum(p != r for p, r in zip(penalized, rewards, strict=True))
 

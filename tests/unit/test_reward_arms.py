@@ -413,3 +413,18 @@ def test_training_set_carries_the_columns_the_arm_reads(tmp_path, tiny_gsm8k):
     assert reward(prompts=train["prompt"][:1], completions=["Rest and ice."], rubrics=train["rubrics"][:1]) == [1.0]
     with pytest.raises(ValueError, match="needs the 'rubrics' of every question"):
         datasets(["--data_dir", str(tiny_gsm8k)], "--reward", "physician_rubric")
+
+
+def test_lengths_in_words_are_warned_once_per_process_across_cat_and_the_training_rewards(caplog, fresh_word_warning):
+    from cat_dspy.modules import CaT
+
+    long = "many words " * 10 + "\\boxed{4}"
+    cat = CaT(g=2, anchor=scripted_lm(["# UNIFIED RESPONSE \\boxed{4}"]), length_limit=5)
+    majority = MajorityReward(num_generations=2, length_limit=5)
+    gold = GoldReward(num_generations=2, length_limit=5)
+    with caplog.at_level(logging.WARNING):
+        assert cat.score(["\\boxed{4}", long]).rewards == [1.0, -1.0]
+        assert majority(prompts=["2+2?"] * 2, completions=["\\boxed{4}", long]) == [1.0, -1.0]
+        assert gold(prompts=["2+2?"] * 2, completions=["\\boxed{5}", long], answer=["4", "4"]) == [0.0, -1.0]
+    warnings = [r.getMessage() for r in caplog.records if "counted in whitespace words" in r.getMessage()]
+    assert len(warnings) == 1 and "no tokenizer is known for the policy" in warnings[0]
