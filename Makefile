@@ -23,7 +23,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	touch $@
 
 # The real OpenAI-compatible server the tests start (tests/server), also the fast CPU path for users; builds from
-# source once (3.7-8.5 min on 2 cores). Not needed by `make demo`.
+# source once (minutes on 2 cores). Not needed by `make demo`.
 # Portable build: llama.cpp's default native build enables AMX on CPUs that have it and then segfaults in its first
 # decode there (ggml-org/llama.cpp#20824), so the CPU features are named, not detected (AVX2/FMA/F16C: every x86-64
 # of the last decade). The wheel is kept in a folder named after these flags, so a wheel built with other flags

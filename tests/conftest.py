@@ -10,6 +10,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -122,3 +125,61 @@ def _isolated_stores(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     dspy.configure_cache(enable_disk_cache=True, enable_memory_cache=True, disk_cache_dir=str(tmp_path / "dspy_cache"))
     yield
+
+
+@pytest.fixture
+def fresh_word_warning(monkeypatch):
+    """The once-per-process warning that lengths are counted in words (:func:`cat_dspy.scoring.rewards.word_lengths`)
+    not given yet, so that a test sees it whatever ran before."""
+    from cat_dspy.scoring import rewards
+
+    monkeypatch.setattr(rewards, "_word_lengths_warned", False)
+
+
+class JsonServer:
+    """A stub HTTP endpoint on a free local port: every POST is answered with ``reply(body)`` as JSON.
+
+    ``url`` is its ``/v1`` base URL (an OpenAI-compatible server for LiteLLM); ``bodies`` holds the requests' JSON
+    bodies in arrival order, the current one already appended when ``reply`` runs.
+    """
+
+    def __init__(self, reply: Callable[[dict], dict]):
+        self.bodies: list[dict] = []
+        lock, stub = threading.Lock(), self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with lock:
+                    stub.bodies.append(body)
+                    data = json.dumps(reply(body)).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def json_server() -> Iterator[Callable[[Callable[[dict], dict]], JsonServer]]:
+    """Start stub JSON endpoints: ``json_server(reply)`` -> a running :class:`JsonServer`, closed after the test."""
+    servers: list[JsonServer] = []
+
+    def start(reply: Callable[[dict], dict]) -> JsonServer:
+        servers.append(JsonServer(reply))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()

@@ -6,7 +6,6 @@ from anyone else (TRL's GRPO group, an evaluation cache). Both run the same code
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -19,18 +18,12 @@ from cat_dspy.modules.rubric import ProposeRubric
 from cat_dspy.modules.synthesize import Synthesize
 from cat_dspy.scoring.equivalence import EQUIVALENCE_FALLBACKS, collect_equivalence
 from cat_dspy.scoring.extraction import extract_answer
-from cat_dspy.scoring.rewards import length_penalty, rubric_reward, verifiable_reward
+from cat_dspy.scoring.rewards import length_penalty, rubric_reward, verifiable_reward, word_lengths
 from cat_dspy.signatures import Respond, Solve
-
-logger = logging.getLogger(__name__)
 
 MODES = ("verifiable", "rubric")
 BACKEND_FAILURES = ("rollout_error", "anchor_error", "judge_error")
 """Prefixes of the failure reasons of a failed LM call (they make a prediction invalid)."""
-
-
-def _words(text: str) -> int:
-    return len(text.split())
 
 
 class CaT(dspy.Module):
@@ -89,7 +82,6 @@ class CaT(dspy.Module):
         self.length_limit = length_limit
         self.equivalence = equivalence
         self._count_tokens = count_tokens
-        self._warned_words = False
         verifiable = mode == "verifiable"
         self.rollout = Rollout(n=g, signature=Solve if verifiable else Respond, temperature=temperature, lm=policy)
         self.synthesize = Synthesize(
@@ -108,25 +100,15 @@ class CaT(dspy.Module):
         """How final answers are read (``"strict"`` or ``"flexible"``); the Synthesize step holds it (one source)."""
         return self.synthesize.extraction
 
-    def length_counter(self) -> tuple[Callable[[str], int], str]:
-        """How the length penalty counts a rollout without given token counts, and the unit: ``"tokens"`` (the
-        ``count_tokens`` argument, else the policy's tokenizer) or ``"words"`` (no tokenizer known, e.g. an API
-        model: whitespace words, with a warning once per module)."""
-        if self._count_tokens is not None:
-            return self._count_tokens, "tokens"
+    def rollout_lengths(self, rollouts: list[str]) -> tuple[list[int], str]:
+        """The rollouts' lengths as the length penalty counts them when the caller gives no counts, and the unit:
+        ``"tokens"`` (the ``count_tokens`` argument, else the policy's tokenizer) or ``"words"`` (no tokenizer
+        known, e.g. an API model: :func:`~cat_dspy.scoring.rewards.word_lengths`, warned once per process)."""
         lm = self.rollout.lm or dspy.settings.lm
-        counter = getattr(getattr(lm, "engine", None), "count_tokens", None)
+        counter = self._count_tokens or getattr(getattr(lm, "engine", None), "count_tokens", None)
         if callable(counter):
-            return counter, "tokens"
-        if not self._warned_words and self.length_limit is not None:
-            self._warned_words = True
-            logger.warning("length limit: no tokenizer is known for the policy %s; rollout lengths are counted in "
-                           "whitespace words, not tokens", getattr(lm, "model", lm))
-        return _words, "words"
-
-    def count_tokens(self, text: str) -> int:
-        """The length of ``text`` as the length penalty counts it (see :meth:`length_counter`)."""
-        return self.length_counter()[0](text)
+            return [counter(r) for r in rollouts], "tokens"
+        return word_lengths(rollouts, f"no tokenizer is known for the policy {getattr(lm, 'model', lm)}"), "words"
 
     def forward(self, question: str) -> dspy.Prediction:
         """Sample G rollouts for ``question``, then :meth:`score` them."""
@@ -149,13 +131,14 @@ class CaT(dspy.Module):
         Args:
             rollouts: The group o_1..o_G, as plain strings.
             question: Only used when the anchor is question-aware; never shown to the judge.
-            rollout_tokens: Token counts of the rollouts, for the length penalty (default: :meth:`length_counter`).
+            rollout_tokens: Token counts of the rollouts, for the length penalty (default: :meth:`rollout_lengths`).
             usage: Usage already recorded for this group (added to).
             failures: Failure reasons already recorded for this group (added to).
 
         Returns:
             A prediction with ``rollouts``, ``reference``, ``reference_answer``, ``answers``, ``rubric``,
-            ``verdicts`` (per rollout, rubric mode), ``rewards`` (floats, one per rollout), ``parsed``
+            ``verdicts`` (per rollout, rubric mode), ``rewards`` (floats, one per rollout), ``rollout_tokens``
+            (with a length limit: the lengths the penalty read, given or counted once here; else None), ``parsed``
             (synthesis / rubric / unread-verdict flags; with a length limit, ``length_penalized`` rollouts and the
             ``length_unit`` counted; in verifiable mode ``equivalence_fallbacks``: the symbolic checks that fell
             back to string comparison, by reason), ``failures`` (reasons, counted: ``rollout_error: ...``,
@@ -187,12 +170,12 @@ class CaT(dspy.Module):
         else:
             rewards, rubric, verdicts = self._rubric_rewards(rollouts, synthesis.reference, usage, failures, parsed)
 
+        lengths: list[int] | None = None
         if self.length_limit is not None:
             if rollout_tokens is not None:
                 lengths, unit = list(rollout_tokens), "tokens"
             else:
-                count, unit = self.length_counter()
-                lengths = [count(r) for r in rollouts]
+                lengths, unit = self.rollout_lengths(rollouts)
             penalized = [length_penalty(r, n, self.length_limit) for r, n in zip(rewards, lengths, strict=True)]
             parsed["length_penalized"] = sum(p != r for p, r in zip(penalized, rewards, strict=True))
             parsed["length_unit"] = unit
@@ -206,6 +189,7 @@ class CaT(dspy.Module):
             rubric=rubric,
             verdicts=verdicts,
             rewards=rewards,
+            rollout_tokens=lengths,
             parsed=parsed,
             failures=failures,
             valid=not any(f.startswith(BACKEND_FAILURES) for f in failures),

@@ -13,14 +13,42 @@ scored, counted ``<arm>/*`` metrics).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from cat_dspy.lm.usage import track_role
 from cat_dspy.rl.config import DEFAULTS
-from cat_dspy.rl.group import GroupReward, Row, json_column, rate
+from cat_dspy.rl.group import Completion, GroupReward, GroupScore, json_column, label_check, rate
 from cat_dspy.rl.inputs import prompt_conversation
 from cat_dspy.scoring.extraction import extract_answer
 from cat_dspy.scoring.rewards import majority_answer, verifiable_reward
+
+
+@dataclass(frozen=True, kw_only=True)
+class AnswerGroupScore(GroupScore):
+    """A group scored on its rollouts' final answers (majority vote, gold)."""
+
+    answers: list[str | None] = field(default_factory=list)  # answer(o_i), None where none could be extracted
+    majority_answer: str | None = None  # majority: the group's majority answer (None: no rollout has an answer)
+    consensus: float = 0.0  # majority: the majority cluster's size / G
+    correct: list[float] = field(default_factory=list)  # gold: each rollout's answer is right (before any penalty)
+
+
+@dataclass(frozen=True, kw_only=True)
+class JudgeGroupScore(GroupScore):
+    """A group scored by the model-as-judge: the anchor's reference and the judge's verdict per rollout."""
+
+    synthesis_parsed: bool = False  # the reference is non-empty / has an answer
+    verdicts: list[bool | None] = field(default_factory=list)  # equivalent to the reference (None: unread)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PhysicianRubricGroupScore(GroupScore):
+    """A group graded against its prompt's physician rubric items."""
+
+    met: list[list[bool]] = field(default_factory=list)  # per rollout, per rubric item: judged met
+    unread: int = 0  # verdicts the grader's output did not give
+    scores: list[float] = field(default_factory=list)  # the simple-evals score per rollout, before clipping
 
 
 def _role_lm(lm: Any, role: str) -> Any:
@@ -35,6 +63,7 @@ class _AnswerReward(GroupReward):
     """A reward on the rollouts' extracted final answers (majority, gold)."""
 
     artifact_fields = ("answers",)
+    score_type = AnswerGroupScore
 
     def __init__(self, num_generations: int = 8, num_generations_eval: int | None = None,
                  equivalence: str = DEFAULTS["equivalence"], extraction: str = DEFAULTS["extraction"],
@@ -51,13 +80,13 @@ class _AnswerReward(GroupReward):
     def checks_answers(self) -> bool:
         return True
 
-    def answers(self, rows: list[Row]) -> list[str | None]:
+    def answers(self, rows: list[Completion]) -> list[str | None]:
         return [extract_answer(row.text, self.extraction) for row in rows]
 
-    def metrics(self, results: list[dict[str, Any]], n_completions: int) -> dict[str, float]:
+    def metrics(self, results: list[AnswerGroupScore], n_completions: int) -> dict[str, float]:
         out = super().metrics(results, n_completions)
         rate(out, f"{self.prefix}/answer_extracted",
-             [float(a is not None) for r in results if r["valid"] for a in r["answers"]])
+             [float(a is not None) for r in results if r.valid for a in r.answers])
         return out
 
     def __repr__(self) -> str:
@@ -85,30 +114,20 @@ class MajorityReward(_AnswerReward):
     prefix = "majority"
     artifact_fields = ("majority_answer", "answers")
 
-    def score_group(self, rows: list[Row]) -> dict[str, Any]:
+    def score_group(self, rows: list[Completion]) -> AnswerGroupScore:
         answers = self.answers(rows)
         majority, size, members = majority_answer(answers, mode=self.equivalence)
         matches = [1.0 if i in members else 0.0 for i in range(len(rows))]
         rewards, hits = self.penalize(matches, rows, self.length_limit)
-        result: dict[str, Any] = {"valid": True, "rewards": rewards, "failures": [], "answers": answers,
-                                  "majority_answer": majority, "consensus": size / len(rows), "length_hits": hits}
-        gold = rows[0].gold  # evaluating only
-        if gold is not None:
-            result["label_correct"] = verifiable_reward(majority, gold, mode=self.equivalence)
-            gold_rewards = [verifiable_reward(a, gold, mode=self.equivalence) for a in answers]
-            result["reward_agreements"] = sum(m == g for m, g in zip(matches, gold_rewards, strict=True))
-        return result
+        labels = label_check(majority, answers, matches, rows[0].gold, self.equivalence)  # gold: evaluating only
+        return AnswerGroupScore(valid=True, rewards=rewards, answers=answers, majority_answer=majority,
+                                consensus=size / len(rows), length_hits=hits, **labels)
 
-    def metrics(self, results: list[dict[str, Any]], n_completions: int) -> dict[str, float]:
-        out = super().metrics(results, n_completions)
-        valid = [r for r in results if r["valid"]]
-        rate(out, "majority/consensus", [r["consensus"] for r in valid if r["majority_answer"] is not None])
-        out["majority/no_answer_groups"] = float(sum(1 for r in valid if r["majority_answer"] is None))
-        with_gold = [r for r in valid if "label_correct" in r]
-        rate(out, "majority/label_accuracy", [r["label_correct"] for r in with_gold])
-        if with_gold:
-            total = sum(len(r["answers"]) for r in with_gold)
-            out["majority/reward_accuracy"] = sum(r["reward_agreements"] for r in with_gold) / max(total, 1)
+    def metrics(self, results: list[AnswerGroupScore], n_completions: int) -> dict[str, float]:
+        out = super().metrics(results, n_completions)  # majority/label_accuracy, majority/reward_accuracy too
+        valid = [r for r in results if r.valid]
+        rate(out, "majority/consensus", [r.consensus for r in valid if r.majority_answer is not None])
+        out["majority/no_answer_groups"] = float(sum(1 for r in valid if r.majority_answer is None))
         return out
 
 
@@ -128,19 +147,18 @@ class GoldReward(_AnswerReward):
     prefix = "gold"
     reads_labels = True
 
-    def score_group(self, rows: list[Row]) -> dict[str, Any]:
+    def score_group(self, rows: list[Completion]) -> AnswerGroupScore:
         if any(row.gold is None for row in rows):
-            return {"valid": False, "failures": ["missing_label"]}
+            return AnswerGroupScore(valid=False, failures=["missing_label"])
         answers = self.answers(rows)
         matches = [verifiable_reward(a, row.gold, mode=self.equivalence) for a, row in zip(answers, rows, strict=True)]
         rewards, hits = self.penalize(matches, rows, self.length_limit)
-        return {"valid": True, "rewards": rewards, "failures": [], "answers": answers, "correct": matches,
-                "length_hits": hits}
+        return AnswerGroupScore(valid=True, rewards=rewards, answers=answers, correct=matches, length_hits=hits)
 
-    def metrics(self, results: list[dict[str, Any]], n_completions: int) -> dict[str, float]:
+    def metrics(self, results: list[AnswerGroupScore], n_completions: int) -> dict[str, float]:
         out = super().metrics(results, n_completions)
-        rate(out, "gold/accuracy", [c for r in results if r["valid"] for c in r["correct"]])
-        out["gold/missing_labels"] = float(sum(1 for r in results if "missing_label" in r["failures"]))
+        rate(out, "gold/accuracy", [c for r in results if r.valid for c in r.correct])
+        out["gold/missing_labels"] = float(sum(1 for r in results if "missing_label" in r.failures))
         return out
 
 
@@ -174,6 +192,7 @@ class JudgeReward(GroupReward):
     error_roles = ("anchor", "judge", "reward")
     reference_column = "judge_reference"
     artifact_fields = ("reference", "verdicts")
+    score_type = JudgeGroupScore
 
     def __init__(self, anchor: Any, judge: Any, mode: str = DEFAULTS["mode"], num_generations: int = 8,
                  num_generations_eval: int | None = None, question_aware: bool = DEFAULTS["question_aware"],
@@ -203,32 +222,32 @@ class JudgeReward(GroupReward):
     def judge(self) -> Any:
         return self.equivalence_judge.lm
 
-    def score_group(self, rows: list[Row]) -> dict[str, Any]:
+    def score_group(self, rows: list[Completion]) -> JudgeGroupScore:
         usage: dict[str, dict[str, float]] = {}
         with track_role(usage, "anchor", self.anchor):
             synthesis = self.synthesize(rollouts=[row.text for row in rows], question=rows[0].question)
-        result: dict[str, Any] = {"reference": synthesis.reference, "synthesis_parsed": bool(synthesis.parsed),
-                                  "usage": usage, "verdicts": [], "failures": []}
+        reference = {"reference": synthesis.reference, "synthesis_parsed": bool(synthesis.parsed), "usage": usage}
         if synthesis.error:
-            return {**result, "valid": False, "failures": [f"anchor_error: {synthesis.error}"]}
+            return JudgeGroupScore(valid=False, failures=[f"anchor_error: {synthesis.error}"], **reference)
         if not synthesis.reference.strip():
-            return {**result, "valid": True, "rewards": [None] * len(rows) if self.skip_unparsed else [0.0] * len(rows),
-                    "skipped": self.skip_unparsed, "failures": ["empty_reference"]}
+            rewards = [None] * len(rows) if self.skip_unparsed else [0.0] * len(rows)
+            return JudgeGroupScore(valid=True, rewards=rewards, skipped=self.skip_unparsed,
+                                   failures=["empty_reference"], **reference)
         with track_role(usage, "judge", self.judge):
             judged = self.equivalence_judge.map(
                 lambda row: self.equivalence_judge(reference=synthesis.reference, response=row.text), rows)
         errors = [j.error for j in judged if j.error]
         verdicts = [j.equivalent for j in judged]
         if errors:
-            return {**result, "valid": False, "failures": [f"judge_error: {e}" for e in errors]}
+            return JudgeGroupScore(valid=False, failures=[f"judge_error: {e}" for e in errors], **reference)
         rewards, hits = self.penalize([1.0 if v else 0.0 for v in verdicts], rows, self.length_limit)
-        return {**result, "valid": True, "rewards": rewards, "verdicts": verdicts, "length_hits": hits,
-                "failures": ["unread_verdict"] * sum(v is None for v in verdicts)}
+        return JudgeGroupScore(valid=True, rewards=rewards, verdicts=verdicts, length_hits=hits,
+                               failures=["unread_verdict"] * sum(v is None for v in verdicts), **reference)
 
-    def metrics(self, results: list[dict[str, Any]], n_completions: int) -> dict[str, float]:
+    def metrics(self, results: list[JudgeGroupScore], n_completions: int) -> dict[str, float]:
         out = super().metrics(results, n_completions)
-        rate(out, "judge/synthesis_extracted", [float(r.get("synthesis_parsed", False)) for r in results])
-        verdicts = [v for r in results if r["valid"] for v in r["verdicts"]]
+        rate(out, "judge/synthesis_extracted", [float(r.synthesis_parsed) for r in results])
+        verdicts = [v for r in results if r.valid for v in r.verdicts]
         rate(out, "judge/equivalent_rate", [float(v is True) for v in verdicts])
         out["judge/unread_verdicts"] = float(sum(v is None for v in verdicts))
         return out
@@ -269,6 +288,7 @@ class PhysicianRubricReward(GroupReward):
     train_columns = ("rubrics",)
     error_roles = ("judge", "reward")
     artifact_fields = ("scores", "met")
+    score_type = PhysicianRubricGroupScore
 
     def __init__(self, judge: Any, num_generations: int = 8, num_generations_eval: int | None = None,
                  length_limit: int | None = DEFAULTS["length_limit"], num_threads: int | None = DEFAULTS["num_threads"],
@@ -287,7 +307,7 @@ class PhysicianRubricReward(GroupReward):
     def judge(self) -> Any:
         return self.grader.lm
 
-    def score_group(self, rows: list[Row]) -> dict[str, Any]:
+    def score_group(self, rows: list[Completion]) -> PhysicianRubricGroupScore:
         rubrics = json_column(rows[0].data["rubrics"])
         if not isinstance(rubrics, list) or not all(isinstance(i, dict) and "criterion" in i and "points" in i
                                                     for i in rubrics):
@@ -298,27 +318,28 @@ class PhysicianRubricReward(GroupReward):
         with track_role(usage, "judge", self.judge):
             graded = self.grader.map(
                 lambda row: self.grader(conversation=conversation, response=row.text, rubrics=rubrics), rows)
-        result: dict[str, Any] = {"usage": usage, "met": [g.met for g in graded],
-                                  "unread": sum(g.unread for g in graded)}
+        graded_fields = {"usage": usage, "met": [g.met for g in graded], "unread": sum(g.unread for g in graded)}
         errors = [e for g in graded for e in g.errors]
         if errors:
-            return {**result, "valid": False, "failures": [f"judge_error: {e}" for e in errors]}
+            return PhysicianRubricGroupScore(valid=False, failures=[f"judge_error: {e}" for e in errors],
+                                             **graded_fields)
         scores = [g.score for g in graded]
         if any(s is None for s in scores):
-            return {**result, "valid": False, "failures": ["rubric_without_positive_points"]}
+            return PhysicianRubricGroupScore(valid=False, failures=["rubric_without_positive_points"],
+                                             **graded_fields)
         clipped = [min(1.0, max(0.0, float(s))) for s in scores]
         rewards, hits = self.penalize(clipped, rows, self.length_limit)
-        return {**result, "valid": True, "rewards": rewards, "scores": scores, "length_hits": hits,
-                "failures": ["unread_verdicts"] * bool(result["unread"])}
+        return PhysicianRubricGroupScore(valid=True, rewards=rewards, scores=scores, length_hits=hits,
+                                         failures=["unread_verdicts"] * bool(graded_fields["unread"]), **graded_fields)
 
-    def metrics(self, results: list[dict[str, Any]], n_completions: int) -> dict[str, float]:
+    def metrics(self, results: list[PhysicianRubricGroupScore], n_completions: int) -> dict[str, float]:
         out = super().metrics(results, n_completions)
-        valid = [r for r in results if r["valid"]]
-        rate(out, "physician_rubric/items_met", [float(m) for r in valid for met in r["met"] for m in met])
-        rate(out, "physician_rubric/raw_score", [s for r in valid for s in r["scores"]])
-        out["physician_rubric/unread_verdicts"] = float(sum(r.get("unread", 0) for r in results))
+        valid = [r for r in results if r.valid]
+        rate(out, "physician_rubric/items_met", [float(m) for r in valid for met in r.met for m in met])
+        rate(out, "physician_rubric/raw_score", [s for r in valid for s in r.scores])
+        out["physician_rubric/unread_verdicts"] = float(sum(r.unread for r in results))
         out["physician_rubric/unscorable_rubrics"] = float(
-            sum(1 for r in results if "rubric_without_positive_points" in r["failures"]))
+            sum(1 for r in results if "rubric_without_positive_points" in r.failures))
         return out
 
     def __repr__(self) -> str:

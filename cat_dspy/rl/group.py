@@ -16,19 +16,21 @@ import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from cat_dspy.lm.usage import merge_usage
 from cat_dspy.rl.callbacks import mlflow_run_active, reward_callback, sampled_traces
 from cat_dspy.rl.inputs import completion_text, gold_text, group_completions, prompt_key, prompt_question
 from cat_dspy.scoring.equivalence import EQUIVALENCE_FALLBACKS, collect_equivalence
-from cat_dspy.scoring.rewards import length_penalty
+from cat_dspy.scoring.rewards import length_penalty, verifiable_reward, word_lengths
 
 logger = logging.getLogger(__name__)
 
 
-class Row(NamedTuple):
-    """One completion as a group reward sees it (the first five fields are positional: ``row[2]`` is the text)."""
+@dataclass(frozen=True)
+class Completion:
+    """One rollout o_i of a group as a group reward sees it: TRL's completion with its prompt and columns."""
 
     key: str  # the whole prompt, canonical (grouping)
     question: str  # the last user message
@@ -37,6 +39,43 @@ class Row(NamedTuple):
     gold: str | None  # the dataset's answer: always for a reward that reads labels, else only while evaluating
     data: Mapping[str, Any]  # the other dataset columns the reward reads (train_columns), this completion's values
     prompt: Any = None  # the TRL prompt itself (a string or a conversation)
+
+
+@dataclass(frozen=True, kw_only=True)
+class GroupScore:
+    """What scoring one group of G completions gave: its rewards and what the metrics count.
+
+    Each reward's :meth:`GroupReward.score_group` returns its own subclass (:attr:`GroupReward.score_type`), with
+    the fields its metrics read; every field has a default, so an invalid group is the same type.
+    """
+
+    valid: bool  # False: a failed LM call, a missing label or a bug; every reward is None (TRL skips the group)
+    rewards: list[float | None] = field(default_factory=list)  # one per completion, in the group's order
+    failures: list[str] = field(default_factory=list)  # the reasons, counted (``anchor_error: ...``)
+    reference: str | None = None  # the group's reference, where the reward synthesizes one (logged by TRL)
+    usage: dict[str, dict[str, float]] = field(default_factory=dict)  # LM usage per role
+    length_hits: int = 0  # completions the length penalty hit
+    skipped: bool = False  # skip_unparsed: no usable reference, rewards None on purpose (not a failure)
+    equivalence: dict[str, int] = field(default_factory=dict)  # answer checks that fell back, by reason
+    label_correct: float | None = None  # evaluating with gold answers: the group's label (reference, majority) is right
+    reward_agreements: int | None = None  # evaluating with gold answers: rewards equal to the gold reward
+
+
+def label_check(label: str | None, answers: Sequence[str | None], matches: Sequence[float], gold: str | None,
+                mode: str) -> dict[str, Any]:
+    """The :class:`GroupScore` label fields of a group, evaluating with a gold answer (``{}`` without one): whether
+    the group's label (the reference's answer, the majority answer) is right, and how many of the rewards before any
+    length penalty (``matches``) equal the gold reward of the rollout's answer.
+
+    Examples:
+        >>> label_check("4", ["4", "5"], [1.0, 0.0], "4", "symbolic"), label_check("4", ["4"], [1.0], None, "string")
+        ({'label_correct': 1.0, 'reward_agreements': 2}, {})
+    """
+    if gold is None:
+        return {}
+    gold_rewards = [verifiable_reward(a, gold, mode=mode) for a in answers]
+    return {"label_correct": verifiable_reward(label, gold, mode=mode),
+            "reward_agreements": sum(m == g for m, g in zip(matches, gold_rewards, strict=True))}
 
 
 def rate(out: dict[str, float], name: str, values: Sequence[float]) -> None:
@@ -65,7 +104,8 @@ class GroupReward:
         train_columns: Dataset columns the training set must carry (besides the prompt).
         error_roles: Failure prefixes counted as ``<prefix>/<role>_errors`` (``anchor`` -> ``anchor_error: ...``).
         reference_column: The ``log_extra`` column of each group's ``reference`` (None: not logged).
-        artifact_fields: Result fields written to the MLflow artifact of each call.
+        artifact_fields: Fields of :attr:`score_type` written to the MLflow artifact of each call.
+        score_type: The :class:`GroupScore` subclass :meth:`score_group` returns (an invalid group is one too).
 
     Args:
         num_generations: G, TRL's ``num_generations``.
@@ -82,6 +122,7 @@ class GroupReward:
     error_roles: tuple[str, ...] = ("reward",)
     reference_column: str | None = None
     artifact_fields: tuple[str, ...] = ()
+    score_type: type[GroupScore] = GroupScore
 
     def __init__(self, num_generations: int = 8, num_generations_eval: int | None = None,
                  num_threads: int | None = None, artifacts: bool = True, trace_every: int = 0,
@@ -96,7 +137,6 @@ class GroupReward:
         self.trace_every = trace_every
         self._model: Any = None
         self._warned_grouping = False
-        self._warned_words = False
         self.calls = 0
         self.seconds = 0.0
         self.call_seconds: list[float] = []  # wall time of each call, for benchmarks
@@ -165,7 +205,7 @@ class GroupReward:
         rows = [row for part in parts for row in part]
 
         g = (self.num_generations_eval or self.num_generations) if evaluating else self.num_generations
-        groups, blocks_ok = group_completions([row[0] for row in rows], g)
+        groups, blocks_ok = group_completions([row.key for row in rows], g)
         if not blocks_ok and not self._warned_grouping:
             self._warned_grouping = True
             logger.warning(
@@ -176,7 +216,7 @@ class GroupReward:
         mine = distributed.owned(len(groups), rank, world)
         traced = self.trace_every > 0 and rank == 0 and call % self.trace_every == 0 and mlflow_run_active()
         scored = self._score_groups([[rows[i] for i in groups[k]] for k in mine], traced)
-        results: dict[int, dict[str, Any]] = dict(zip(mine, scored, strict=True))
+        results: dict[int, GroupScore] = dict(zip(mine, scored, strict=True))
         if world > 1:
             results = {k: v for part in distributed.all_gather(results) for k, v in part.items()}  # collective 2
 
@@ -184,8 +224,8 @@ class GroupReward:
         references: list[str] = [""] * len(rows)
         for k, indices in enumerate(groups):
             for j, i in enumerate(indices):
-                rewards[i] = results[k]["rewards"][j]
-                references[i] = results[k].get("reference") or ""
+                rewards[i] = results[k].rewards[j]
+                references[i] = results[k].reference or ""
 
         elapsed = time.perf_counter() - start
         metrics = self.metrics([results[k] for k in range(len(groups))], n_completions=len(rows))
@@ -195,7 +235,7 @@ class GroupReward:
         self.call_seconds.append(elapsed)
         self.last_metrics = metrics
         for result in results.values():
-            merge_usage(self.usage, result.get("usage") or {})
+            merge_usage(self.usage, result.usage)
         if log_metric is not None:
             for key in sorted(metrics):
                 log_metric(key, metrics[key])
@@ -206,7 +246,7 @@ class GroupReward:
         return rewards[offset : offset + n]
 
     def _rows(self, prompts: Sequence[Any], completions: Sequence[Any], completion_ids: Any,
-              columns: Mapping[str, Any], evaluating: bool) -> list[Row]:
+              columns: Mapping[str, Any], evaluating: bool) -> list[Completion]:
         n = len(completions)
         lengths = [len(ids) for ids in completion_ids] if completion_ids is not None else [None] * n
         for name in (("answer",) if self.reads_labels else ()) + self.train_columns:
@@ -220,18 +260,18 @@ class GroupReward:
         read_gold = (self.reads_labels or evaluating) and "answer" in columns
         golds = [gold_text(a) for a in columns["answer"]] if read_gold else [None] * n
         data = [{name: columns[name][i] for name in self.train_columns if name != "answer"} for i in range(n)]
-        return [Row(prompt_key(p), prompt_question(p), completion_text(c), length, gold, extra, p)
+        return [Completion(prompt_key(p), prompt_question(p), completion_text(c), length, gold, extra, p)
                 for p, c, length, gold, extra in zip(prompts, completions, lengths, golds, data, strict=True)]
 
     # -- scoring ---------------------------------------------------------------------------------------------
 
-    def score_group(self, rows: list[Row]) -> dict[str, Any]:
-        """Score one group: a dict with ``valid``, ``rewards`` (one per row) and ``failures`` (reasons, counted),
-        plus anything the subclass's metrics read. May raise: :meth:`_score_group` turns that into an invalid
-        group."""
+    def score_group(self, rows: list[Completion]) -> GroupScore:
+        """Score one group: a :attr:`score_type` with ``valid``, ``rewards`` (one per completion) and ``failures``
+        (reasons, counted), plus what the subclass's metrics read. May raise: :meth:`_score_group` turns that into
+        an invalid group."""
         raise NotImplementedError
 
-    def _score_groups(self, groups: list[list[Row]], traced: bool) -> list[dict[str, Any]]:
+    def _score_groups(self, groups: list[list[Completion]], traced: bool) -> list[GroupScore]:
         from cat_dspy.modules.base import thread_map
 
         if not groups:
@@ -241,60 +281,61 @@ class GroupReward:
         with sampled_traces():
             return thread_map(self._score_group, groups, self.num_threads)
 
-    def _score_group(self, rows: list[Row]) -> dict[str, Any]:
+    def _score_group(self, rows: list[Completion]) -> GroupScore:
         """Score one group; never raises (a failure makes the group invalid: ``None`` rewards)."""
         try:
             with collect_equivalence() as outcomes:
                 result = self.score_group(rows)
-            result["equivalence"] = {k: outcomes[k] for k in EQUIVALENCE_FALLBACKS}
+            result = replace(result, equivalence={k: outcomes[k] for k in EQUIVALENCE_FALLBACKS})
         except Exception as exc:  # a bug or an unexpected backend error must not hang the other ranks
             logger.exception("%s: scoring a group failed", self.__name__)
-            result = {"valid": False, "failures": [f"reward_error: {type(exc).__name__}: {str(exc)[:300]}"]}
-        result.setdefault("failures", [])
-        if not result["valid"]:
-            result["rewards"] = [None] * len(rows)
+            result = self.score_type(valid=False, failures=[f"reward_error: {type(exc).__name__}: {str(exc)[:300]}"])
+        if not result.valid:
+            result = replace(result, rewards=[None] * len(rows))
         return result
 
-    def penalize(self, rewards: list[float], rows: list[Row], limit: int | None) -> tuple[list[float], int]:
+    def penalize(self, rewards: list[float], rows: list[Completion], limit: int | None) -> tuple[list[float], int]:
         """The length penalty (reward −1 above ``limit`` tokens, :func:`~cat_dspy.scoring.rewards.length_penalty`)
         on the rewards of one group, and how many completions it hit. Lengths are TRL's token counts; a call
         without ``completion_ids`` counts whitespace words (warned once)."""
         if limit is None:
             return rewards, 0
-        if any(row.length is None for row in rows) and not self._warned_words:
-            self._warned_words = True
-            logger.warning("%s: no completion_ids given; lengths are counted in whitespace words", self.__name__)
-        lengths = [row.length if row.length is not None else len(row.text.split()) for row in rows]
+        lengths = [row.length for row in rows]
+        if any(length is None for length in lengths):
+            lengths = word_lengths([row.text for row in rows], f"{self.__name__} was called without completion_ids")
         penalized = [length_penalty(r, n, limit) for r, n in zip(rewards, lengths, strict=True)]
         return penalized, sum(p != r for p, r in zip(penalized, rewards, strict=True))
 
     # -- metrics ---------------------------------------------------------------------------------------------
 
-    def metrics(self, results: list[dict[str, Any]], n_completions: int) -> dict[str, float]:
+    def metrics(self, results: list[GroupScore], n_completions: int) -> dict[str, float]:
         """The ``<prefix>/*`` metrics every group reward logs, from the results of all groups of one call (the same
         on every rank); subclasses add their own."""
         p, out = self.prefix, {}
-        valid = [r for r in results if r["valid"]]
-        scored = [r for r in valid if not r.get("skipped")]
+        valid = [r for r in results if r.valid]
+        scored = [r for r in valid if not r.skipped]
         out[f"{p}/invalid_groups"] = float(len(results) - len(valid))
-        rate(out, f"{p}/zero_spread_groups", [float(max(r["rewards"]) == min(r["rewards"]))
-                                              for r in scored if r["rewards"]])
-        out[f"{p}/length_penalty_hits"] = sum(r.get("length_hits", 0) for r in results) / max(n_completions, 1)
+        rate(out, f"{p}/zero_spread_groups", [float(max(r.rewards) == min(r.rewards)) for r in scored if r.rewards])
+        out[f"{p}/length_penalty_hits"] = sum(r.length_hits for r in results) / max(n_completions, 1)
         for role in self.error_roles:
             out[f"{p}/{role}_errors"] = float(
-                sum(1 for r in results for f in r["failures"] if f.startswith(f"{role}_error")))
+                sum(1 for r in results for f in r.failures if f.startswith(f"{role}_error")))
         if getattr(self, "skip_unparsed", False):
-            out[f"{p}/skipped_groups"] = float(sum(1 for r in valid if r.get("skipped")))
+            out[f"{p}/skipped_groups"] = float(sum(1 for r in valid if r.skipped))
         if self.checks_answers:
             for reason in EQUIVALENCE_FALLBACKS:
-                out[f"{p}/equivalence_{reason}"] = float(sum((r.get("equivalence") or {}).get(reason, 0)
-                                                             for r in results))
+                out[f"{p}/equivalence_{reason}"] = float(sum(r.equivalence.get(reason, 0) for r in results))
             out[f"{p}/equivalence_fallbacks"] = sum(out[f"{p}/equivalence_{k}"] for k in EQUIVALENCE_FALLBACKS)
+        with_gold = [r for r in valid if r.label_correct is not None]  # evaluating with gold answers only
+        rate(out, f"{p}/label_accuracy", [r.label_correct for r in with_gold])
+        if with_gold:
+            total = sum(len(r.rewards) for r in with_gold)
+            out[f"{p}/reward_accuracy"] = sum(r.reward_agreements or 0 for r in with_gold) / max(total, 1)
         return out
 
     # -- MLflow ----------------------------------------------------------------------------------------------
 
-    def _log_artifacts(self, groups: list[list[int]], results: dict[int, dict[str, Any]], rows: list[Row],
+    def _log_artifacts(self, groups: list[list[int]], results: dict[int, GroupScore], rows: list[Completion],
                        trainer_state: Any, evaluating: bool, call: int) -> None:
         if not mlflow_run_active():
             return
@@ -304,11 +345,11 @@ class GroupReward:
         records = []
         for k, indices in enumerate(groups):
             r = results[k]
-            record: dict[str, Any] = {"group": k, "question": rows[indices[0]][1][:2000]}
+            record: dict[str, Any] = {"group": k, "question": rows[indices[0]].question[:2000]}
             for name in self.artifact_fields:
-                value = r.get(name)
+                value = getattr(r, name)
                 record[name] = value[:8000] if isinstance(value, str) else value
-            record.update(rewards=r["rewards"], failures=r["failures"])
+            record.update(rewards=r.rewards, failures=r.failures)
             records.append(record)
         phase = "eval" if evaluating else "train"
         try:

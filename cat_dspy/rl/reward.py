@@ -7,11 +7,11 @@ it. Heavy imports (torch, accelerate, mlflow, the CaT modules) happen inside the
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from typing import Any
 
-from cat_dspy.rl.callbacks import sampled_traces
 from cat_dspy.rl.config import DEFAULTS
-from cat_dspy.rl.group import GroupReward, rate
+from cat_dspy.rl.group import Completion, GroupReward, GroupScore, label_check, rate
 from cat_dspy.scoring.equivalence import EQUIVALENCE_FALLBACKS, equivalent
 from cat_dspy.scoring.rewards import majority_answer, verifiable_reward
 
@@ -38,6 +38,21 @@ REWARD_METRICS = (
 )
 """Metric names :class:`CaTReward` logs through TRL's ``log_metric``; a name is left out of a call where it is
 undefined (no denominator, other mode, not evaluating), identically on every rank."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class CaTGroupScore(GroupScore):
+    """One group scored by CaT: the anchor's reference s, the rollouts' answers and what the ``cat/*`` metrics read
+    (the :class:`~cat_dspy.rl.group.GroupScore` fields: rewards, failures, usage, length hits, ...)."""
+
+    reference_answer: str | None = None  # answer(s), verifiable mode
+    answers: list[str | None] = field(default_factory=list)  # answer(o_i), verifiable mode
+    rubric: list[str] = field(default_factory=list)  # the self-proposed criteria, rubric mode
+    verdicts: list[list[bool]] | None = None  # the judge's verdicts per rollout and criterion, rubric mode
+    rollout_tokens: list[int] | None = None  # the lengths the length penalty read (None: no limit)
+    synthesis_parsed: bool = False  # the reference has an extractable answer (freeform: is non-empty)
+    outside: bool | None = None  # verifiable: no rollout's answer matches the reference's (None: no reference answer)
+    majority_agrees: bool | None = None  # verifiable: the reference's answer is the rollouts' majority answer
 
 
 class CaTReward(GroupReward):
@@ -91,6 +106,7 @@ class CaTReward(GroupReward):
     error_roles = ("anchor", "reward")
     reference_column = "cat_reference"
     artifact_fields = ("reference", "reference_answer", "rubric", "answers")
+    score_type = CaTGroupScore
 
     def __init__(
         self,
@@ -154,80 +170,57 @@ class CaTReward(GroupReward):
 
     # -- scoring ---------------------------------------------------------------------------------------------
 
-    def _score_groups(self, groups: list[list[tuple]], traced: bool) -> list[dict[str, Any]]:
-        if not groups:
-            return []
-        run = lambda: self.cat.synthesize.map(self._score_group, groups, num_threads=self.num_threads)  # noqa: E731
-        if not traced:
-            return run()
-        with sampled_traces():
-            return run()
-
-    def score_group(self, rows: list[tuple]) -> dict[str, Any]:
+    def score_group(self, rows: list[Completion]) -> CaTGroupScore:
         """Score one group: the anchor's reference, then every rollout against it (the base class makes a group
         that raises invalid)."""
-        rollouts = [row[2] for row in rows]
-        lengths = [row[3] for row in rows]
+        lengths = [row.length for row in rows]
         tokens = lengths if all(length is not None for length in lengths) else None
-        pred = self.cat.score(rollouts, question=rows[0][1], rollout_tokens=tokens)
-        return self._result(pred, rows)
-
-    def _result(self, pred: Any, rows: list[tuple]) -> dict[str, Any]:
-        limit = self.length_limit
-        counted = [row[3] if row[3] is not None else self.cat.count_tokens(row[2]) for row in rows]
-        result: dict[str, Any] = {
-            "valid": bool(pred.valid),
-            "rewards": [float(r) for r in pred.rewards],
-            "reference": pred.reference,
-            "reference_answer": pred.reference_answer,
-            "answers": list(pred.answers),
-            "rubric": list(pred.rubric),
-            "verdicts": pred.verdicts,
-            "synthesis_parsed": bool(pred.parsed.get("synthesis")),
-            "failures": list(pred.failures),
-            "usage": pred.usage,
-            "length_hits": sum(1 for c in counted if limit is not None and c > limit),
-            "skipped": False,
-        }
-        if self.skip_unparsed and result["valid"] and not result["synthesis_parsed"]:
-            result["rewards"], result["skipped"] = [None] * len(rows), True
-        if self.mode == "verifiable" and result["valid"]:
-            ref, answers, mode = pred.reference_answer, pred.answers, self.equivalence
+        pred = self.cat.score([row.text for row in rows], question=rows[0].question, rollout_tokens=tokens)
+        limit, mode = self.length_limit, self.equivalence
+        valid, parsed = bool(pred.valid), bool(pred.parsed.get("synthesis"))
+        skipped = self.skip_unparsed and valid and not parsed
+        checks: dict[str, Any] = {}
+        if self.mode == "verifiable" and valid:
+            ref, answers = pred.reference_answer, pred.answers
             matches = pred.rewards if limit is None else [verifiable_reward(a, ref, mode=mode) for a in answers]
-            result["outside"] = result["majority_agrees"] = None
             if ref is not None:  # both metrics are undefined without a reference answer: skip the equivalences
                 majority, _, _ = majority_answer(answers, mode=mode)
-                result["outside"] = not any(m == 1.0 for m in matches)
-                result["majority_agrees"] = None if majority is None else equivalent(ref, majority, mode=mode)
-            gold = rows[0][4]
-            if gold is not None:
-                result["label_correct"] = verifiable_reward(ref, gold, mode=mode)
-                gold_rewards = [verifiable_reward(a, gold, mode=mode) for a in answers]
-                result["reward_agreements"] = sum(m == gr for m, gr in zip(matches, gold_rewards, strict=True))
-        return result
+                checks["outside"] = not any(m == 1.0 for m in matches)
+                checks["majority_agrees"] = None if majority is None else equivalent(ref, majority, mode=mode)
+            checks.update(label_check(ref, answers, matches, rows[0].gold, mode))  # gold: evaluating only
+        return CaTGroupScore(
+            valid=valid,
+            rewards=[None] * len(rows) if skipped else [float(r) for r in pred.rewards],
+            failures=list(pred.failures),
+            reference=pred.reference,
+            usage=pred.usage,
+            length_hits=sum(1 for n in pred.rollout_tokens or [] if n > limit),  # counted once, by CaT.score
+            skipped=skipped,
+            reference_answer=pred.reference_answer,
+            answers=list(pred.answers),
+            rubric=list(pred.rubric),
+            verdicts=pred.verdicts,
+            rollout_tokens=pred.rollout_tokens,
+            synthesis_parsed=parsed,
+            **checks,
+        )
 
-    def metrics(self, results: list[dict[str, Any]], n_completions: int) -> dict[str, float]:
+    def metrics(self, results: list[CaTGroupScore], n_completions: int) -> dict[str, float]:
         """The ``cat/*`` metrics of one call, from the results of all its groups (the same on every rank)."""
-        out = super().metrics(results, n_completions)  # invalid/zero-spread groups, errors, length, equivalence
-        valid = [r for r in results if r["valid"]]
-        rate(out, "cat/synthesis_extracted", [float(r.get("synthesis_parsed", False)) for r in results])
+        out = super().metrics(results, n_completions)  # invalid/zero-spread groups, errors, length, labels, ...
+        valid = [r for r in results if r.valid]
+        rate(out, "cat/synthesis_extracted", [float(r.synthesis_parsed) for r in results])
         if self.mode == "verifiable":
             rate(out, "cat/majority_disagreement",
-                 [float(not r["majority_agrees"]) for r in valid if r.get("majority_agrees") is not None])
-            rate(out, "cat/reference_outside_rollouts",
-                 [float(r["outside"]) for r in valid if r.get("outside") is not None])
-            with_gold = [r for r in valid if "label_correct" in r]
-            rate(out, "cat/label_accuracy", [r["label_correct"] for r in with_gold])
-            if with_gold:
-                total = sum(len(r["answers"]) for r in with_gold)
-                out["cat/reward_accuracy"] = sum(r["reward_agreements"] for r in with_gold) / max(total, 1)
+                 [float(not r.majority_agrees) for r in valid if r.majority_agrees is not None])
+            rate(out, "cat/reference_outside_rollouts", [float(r.outside) for r in valid if r.outside is not None])
         else:
-            rubrics = [r for r in valid if r["rubric"]]
-            rate(out, "cat/rubric_size", [float(len(r["rubric"])) for r in rubrics])
-            verdicts = [v for r in rubrics for row in (r["verdicts"] or []) for v in row]
+            rubrics = [r for r in valid if r.rubric]
+            rate(out, "cat/rubric_size", [float(len(r.rubric)) for r in rubrics])
+            verdicts = [v for r in rubrics for row in (r.verdicts or []) for v in row]
             rate(out, "cat/criterion_pass_rate", [float(v is True) for v in verdicts])
             out["cat/judge_errors"] = float(
-                sum(1 for r in results for f in r["failures"] if f.startswith("judge_error")))
+                sum(1 for r in results for f in r.failures if f.startswith("judge_error")))
         return out
 
     def __repr__(self) -> str:

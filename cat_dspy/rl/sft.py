@@ -205,6 +205,12 @@ def peft_config(model_args: Any) -> tuple[Any, str]:
     return get_peft_config(model_args), f"LoRA rank {model_args.lora_r}"
 
 
+def trainable_share(model: Any) -> float:
+    """The fraction of ``model``'s parameters that training updates (LoRA: a few percent; full fine-tuning: 1)."""
+    sizes = [(p.numel(), p.requires_grad) for p in model.parameters()]
+    return sum(n for n, trained in sizes if trained) / max(sum(n for n, _ in sizes), 1)
+
+
 def main(script_args: Any, training_args: Any, model_args: Any) -> Any:
     """Synthesize (or reuse) the references, then fine-tune with ``SFTTrainer``; returns the trainer."""
     from pathlib import Path
@@ -274,6 +280,10 @@ def main(script_args: Any, training_args: Any, model_args: Any) -> Any:
             callbacks.append(transformers.EarlyStoppingCallback(script_args.early_stopping_patience))
         trainer = SFTTrainer(model=model_path, args=training_args, train_dataset=train, eval_dataset=evaluation,
                              peft_config=peft, callbacks=callbacks)
+        share = trainable_share(trainer.model)
+        logger.info("CaT-SFT: %s, %.2f%% of the parameters trained", tuning, 100 * share)
+        if run.run is not None:
+            mlflow.log_metric("sft/trainable_share", share, step=0)
         result = trainer.train(resume_from_checkpoint=checkpoint)
         trainer.log_metrics("train", result.metrics)
         trainer.save_metrics("train", result.metrics)

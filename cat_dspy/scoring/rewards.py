@@ -6,7 +6,12 @@ No LM and no torch here. The TRL reward built on them lives in :mod:`cat_dspy.rl
 
 from __future__ import annotations
 
+import logging
+import threading
+
 from cat_dspy.scoring.equivalence import equivalent, normalize_answer
+
+logger = logging.getLogger(__name__)
 
 # --- pure rewards ---
 
@@ -69,6 +74,29 @@ def length_penalty(reward: float, n_tokens: int, max_tokens: int | None) -> floa
     if max_tokens is not None and n_tokens > max_tokens:
         return -1.0
     return reward
+
+
+_word_lengths_lock = threading.Lock()
+_word_lengths_warned = False
+
+
+def word_lengths(texts: list[str], why: str) -> list[int]:
+    """The lengths of ``texts`` in whitespace words: the length penalty's unit when no token count is known.
+
+    Warns once per process (not once per module or reward: CaT at test time and every training reward share it)
+    that the lengths are words, not tokens, and why (``why``: e.g. "no tokenizer is known for the policy X").
+
+    Examples:
+        >>> word_lengths(["three words here", ""], "a doctest")
+        [3, 0]
+    """
+    global _word_lengths_warned
+    with _word_lengths_lock:
+        warn, _word_lengths_warned = not _word_lengths_warned, True
+    if warn:
+        logger.warning("length limit: %s; lengths are counted in whitespace words, not tokens (said once per "
+                       "process)", why)
+    return [len(text.split()) for text in texts]
 
 
 def majority_answer(answers: list[str | None], *, mode: str = "symbolic") -> tuple[str | None, int, list[int]]:

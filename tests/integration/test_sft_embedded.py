@@ -48,7 +48,13 @@ def test_sft_smoke_recipe_synthesizes_trains_logs_and_reuses_references(tmp_path
     params = first.data.params
     assert first.info.status == "FINISHED" and params["sft.references_new"] == "4"
     assert int(params["sft.train_examples"]) == sum(r["usable"] for r in records) > 0
-    assert ("LoRA rank 32" == params["sft.tuning"]) == is_peft_available()  # else full fine-tuning, noted
+    # LoRA (the paper's rank 32) where peft is installed (`make install` installs it): a few percent of the weights
+    # train; without peft, full fine-tuning, noted
+    share = first.data.metrics["sft/trainable_share"]
+    if is_peft_available():
+        assert params["sft.tuning"] == "LoRA rank 32" and 0 < share < 0.2, (params["sft.tuning"], share)
+    else:
+        assert "peft not installed" in params["sft.tuning"] and share == 1.0
     assert "train_loss" in first.data.metrics and first.data.metrics["sft/references_new"] == 4.0
     before = store.read_bytes()
 

@@ -4,10 +4,6 @@ strategy choice per LM, and the commands ``cat-dspy serve`` prints."""
 from __future__ import annotations
 
 import argparse
-import json
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import dspy
 import pytest
@@ -20,42 +16,23 @@ from cat_dspy.lm.models import make_lm, note_ignores_n, samples_with_n
 from cat_dspy.modules.rollout import Rollout
 
 
-class StubServer:
-    """A minimal OpenAI chat-completions server: answers ``\\boxed{i}`` per choice, honouring ``n`` or not."""
+def chat_stub(json_server, honours_n: bool):
+    """A minimal OpenAI chat-completions server (the ``json_server`` fixture): answers ``\\boxed{<request><choice>}``
+    per choice, honouring ``n`` or not."""
 
-    def __init__(self, honours_n: bool):
-        self.honours_n = honours_n
-        self.bodies: list[dict] = []
-        stub = self
+    def reply(body: dict) -> dict:
+        count = (body.get("n") or 1) if honours_n else 1
+        return {
+            "id": "stub", "object": "chat.completion", "created": 0, "model": body["model"],
+            "choices": [{"index": i, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": f"so \\boxed{{{len(server.bodies)}{i}}}"}}
+                        for i in range(count)],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 4 * count, "total_tokens": 10 + 4 * count},
+        }
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                stub.bodies.append(body)
-                count = (body.get("n") or 1) if stub.honours_n else 1
-                reply = json.dumps({
-                    "id": "stub", "object": "chat.completion", "created": 0, "model": body["model"],
-                    "choices": [{"index": i, "finish_reason": "stop",
-                                 "message": {"role": "assistant", "content": f"so \\boxed{{{len(stub.bodies)}{i}}}"}}
-                                for i in range(count)],
-                    "usage": {"prompt_tokens": 10, "completion_tokens": 4 * count, "total_tokens": 10 + 4 * count},
-                }).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(reply)))
-                self.end_headers()
-                self.wfile.write(reply)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    server = json_server(reply)
+    server.honours_n = honours_n
+    return server
 
 
 @pytest.fixture(autouse=True)
@@ -65,10 +42,8 @@ def _fresh_n_memory(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(params=[True, False], ids=["honours-n", "ignores-n"])
-def stub(request: pytest.FixtureRequest) -> Iterator[StubServer]:
-    server = StubServer(honours_n=request.param)
-    yield server
-    server.close()
+def stub(request: pytest.FixtureRequest, json_server):
+    return chat_stub(json_server, honours_n=request.param)
 
 
 def test_samples_with_n_follows_the_route() -> None:
@@ -100,7 +75,7 @@ def test_n_strategy_makes_one_call_with_dummy_lm() -> None:
     assert len(lm.history) == 1
 
 
-def test_auto_n_over_litellm(stub: StubServer) -> None:
+def test_auto_n_over_litellm(stub) -> None:
     """One request with n=4 where the server honours n; else the missing rollouts are topped up and remembered."""
     lm = make_lm("openai/stub", api_base=stub.url, max_tokens=16, num_retries=0)
     rollout = Rollout(n=4, lm=lm)
@@ -171,15 +146,12 @@ def test_serve_llamacpp_prints_one_server_for_the_embedded_gguf(capsys: pytest.C
     assert "--api-base http://127.0.0.1:8123/v1" in out
 
 
-def test_seeded_concurrent_rollouts_get_distinct_seeds() -> None:
+def test_seeded_concurrent_rollouts_get_distinct_seeds(json_server) -> None:
     """``rollout_id`` is never sent: a seeded LM must send a different seed per rollout, or G are identical."""
-    server = StubServer(honours_n=False)
-    try:
-        lm = make_lm("openai/stub", api_base=server.url, seed=5, num_retries=0)
-        Rollout(n=3, lm=lm, strategy="concurrent", first_rollout_id=10)(question="1+1?")
-        assert sorted(b["seed"] for b in server.bodies) == [15, 16, 17]
-    finally:
-        server.close()
+    server = chat_stub(json_server, honours_n=False)
+    lm = make_lm("openai/stub", api_base=server.url, seed=5, num_retries=0)
+    Rollout(n=3, lm=lm, strategy="concurrent", first_rollout_id=10)(question="1+1?")
+    assert sorted(b["seed"] for b in server.bodies) == [15, 16, 17]
 
 
 def test_serve_launch_waits_for_models_and_stops(tmp_path) -> None:

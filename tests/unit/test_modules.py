@@ -140,10 +140,10 @@ def test_judge_reads_only_its_own_answer():
     assert prompt.count("</response>") == 1  # the rollout could not close its own section
 
 
-def test_length_penalty_applies_to_long_rollouts(caplog):
+def test_length_penalty_applies_to_long_rollouts(caplog, fresh_word_warning):
     policy = scripted_lm(["short \\boxed{1}", "very " * 50 + "\\boxed{1}"])
     cat = CaT(g=2, policy=policy, anchor=scripted_lm(["\\boxed{1}"]), length_limit=20)
-    with caplog.at_level("WARNING", logger="cat_dspy.modules.cat"):
+    with caplog.at_level("WARNING"):
         preds = [cat(question="q"), cat(question="q")]
     for pred in preds:
         assert sorted(pred.rewards) == [-1.0, 1.0]
@@ -151,9 +151,8 @@ def test_length_penalty_applies_to_long_rollouts(caplog):
         assert pred.parsed["length_unit"] == "words"  # a scripted (API-like) policy has no tokenizer
     assert caplog.text.count("counted in whitespace words, not tokens") == 1  # said once, not per call
     unlimited = CaT(g=2, policy=policy, anchor=scripted_lm(["\\boxed{1}"]))
-    with caplog.at_level("WARNING", logger="cat_dspy.modules.cat"):
-        assert "length_unit" not in unlimited(question="q").parsed and unlimited.count_tokens("a b") == 2
-    assert caplog.text.count("counted in whitespace words") == 1  # no limit: nothing to warn about
+    assert "length_unit" not in unlimited(question="q").parsed
+    assert unlimited.rollout_lengths(["a b", "c"]) == ([2, 1], "words")
 
     chars = CaT(g=2, policy=policy, anchor=scripted_lm(["\\boxed{1}"]), length_limit=20,
                 count_tokens=lambda text: 21)
@@ -161,7 +160,7 @@ def test_length_penalty_applies_to_long_rollouts(caplog):
     assert pred.rewards == [-1.0, -1.0] and pred.parsed["length_unit"] == "tokens"  # a caller's counter
 
 
-def test_solve_json_says_how_the_length_limit_counted(monkeypatch, capsys, caplog):
+def test_solve_json_says_how_the_length_limit_counted(monkeypatch, capsys, caplog, fresh_word_warning):
     import json
 
     from cat_dspy import cli
@@ -169,7 +168,7 @@ def test_solve_json_says_how_the_length_limit_counted(monkeypatch, capsys, caplo
     lms = {"policy": scripted_lm(["one two three \\boxed{1}", "one \\boxed{1}"]),
            "anchor": scripted_lm(["# UNIFIED RESPONSE \\boxed{1}"]), "judge": scripted_lm(["yes"])}
     monkeypatch.setattr("cat_dspy.cli.solve.build_roles", lambda args: lms)
-    with caplog.at_level("WARNING", logger="cat_dspy.modules.cat"):
+    with caplog.at_level("WARNING"):
         assert cli.main(["solve", "q", "--g", "2", "--length-limit", "2", "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["parsed"]["length_unit"] == "words" and result["parsed"]["length_penalized"] == 1

@@ -8,7 +8,6 @@ import json
 import math
 import re
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import dspy
@@ -128,71 +127,44 @@ def test_mp_failure_of_the_backend_is_counted_not_raised(tiny_lm, monkeypatch: p
     assert row["policy_errors"] == 1 and row["failed_calls"] == 1
 
 
-class VllmStub:
-    """``/v1/completions`` answering as vLLM does to ``echo, logprobs, prompt_logprobs`` (scored by a LocalEngine),
-    or as llama-cpp-python's server does (``prompt_logprobs`` ignored)."""
+def completions_reply(engine: LocalEngine, vllm: bool = True):
+    """A ``/v1/completions`` reply (for the ``json_server`` fixture) as vLLM answers ``echo, logprobs,
+    prompt_logprobs`` (scored by a LocalEngine), or as llama-cpp-python's server does (``prompt_logprobs`` ignored)."""
 
-    def __init__(self, engine: LocalEngine, vllm: bool = True):
-        stub = self
-        self.bodies: list[dict] = []
+    def reply(body: dict) -> dict:
+        choices = []
+        for index, text in enumerate([body["prompt"]]):
+            tokens = engine.score([text])[0]
+            strings = [text[a:b] for a, b, _ in tokens] + ["!"]  # + the one generated token
+            choice = {"index": index, "text": text + "!", "logprobs": {
+                "tokens": strings, "token_logprobs": [v for *_, v in tokens] + [-1.0],
+                "text_offset": [a for a, *_ in tokens] + [len(text)], "top_logprobs": None}}
+            if vllm:
+                choice["prompt_logprobs"] = [None] + [{"0": {"logprob": v}} for *_, v in tokens[1:]]
+            choices.append(choice)
+        return {"choices": choices}
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                stub.bodies.append(body)
-                choices = []
-                for index, text in enumerate([body["prompt"]]):
-                    tokens = engine.score([text])[0]
-                    strings = [text[a:b] for a, b, _ in tokens] + ["!"]  # + the one generated token
-                    choice = {"index": index, "text": text + "!", "logprobs": {
-                        "tokens": strings, "token_logprobs": [v for *_, v in tokens] + [-1.0],
-                        "text_offset": [a for a, *_ in tokens] + [len(text)], "top_logprobs": None}}
-                    if vllm:
-                        choice["prompt_logprobs"] = [None] + [{"0": {"logprob": v}} for *_, v in tokens[1:]]
-                    choices.append(choice)
-                data = json.dumps({"choices": choices}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    return reply
 
 
-def test_server_prompt_logprobs_give_the_local_choice_and_count_tokens(tiny_lm) -> None:
-    stub = VllmStub(tiny_lm.engine)
-    try:
-        server_lm = dspy.LM("openai/tiny", api_base=stub.url, api_key="unused")
-        local = MutualPredictability(lm=tiny_lm)(question="q", rollouts=ROLLOUTS, answers=ANSWERS)
-        usage: dict = {}
-        with track_role(usage, "policy"):
-            remote = MutualPredictability(lm=server_lm)(question="q", rollouts=ROLLOUTS, answers=ANSWERS)
-        assert remote.index == local.index and remote.nlls == pytest.approx(local.nlls, abs=1e-5)
-        assert len(stub.bodies) == 4  # one request per prompt (concurrent)
-        assert all(b["echo"] is True and b["prompt_logprobs"] == 0 for b in stub.bodies)
-        assert usage["policy"]["calls"] == 4 and usage["policy"]["completion_tokens"] == 4
-    finally:
-        stub.close()
+def test_server_prompt_logprobs_give_the_local_choice_and_count_tokens(tiny_lm, json_server) -> None:
+    stub = json_server(completions_reply(tiny_lm.engine))
+    server_lm = dspy.LM("openai/tiny", api_base=stub.url, api_key="unused")
+    local = MutualPredictability(lm=tiny_lm)(question="q", rollouts=ROLLOUTS, answers=ANSWERS)
+    usage: dict = {}
+    with track_role(usage, "policy"):
+        remote = MutualPredictability(lm=server_lm)(question="q", rollouts=ROLLOUTS, answers=ANSWERS)
+    assert remote.index == local.index and remote.nlls == pytest.approx(local.nlls, abs=1e-5)
+    assert len(stub.bodies) == 4  # one request per prompt (concurrent)
+    assert all(b["echo"] is True and b["prompt_logprobs"] == 0 for b in stub.bodies)
+    assert usage["policy"]["calls"] == 4 and usage["policy"]["completion_tokens"] == 4
 
 
-def test_backends_without_prompt_logprobs_are_refused_naming_them(tiny_lm, tmp_path) -> None:
-    stub = VllmStub(tiny_lm.engine, vllm=False)
-    try:
-        lm = dspy.LM("openai/tiny", api_base=stub.url, api_key="unused")
-        with pytest.raises(PromptLogprobsUnavailable, match=f"openai/tiny at {stub.url}.*no prompt_logprobs"):
-            MutualPredictability(lm=lm)(question="q", rollouts=ROLLOUTS[:2])
-    finally:
-        stub.close()
+def test_backends_without_prompt_logprobs_are_refused_naming_them(tiny_lm, tmp_path, json_server) -> None:
+    stub = json_server(completions_reply(tiny_lm.engine, vllm=False))
+    lm = dspy.LM("openai/tiny", api_base=stub.url, api_key="unused")
+    with pytest.raises(PromptLogprobsUnavailable, match=f"openai/tiny at {stub.url}.*no prompt_logprobs"):
+        MutualPredictability(lm=lm)(question="q", rollouts=ROLLOUTS[:2])
     with pytest.raises(PromptLogprobsUnavailable, match="anthropic/claude"):
         prompt_logprobs(dspy.LM("anthropic/claude-x"), ["text"])
     scripted = scripted_lm(lambda p: "x")

@@ -413,3 +413,48 @@ def test_training_set_carries_the_columns_the_arm_reads(tmp_path, tiny_gsm8k):
     assert reward(prompts=train["prompt"][:1], completions=["Rest and ice."], rubrics=train["rubrics"][:1]) == [1.0]
     with pytest.raises(ValueError, match="needs the 'rubrics' of every question"):
         datasets(["--data_dir", str(tiny_gsm8k)], "--reward", "physician_rubric")
+
+
+def test_lengths_in_words_are_warned_once_per_process_across_cat_and_the_training_rewards(caplog, fresh_word_warning):
+    from cat_dspy.modules import CaT
+
+    long = "many words " * 10 + "\\boxed{4}"
+    cat = CaT(g=2, anchor=scripted_lm(["# UNIFIED RESPONSE \\boxed{4}"]), length_limit=5)
+    majority = MajorityReward(num_generations=2, length_limit=5)
+    gold = GoldReward(num_generations=2, length_limit=5)
+    with caplog.at_level(logging.WARNING):
+        assert cat.score(["\\boxed{4}", long]).rewards == [1.0, -1.0]
+        assert majority(prompts=["2+2?"] * 2, completions=["\\boxed{4}", long]) == [1.0, -1.0]
+        assert gold(prompts=["2+2?"] * 2, completions=["\\boxed{5}", long], answer=["4", "4"]) == [0.0, -1.0]
+    warnings = [r.getMessage() for r in caplog.records if "counted in whitespace words" in r.getMessage()]
+    assert len(warnings) == 1 and "no tokenizer is known for the policy" in warnings[0]
+
+
+@pytest.mark.parametrize("name", sorted(REWARD_FUNCS))
+def test_each_reward_scores_into_its_own_frozen_group_score(name):
+    import dataclasses
+    import pickle
+
+    from cat_dspy.rl.group import GroupScore
+
+    cls = REWARD_FUNCS[name]
+    score_type = cls.score_type
+    assert issubclass(score_type, GroupScore) and score_type.__dataclass_params__.frozen
+    fields = {f.name for f in dataclasses.fields(score_type)}
+    assert set(cls.artifact_fields) <= fields, f"{name}: artifact fields missing from {score_type.__name__}"
+    invalid = score_type(valid=False, failures=["reward_error: x"])  # what a group that raised becomes
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        invalid.valid = True
+    assert pickle.loads(pickle.dumps(invalid)) == invalid  # results cross ranks through all_gather (pickle)
+
+
+def test_a_reward_that_raises_on_one_group_keeps_its_metrics_typed(monkeypatch):
+    reward = MajorityReward(num_generations=2)
+    score = reward.score_group
+    monkeypatch.setattr(reward, "score_group",
+                        lambda rows: 1 / 0 if rows[0].question == "bad?" else score(rows))
+    out = reward(prompts=["2+2?"] * 2 + ["bad?"] * 2, completions=["\\boxed{4}", "\\boxed{4}", "1", "2"])
+    assert out == [1.0, 1.0, None, None]
+    m = reward.last_metrics
+    assert m["majority/invalid_groups"] == 1.0 and m["majority/reward_errors"] == 1.0
+    assert m["majority/consensus"] == 1.0 and m["majority/answer_extracted"] == 1.0  # the valid group only

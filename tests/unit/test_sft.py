@@ -120,19 +120,32 @@ def test_smoke_recipe_parses_with_the_anchor_options_and_lora():
     assert script_args.dataset_name == "data/arith_sft/train.jsonl" and script_args.references_path is None
 
 
-def test_lora_where_peft_is_installed_else_full_fine_tuning_with_a_note(caplog):
+def test_lora_where_peft_is_installed_else_full_fine_tuning_with_a_note(caplog, monkeypatch):
+    import transformers.utils
     from transformers.utils import is_peft_available
 
     from cat_dspy.rl.sft import peft_config
 
     _, _, model_args = parse()
+    if is_peft_available():  # `make install` installs peft
+        config, tuning = peft_config(model_args)
+        assert config.r == 32 and config.lora_alpha == 64 and tuning == "LoRA rank 32"
+    monkeypatch.setattr(transformers.utils, "is_peft_available", lambda: False)
     config, tuning = peft_config(model_args)
-    if is_peft_available():
-        assert config.r == 32 and tuning == "LoRA rank 32"
-    else:
-        assert config is None and "peft not installed" in tuning and "full fine-tuning instead" in caplog.text
+    assert config is None and "peft not installed" in tuning and "full fine-tuning instead" in caplog.text
     _, _, full = parse("--use_peft", "false")
     assert peft_config(full) == (None, "full fine-tuning")
+
+
+def test_trainable_share_counts_the_weights_training_updates():
+    import torch
+
+    from cat_dspy.rl.sft import trainable_share
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 1))  # 20 + 5 parameters
+    assert trainable_share(model) == 1.0
+    model[0].requires_grad_(False)
+    assert trainable_share(model) == 5 / 25
 
 
 def test_cli_hands_every_argument_to_trl(monkeypatch):

@@ -9,6 +9,7 @@ import threading
 from collections import Counter
 from pathlib import Path
 
+import dspy
 import pytest
 
 from cat_dspy import rewards as rewards_module
@@ -178,6 +179,44 @@ def test_rubric_mode_judge_failure_gives_none():
     assert log.metrics["cat/judge_errors"][-1] >= 1 and log.metrics["cat/invalid_groups"] == [1.0]
 
 
+@pytest.mark.parametrize("num_threads", [1, 2])
+def test_num_threads_bounds_the_groups_in_flight_and_keeps_their_order(num_threads):
+    in_flight, peak, lock = [0], [0], threading.Lock()
+    barrier = threading.Barrier(num_threads)  # fails (a failed anchor call) unless num_threads groups run at once
+    answers = {"g0": "3", "g1": "7", "g2": "1", "g3": "5"}
+
+    def fn(prompt: str) -> str:
+        with lock:
+            in_flight[0] += 1
+            peak[0] = max(peak[0], in_flight[0])
+        barrier.wait(timeout=10)
+        with lock:
+            in_flight[0] -= 1
+        tag = re.search(r"\[(g\d+)\]", prompt).group(1)
+        return f"# UNIFIED RESPONSE $\\boxed{{{answers[tag]}}}$"
+
+    reward = CaTReward(scripted_lm(fn), num_generations=2, num_threads=num_threads)
+    prompts, completions = batch({"g0": ["3", "4"], "g1": ["8", "7"], "g2": ["1", "1"], "g3": ["2", "5"]})
+    assert reward(prompts=prompts, completions=completions) == [1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 1.0]
+    assert peak[0] == num_threads
+
+
+def test_a_group_that_raises_is_invalid_and_the_others_are_scored(monkeypatch):
+    reward = CaTReward(group_anchor({"g0": "3", "g1": "7"}), num_generations=2)
+    score = reward.cat.score
+
+    def flaky(rollouts, **kwargs):
+        if "[g1]" in rollouts[0]:
+            raise RuntimeError("a bug in scoring")
+        return score(rollouts, **kwargs)
+
+    monkeypatch.setattr(reward.cat, "score", flaky)
+    log = Log()
+    prompts, completions = batch({"g0": ["3", "4"], "g1": ["7", "7"]})
+    assert reward(prompts=prompts, completions=completions, **log.kwargs()) == [1.0, 0.0, None, None]
+    assert log.metrics["cat/reward_errors"] == [1.0] and log.metrics["cat/invalid_groups"] == [1.0]
+
+
 def test_length_penalty_counts_completion_ids():
     anchor = group_anchor({"g0": "3"})
     reward = CaTReward(anchor, num_generations=3, length_limit=5)
@@ -187,6 +226,31 @@ def test_length_penalty_counts_completion_ids():
     assert out == [1.0, -1.0, 0.0]
     assert log.metrics["cat/length_penalty_hits"] == [pytest.approx(1 / 3)]
     assert log.metrics["cat/reference_outside_rollouts"] == [0.0]  # the long rollout still matched
+
+
+def test_without_completion_ids_each_rollout_is_tokenized_once_per_call():
+    policy = scripted_lm(["unused"])  # its engine's tokenizer counts the lengths (as the local engine's would)
+    counted: Counter = Counter()
+
+    def count_tokens(text: str) -> int:
+        counted[text] += 1
+        return len(text.split())
+
+    policy.engine.count_tokens = count_tokens
+    completions = ["[g0] \\boxed{3}", "[g0] a long way to \\boxed{3}", "[g1] \\boxed{7}", "[g1] \\boxed{8}"]
+    prompts = ["Question g0?"] * 2 + ["Question g1?"] * 2
+    limited = CaTReward(group_anchor({"g0": "3", "g1": "7"}), num_generations=2, length_limit=3)
+    log = Log()
+    with dspy.context(lm=policy):
+        for _ in range(2):
+            assert limited(prompts=prompts, completions=completions, **log.kwargs()) == [1.0, -1.0, 1.0, 0.0]
+    assert counted == {text: 2 for text in completions}  # two calls: each rollout counted once per call
+    assert log.metrics["cat/length_penalty_hits"] == [0.25, 0.25]
+    counted.clear()
+    unlimited = CaTReward(group_anchor({"g0": "3", "g1": "7"}), num_generations=2)
+    with dspy.context(lm=policy):
+        assert unlimited(prompts=prompts, completions=completions) == [1.0, 1.0, 1.0, 0.0]
+    assert not counted  # no length limit: nothing to count
 
 
 class FakeModel:
