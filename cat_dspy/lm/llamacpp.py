@@ -4,14 +4,14 @@
 finishing and responses as the torch :class:`~cat_dspy.lm.local.LocalEngine`; prompts are built and tokenized by
 the HF tokenizer of the GGUF, :func:`~cat_dspy.lm.hf.gguf_tokenizer`, so both runtimes see identical token ids).
 It decodes a batch with llama.cpp's low-level API: one context with ``n_seq_max`` sequences and a unified KV
-cache; each distinct prompt of a batch is prefilled once and its cache cells shared with the other rows of that
-prompt (``llama_memory_seq_cp``: G rollouts of one question cost one prefill); then one ``llama_decode`` per step
-for every live row. A batch whose prompts and new tokens do not fit the context is split. Sampling is done here, in
-numpy, per row (:func:`warp` then :func:`sample`): each sampled row draws one uniform per step from its own
-generator, seeded as the torch engine seeds its rows (:meth:`~cat_dspy.lm.local.BatchedEngine._seed`), so a seeded
-request gives the same text whatever shares its batch. :meth:`LlamaCppEngine.score` reads the logits of every
-position. The context uses the CPUs this process may run on (``os.sched_getaffinity``); a forked child opens the
-GGUF again rather than use its parent's context.
+cache; each distinct prompt of a batch is prefilled once (alone in its ``llama_decode`` calls: see :func:`_prefill`)
+and its cache cells shared with the other rows of that prompt (``llama_memory_seq_cp``: G rollouts of one question
+cost one prefill); then one ``llama_decode`` per step for every live row. A batch whose prompts and new tokens do
+not fit the context is split. Sampling is done here, in numpy, per row (:func:`warp` then :func:`sample`): each
+sampled row draws one uniform per step from its own generator, seeded as the torch engine seeds its rows
+(:meth:`~cat_dspy.lm.local.BatchedEngine._seed`), so a seeded request gives the same text whatever shares its
+batch. :meth:`LlamaCppEngine.score` reads the logits of every position. The context uses the CPUs this process may
+run on (``os.sched_getaffinity``); a forked child opens the GGUF again rather than use its parent's context.
 
 ``llama_cpp`` is imported only when an engine loads; without it, :func:`cat_dspy.lm.models.make_lm` falls back to
 the torch engine.
@@ -257,8 +257,8 @@ class LlamaCppEngine(BatchedEngine):
         return self._model.eog | {self._tokenizer.eos_token_id, self._tokenizer.pad_token_id} - {None}
 
     def score(self, texts: list[str]) -> list[list[tuple[int, int, float | None]]]:
-        """Prompt log-probabilities (see :meth:`BatchedEngine.score`): the texts are decoded as sequences of one
-        context, as many together as its cells hold, every position's logits read.
+        """Prompt log-probabilities (see :meth:`BatchedEngine.score`): each text decoded alone, every position's
+        logits read (in chunks of 256 tokens).
         """
         _, tokenizer = self.load()
         with _TOKENIZER_LOCK:
@@ -270,18 +270,11 @@ class LlamaCppEngine(BatchedEngine):
         logprobs: list[list[float | None]] = [([None] if row else []) for row in ids]
         with self._ctx_lock:
             native = self._native()
-            for group in _pack([len(row) for row in ids], native.n_ctx, native.n_seq_max):
-                native.clear()
-                entries = [(t, p, k, True) for k, i in enumerate(group) for p, t in enumerate(ids[i])]
-                owners = [i for i in group for _ in ids[i]]
-                for start in range(0, len(entries), _SCORE_CHUNK):
-                    chunk = entries[start : start + _SCORE_CHUNK]
-                    native.decode(chunk)
-                    lp = log_softmax(native.logits(len(chunk)))
-                    for row, (_, p, _, _) in enumerate(chunk):
-                        i = owners[start + row]
-                        if p + 1 < len(ids[i]):
-                            logprobs[i].append(float(lp[row, ids[i][p + 1]]))
+            for i, row in enumerate(ids):
+                if len(row) > 1:
+                    native.clear()
+                    lp = log_softmax(_prefill(native, row[:-1], 0, all_logits=True))
+                    logprobs[i] += lp[np.arange(len(row) - 1), row[1:]].tolist()
             native.clear()
         return self._scored(encoded, logprobs)
 
@@ -314,16 +307,9 @@ class LlamaCppEngine(BatchedEngine):
         by_prompt: dict[tuple[int, ...], list[int]] = {}
         for r in rows:
             by_prompt.setdefault(tuple(inputs[r]), []).append(r)
-        entries = [(t, p, seq[group[0]], p == len(prompt) - 1)
-                   for prompt, group in by_prompt.items() for p, t in enumerate(prompt)]
         last: dict[int, np.ndarray] = {}
-        for start in range(0, len(entries), native.n_batch):
-            chunk = entries[start : start + native.n_batch]
-            native.decode(chunk)
-            wanted = [s for _, _, s, wants in chunk if wants]
-            for s, row in zip(wanted, native.logits(len(wanted)), strict=True):
-                last[s] = row.copy()
-        for group in by_prompt.values():
+        for prompt, group in by_prompt.items():  # one prompt per llama_decode (see _prefill)
+            last[seq[group[0]]] = _prefill(native, prompt, seq[group[0]], all_logits=False)[-1].copy()
             for r in group[1:]:
                 native.lc.llama_memory_seq_cp(native.memory, seq[group[0]], seq[r], -1, -1)
         live = list(rows)
@@ -345,6 +331,25 @@ class LlamaCppEngine(BatchedEngine):
                 return
             native.decode([(generated[r][-1], len(inputs[r]) + len(generated[r]) - 1, seq[r], True) for r in live])
             logits = native.logits(len(live))
+
+
+def _prefill(native: _Native, prompt: list[int] | tuple[int, ...], seq: int, all_logits: bool) -> np.ndarray:
+    """Decode ``prompt`` into sequence ``seq``, in chunks of ``n_batch`` tokens holding this prompt only; the logits
+    of every position (``all_logits``) or of the last one, as a new array.
+
+    One sequence per ``llama_decode``: with a unified KV cache, llama-cpp-python 0.3.36 gives different logits (max
+    |difference| 0.66 on the embedded model) for prompts of several sequences decoded in one batch; one-token steps
+    of several sequences together match a sequence decoded alone exactly.
+    """
+    rows = []
+    step = min(native.n_batch, _SCORE_CHUNK) if all_logits else native.n_batch  # all logits: chunk x vocab floats
+    for start in range(0, len(prompt), step):
+        chunk = prompt[start : start + step]
+        last = start + len(chunk) == len(prompt)
+        native.decode([(t, start + k, seq, all_logits or (last and k == len(chunk) - 1)) for k, t in enumerate(chunk)])
+        if all_logits or last:
+            rows.append(native.logits(len(chunk) if all_logits else 1).copy())
+    return np.concatenate(rows)
 
 
 def _pick(
@@ -401,21 +406,3 @@ def _split(inputs: list[list[int]], rows: list[int], max_tokens: int, n_ctx: int
         used += cost
         prompts.add(tuple(inputs[r]))
     return parts
-
-
-def _pack(lengths: list[int], n_ctx: int, n_seq: int) -> list[list[int]]:
-    """Text indices in groups of at most ``n_seq`` whose lengths add up to at most ``n_ctx``.
-
-    Examples:
-        >>> _pack([5, 5, 5, 2], 10, 8)
-        [[0, 1], [2, 3]]
-    """
-    groups: list[list[int]] = []
-    used = 0
-    for i, n in enumerate(lengths):
-        if not groups or used + n > n_ctx or len(groups[-1]) >= n_seq:
-            groups.append([])
-            used = 0
-        groups[-1].append(i)
-        used += n
-    return groups
