@@ -132,8 +132,8 @@ def sample(processed: np.ndarray, uniforms: np.ndarray, block: int = 256) -> np.
 class _Native:
     """One llama.cpp model, its context (``n_seq_max`` sequences, unified KV cache) and a batch buffer."""
 
-    def __init__(self, lc: Any, gguf: Path, n_seq_max: int, n_ctx: int | None) -> None:
-        self.lc, self.pid = lc, os.getpid()
+    def __init__(self, lc: Any, gguf: Path, n_seq_max: int, n_ctx: int | None, n_threads: int | None) -> None:
+        self.lc, self.pid, self.n_threads = lc, os.getpid(), n_threads or len(os.sched_getaffinity(0))
         self.model = lc.llama_model_load_from_file(str(gguf).encode(), lc.llama_model_default_params())
         if not self.model:
             raise RuntimeError(f"llama.cpp could not load {gguf}")
@@ -152,7 +152,7 @@ class _Native:
         self.n_batch = max(512, n_seq_max)
         params.n_ctx, params.n_seq_max = n_ctx, n_seq_max
         params.n_batch = params.n_ubatch = self.n_batch
-        params.n_threads = params.n_threads_batch = len(os.sched_getaffinity(0))
+        params.n_threads = params.n_threads_batch = self.n_threads
         params.kv_unified = True  # one cell pool: G rows of one prompt share its cells
         self.ctx = lc.llama_init_from_model(self.model, params)
         if not self.ctx:
@@ -199,6 +199,8 @@ class LlamaCppEngine(BatchedEngine):
             None means the model's training context. A batch needing more is decoded in parts.
         max_batch_size: Most requests collected into one batch (the context's sequences).
         batch_window_s: A batch closes when no request has arrived for this long.
+        n_threads: llama.cpp's threads; None means the CPUs this process may run on (``os.sched_getaffinity``).
+            Read when the model loads.
     """
 
     runtime = "llamacpp"
@@ -210,10 +212,11 @@ class LlamaCppEngine(BatchedEngine):
         n_ctx: int | None = None,
         max_batch_size: int = 32,
         batch_window_s: float = 0.02,
+        n_threads: int | None = None,
     ) -> None:
         super().__init__(model_path, max_batch_size=max_batch_size, batch_window_s=batch_window_s)
         self.gguf = gguf_path(model_path)
-        self.n_ctx = n_ctx
+        self.n_ctx, self.n_threads = n_ctx, n_threads
         self._ctx_lock = threading.Lock()  # one llama.cpp context: generate (worker) and score (callers) take turns
 
     def close(self) -> None:
@@ -235,7 +238,8 @@ class LlamaCppEngine(BatchedEngine):
             set_verbose(False)  # llama.cpp's own log: errors only
             lc.llama_backend_init()
         tokenizer = self._tokenizer or gguf_tokenizer(self.gguf)
-        return _Native(lc, self.gguf, min(max(self.max_batch_size, 1), _MAX_SEQ), self.n_ctx), tokenizer
+        native = _Native(lc, self.gguf, min(max(self.max_batch_size, 1), _MAX_SEQ), self.n_ctx, self.n_threads)
+        return native, tokenizer
 
     def _native(self) -> _Native:
         """The loaded model and context, reopened in a forked child and grown to ``max_batch_size`` sequences."""
