@@ -1,6 +1,6 @@
 """The llama.cpp runtime of the local engine: a GGUF run in process by llama-cpp-python, sequences batched.
 
-:class:`LlamaCppEngine` is a :class:`~cat_dspy.lm.local.BatchedEngine` (same request queue, dynamic batching,
+:class:`LlamaCppEngine` is a :class:`~cat_dspy.lm.batching.BatchedEngine` (same request queue, dynamic batching,
 finishing and responses as the torch :class:`~cat_dspy.lm.local.LocalEngine`; prompts are built and tokenized by
 the HF tokenizer of the GGUF, :func:`~cat_dspy.lm.hf.gguf_tokenizer`, so both runtimes see identical token ids).
 It decodes a batch with llama.cpp's low-level API: one context with ``n_seq_max`` sequences and a unified KV
@@ -9,7 +9,7 @@ and its cache cells shared with the other rows of that prompt (``llama_memory_se
 cost one prefill); then one ``llama_decode`` per step for every live row. A batch whose prompts and new tokens do
 not fit the context is split. Sampling is done here, in numpy, per row (:func:`warp` then :func:`sample`): each
 sampled row draws one uniform per step from its own generator, seeded as the torch engine seeds its rows
-(:meth:`~cat_dspy.lm.local.BatchedEngine._seed`), so a seeded request gives the same text whatever shares its
+(:meth:`~cat_dspy.lm.batching.BatchedEngine._seed`), so a seeded request gives the same text whatever shares its
 batch. :meth:`LlamaCppEngine.score` reads the logits of every position. The context uses the CPUs this process may
 run on (``os.sched_getaffinity``); a forked child opens the GGUF again rather than use its parent's context.
 
@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 from dspy import lm15
 
+from cat_dspy.lm.batching import _TOKENIZER_LOCK, AsyncBatchedEngine, BatchedEngine, shared
 from cat_dspy.lm.hf import embedded_gguf, gguf_tokenizer
-from cat_dspy.lm.local import _TOKENIZER_LOCK, BatchedEngine
 
 _MAX_SEQ = 256  # llama.cpp's LLAMA_MAX_SEQ
 _TOP_P_CANDIDATES = 256  # top-p looks at this many best tokens first (a full sort only when they hold < top_p)
@@ -227,6 +227,11 @@ class LlamaCppEngine(BatchedEngine):
                 self._model.close()
             self._model = None
 
+    @classmethod
+    def load_state(cls, state: dict[str, Any]) -> LlamaCppEngine:
+        """The shared engine for a :meth:`dump_state` record."""
+        return shared_llamacpp_engine(**{k: v for k, v in state.items() if k != "runtime"})
+
     def _settings(self) -> dict[str, Any]:
         return {"n_ctx": self.n_ctx}
 
@@ -335,6 +340,23 @@ class LlamaCppEngine(BatchedEngine):
                 return
             native.decode([(generated[r][-1], len(inputs[r]) + len(generated[r]) - 1, seq[r], True) for r in live])
             logits = native.logits(len(live))
+
+
+class AsyncLlamaCppEngine(AsyncBatchedEngine):
+    """The async twin of :class:`LlamaCppEngine`, sharing its model and batcher."""
+
+    engine_class = LlamaCppEngine
+
+
+def shared_llamacpp_engine(
+    model_path: str | os.PathLike | None = None, *, n_ctx: int | None = None, **knobs: Any
+) -> LlamaCppEngine:
+    """The process-wide :class:`LlamaCppEngine` for (GGUF, n_ctx); a None path is the embedded GGUF.
+
+    Non-None ``max_batch_size`` / ``batch_window_s`` in ``knobs`` also update an existing engine.
+    """
+    key = ("llamacpp", str(gguf_path(model_path)), str(n_ctx))
+    return shared(key, lambda: LlamaCppEngine(model_path, n_ctx=n_ctx, **knobs), knobs)
 
 
 def _prefill(native: _Native, prompt: list[int] | tuple[int, ...], seq: int, all_logits: bool) -> np.ndarray:

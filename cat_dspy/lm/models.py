@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
 
-    from cat_dspy.lm.local import BatchedEngine
+    from cat_dspy.lm.batching import BatchedEngine
 
 
 _ENGINE_OPTIONS = ("device", "dtype", "max_batch_size", "batch_window_s", "runtime")
@@ -177,8 +177,6 @@ def make_lm(
         return dspy.LM(model, engine="litellm", **defaults, **sampling, **kwargs)
     if api_base is not None:
         raise ValueError("api_base is for API models; a local model runs in this process")
-    from cat_dspy.lm.local import AsyncLocalEngine, shared_engine
-
     path = model.partition(":")[2] or None
     if path is not None and not (Path(path).expanduser().is_dir() or (Path(path).expanduser().is_file()
                                  and path.endswith(".gguf"))):
@@ -188,16 +186,25 @@ def make_lm(
     if runtime == "llamacpp":
         options.pop("device", None)  # "cpu" or None (local_runtime checked)
     model_id = kwargs.pop("model_id", None) or local_model_id(path, runtime)
-    engine = shared_engine(path, runtime=runtime, **options)
-    return dspy.LM(model_id, engine=engine, async_engine=AsyncLocalEngine(engine), **defaults, **sampling, **kwargs)
+    if runtime == "llamacpp":
+        from cat_dspy.lm.llamacpp import AsyncLlamaCppEngine, shared_llamacpp_engine
+
+        engine = shared_llamacpp_engine(path, **options)
+        twin = AsyncLlamaCppEngine(engine)
+    else:
+        from cat_dspy.lm.local import AsyncLocalEngine, shared_engine
+
+        engine = shared_engine(path, **options)
+        twin = AsyncLocalEngine(engine)
+    return dspy.LM(model_id, engine=engine, async_engine=twin, **defaults, **sampling, **kwargs)
 
 
 def engine_of(lm: Any) -> BatchedEngine | None:
-    """The local engine behind ``lm`` (either runtime: a :class:`~cat_dspy.lm.local.BatchedEngine`), or None for
+    """The local engine behind ``lm`` (either runtime: a :class:`~cat_dspy.lm.batching.BatchedEngine`), or None for
     API models."""
-    local = sys.modules.get("cat_dspy.lm.local")  # never import torch just to answer "no"
+    batching = sys.modules.get("cat_dspy.lm.batching")  # never import an engine just to answer "no"
     engine = getattr(lm, "engine", None)
-    return engine if local is not None and isinstance(engine, local.BatchedEngine) else None
+    return engine if batching is not None and isinstance(engine, batching.BatchedEngine) else None
 
 
 # Providers whose servers return G choices for one request with ``n=G`` when reached through LiteLLM: vLLM

@@ -13,11 +13,10 @@ import pytest
 from dspy.clients.cache import Cache
 from dspy.lm15 import Config, Message, Request
 
+from cat_dspy.lm.llamacpp import LlamaCppEngine
 from cat_dspy.lm.models import engine_of, make_lm
 
 pytest.importorskip("llama_cpp")
-from cat_dspy.lm.llamacpp import LlamaCppEngine  # noqa: E402
-
 pytestmark = pytest.mark.integration
 QUESTION = "What is 2+2?"
 OTHERS = ["Name a color.", "Write one sentence about the sea.", "What is 7 times 6?", "Say hello in French."]

@@ -9,7 +9,7 @@ import torch
 
 from cat_dspy.lm import models
 from cat_dspy.lm.llamacpp import log_softmax, sample, warp
-from cat_dspy.lm.local import LocalEngine, shared_engine
+from cat_dspy.lm.local import LocalEngine
 from cat_dspy.lm.models import engine_of, local_model_id, local_runtime, make_lm
 
 SETTINGS = [(0.7, None, None), (1.0, None, 5), (1.3, 0.9, None), (0.8, 0.5, 20), (1.0, 0.95, 1)]
@@ -112,5 +112,6 @@ def test_each_runtime_has_its_own_engine_model_id_and_state(no_cuda) -> None:
     assert engine_of(make_lm("local", runtime="llamacpp", temperature=0.7)) is engine_of(fast)  # one per runtime
     for lm in (fast, slow):
         state = engine_of(lm).dump_state()
-        assert state["runtime"] == engine_of(lm).runtime and shared_engine(**state) is engine_of(lm)
+        assert state["runtime"] == engine_of(lm).runtime and type(engine_of(lm)).load_state(state) is engine_of(lm)
+        assert type(lm._async_engine_spec).load_state(state).engine is engine_of(lm)  # the async twin, same engine
     assert engine_of(fast).dump_state()["n_ctx"] is None
