@@ -10,8 +10,9 @@ cost one prefill); then one ``llama_decode`` per step for every live row. A batc
 not fit the context is split. Sampling is done here, in numpy, per row (:func:`warp` then :func:`sample`): each
 sampled row draws one uniform per step from its own generator, seeded as the torch engine seeds its rows
 (:meth:`~cat_dspy.lm.batching.BatchedEngine._seed`), so a seeded request gives the same text whatever shares its
-batch. :meth:`LlamaCppEngine.score` reads the logits of every position. The context uses the CPUs this process may
-run on (``os.sched_getaffinity``); a forked child opens the GGUF again rather than use its parent's context.
+batch. :meth:`LlamaCppEngine.score` reads the logits of every position. The context uses ``$OMP_NUM_THREADS``
+threads, else the CPUs this process may run on (:func:`default_threads`); a forked child opens the GGUF again rather
+than use its parent's context.
 
 ``llama_cpp`` is imported only when an engine loads; without it, :func:`cat_dspy.lm.models.make_lm` falls back to
 the torch engine.
@@ -46,6 +47,15 @@ def gguf_path(model_path: str | os.PathLike | None) -> Path:
     if path.suffix != ".gguf" or not path.is_file():
         raise FileNotFoundError(f"the llama.cpp runtime needs a .gguf file, not {path}")
     return path.resolve()
+
+
+def default_threads() -> int:
+    """llama.cpp's threads: ``$OMP_NUM_THREADS`` when set (the one thread knob of torch too: on a shared machine,
+    threads that wait for a busy core cost far more than they bring), else the CPUs this process may run on."""
+    try:
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    except (KeyError, ValueError):
+        return len(os.sched_getaffinity(0))
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -133,7 +143,7 @@ class _Native:
     """One llama.cpp model, its context (``n_seq_max`` sequences, unified KV cache) and a batch buffer."""
 
     def __init__(self, lc: Any, gguf: Path, n_seq_max: int, n_ctx: int | None, n_threads: int | None) -> None:
-        self.lc, self.pid, self.n_threads = lc, os.getpid(), n_threads or len(os.sched_getaffinity(0))
+        self.lc, self.pid, self.n_threads = lc, os.getpid(), n_threads or default_threads()
         self.model = lc.llama_model_load_from_file(str(gguf).encode(), lc.llama_model_default_params())
         if not self.model:
             raise RuntimeError(f"llama.cpp could not load {gguf}")
@@ -199,8 +209,7 @@ class LlamaCppEngine(BatchedEngine):
             None means the model's training context. A batch needing more is decoded in parts.
         max_batch_size: Most requests collected into one batch (the context's sequences).
         batch_window_s: A batch closes when no request has arrived for this long.
-        n_threads: llama.cpp's threads; None means the CPUs this process may run on (``os.sched_getaffinity``).
-            Read when the model loads.
+        n_threads: llama.cpp's threads; None means :func:`default_threads`. Read when the model loads.
     """
 
     runtime = "llamacpp"

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -115,3 +117,13 @@ def test_each_runtime_has_its_own_engine_model_id_and_state(no_cuda) -> None:
         assert state["runtime"] == engine_of(lm).runtime and type(engine_of(lm)).load_state(state) is engine_of(lm)
         assert type(lm._async_engine_spec).load_state(state).engine is engine_of(lm)  # the async twin, same engine
     assert engine_of(fast).dump_state()["n_ctx"] is None
+
+
+def test_llama_cpp_threads_follow_omp_num_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cat_dspy.lm.llamacpp import default_threads
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert default_threads() == 1
+    for unset in ("", "many"):
+        monkeypatch.setenv("OMP_NUM_THREADS", unset)
+        assert default_threads() == len(os.sched_getaffinity(0))
