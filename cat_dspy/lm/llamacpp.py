@@ -35,6 +35,11 @@ _MAX_SEQ = 256  # llama.cpp's LLAMA_MAX_SEQ
 _TOP_P_CANDIDATES = 256  # top-p looks at this many best tokens first (a full sort only when they hold < top_p)
 _SCORE_CHUNK = 256  # tokens per llama_decode when scoring (all of them output logits: chunk x vocab floats)
 _BACKEND_LOCK = threading.Lock()
+# Tokens per physical batch (llama.cpp splits each llama_decode into such ubatches). A ubatch of 64 tokens or more
+# written to KV cells after other sequences' gives different logits (max |difference| 0.4-0.7 on the embedded model,
+# llama-cpp-python 0.3.36, this CPU; under 64 tokens, or at cell 0, they match), which would make a seeded request's
+# text depend on what shares its batch. 32 keeps every ubatch on the exact side.
+_UBATCH = 32
 
 
 def gguf_path(model_path: str | os.PathLike | None) -> Path:
@@ -161,7 +166,7 @@ class _Native:
         params = lc.llama_context_default_params()
         self.n_batch = max(512, n_seq_max)
         params.n_ctx, params.n_seq_max = n_ctx, n_seq_max
-        params.n_batch = params.n_ubatch = self.n_batch
+        params.n_batch, params.n_ubatch = self.n_batch, _UBATCH
         params.n_threads = params.n_threads_batch = self.n_threads
         params.kv_unified = True  # one cell pool: G rows of one prompt share its cells
         self.ctx = lc.llama_init_from_model(self.model, params)
@@ -373,8 +378,8 @@ def _prefill(native: _Native, prompt: list[int] | tuple[int, ...], seq: int, all
     of every position (``all_logits``) or of the last one, as a new array.
 
     One sequence per ``llama_decode``: with a unified KV cache, llama-cpp-python 0.3.36 gives different logits (max
-    |difference| 0.66 on the embedded model) for prompts of several sequences decoded in one batch; one-token steps
-    of several sequences together match a sequence decoded alone exactly.
+    |difference| 0.66 on the embedded model) for prompts of several sequences decoded in one batch (one-token steps
+    of several sequences together match a sequence decoded alone exactly); see also :data:`_UBATCH`.
     """
     rows = []
     step = min(native.n_batch, _SCORE_CHUNK) if all_logits else native.n_batch  # all logits: chunk x vocab floats

@@ -73,6 +73,16 @@ def test_a_seeded_request_gives_the_same_text_alone_and_in_a_mixed_batch(engine:
     assert all(abs(a.logprob - b.logprob) < 1e-3 for a, b in zip(batch[3].logprobs, alone.logprobs, strict=True))
 
 
+def test_long_prompts_sampled_together_give_their_texts_alone(engine: LlamaCppEngine) -> None:
+    """Prompts of 64+ tokens, the second written to the KV cache after the first (where llama.cpp's logits once
+    depended on the cells' offset): each seeded row still gives the text it gives alone."""
+    long = [request(TEXT + " Check the sum.", temperature=1.0, seed=3, max_tokens=12),
+            request(TEXT + " Check the difference.", temperature=1.0, seed=3, max_tokens=12)]
+    assert all(len(engine.load()[1](TEXT)["input_ids"]) >= 64 for _ in long)
+    alone = [text(engine.complete(r)) for r in long]
+    assert [text(r) for r in together(engine, [*long, long[0]])] == [*alone, alone[0]]
+
+
 def test_g_rollouts_of_one_prompt_differ_and_greedy_is_greedy(engine: LlamaCppEngine) -> None:
     rollouts = together(engine, [request(temperature=1.0, seed=s, max_tokens=24) for s in range(4)])
     assert len({text(r) for r in rollouts}) >= 3
