@@ -2,7 +2,8 @@
 
 Prints, measured in one run on the embedded SmolLM2-135M-Instruct (same chat prompt for every path):
 1. decode throughput (completion tokens/s, greedy, one stream) of a llama.cpp server reached through
-   ``openai/`` + LiteLLM vs the in-process transformers engine (``local``), and their ratio;
+   ``openai/`` + LiteLLM vs the in-process engine (``local``: its default runtime, llama.cpp in process on a CPU
+   with llama-cpp-python, else torch; ``CAT_DSPY_RUNTIME=torch`` pins it), and their ratio;
 2. G rollouts (``Rollout``, temperature 0.8) as one request with ``n=G`` vs G concurrent requests on the
    server (where it honours ``n``; llama-cpp-python's does not, which is measured and reported), and the
    in-process batched path for reference.

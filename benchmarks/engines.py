@@ -1,14 +1,17 @@
-"""Benchmark: decoding tokens/s of the local engine, llama.cpp in process and the llama.cpp server, side by side.
+"""Benchmark: decoding tokens/s of the local engine's two runtimes, llama.cpp in process and its server, side by side.
 
 One run, one model (the embedded SmolLM2-135M-Instruct: its Q4_1 GGUF for llama.cpp, the checkpoint converted from
-that GGUF for the local engine), the same prompt text (the model's chat template applied once), the same sampling
-(plain temperature sampling: no top-k, top-p, min-p or repeat penalty) and the same token limit, at 1, 8 and 32
+that GGUF for torch), the same prompt text (the model's chat template applied once), the same sampling (plain
+temperature sampling: no top-k, top-p, min-p or repeat penalty) and the same token limit, at 1, 8 and 32
 concurrent sequences. The engines:
 
-- ``local``: ``make_lm("local")``; the C concurrent calls are coalesced into one batched ``generate``.
-- ``llamacpp_batch``: llama-cpp-python in this process, the C sequences decoded together: one ``llama_decode`` per
-  step for every live sequence (low-level API, one context with ``n_seq_max = C`` and a unified KV cache); C
-  copies of one prompt are prefilled once and the KV cache copied.
+- ``local_torch``: ``make_lm("local", runtime="torch")`` through DSPy; the C concurrent calls are coalesced into
+  one batched ``generate`` (the torch engine, :class:`cat_dspy.lm.local.LocalEngine`).
+- ``local_llamacpp``: ``make_lm("local", runtime="llamacpp")`` through DSPy, the default CPU path: the C concurrent
+  calls coalesced into one batch of :class:`cat_dspy.lm.llamacpp.LlamaCppEngine` (one ``llama_decode`` per step
+  for every live sequence; C copies of one prompt prefilled once, its KV cells shared).
+- ``llamacpp_batch``: the same engine's batched decode called directly (``LlamaCppEngine._run`` on token ids),
+  without DSPy, the request queue or building responses: what the DSPy path costs on top.
 - ``llamacpp``: llama-cpp-python's high-level ``Llama.create_completion`` in this process, the C completions one
   after another (that API decodes one sequence at a time; it reuses the previous call's prompt prefix).
 - ``server``: ``python -m llama_cpp.server`` started here on 127.0.0.1, C concurrent ``/v1/completions``
@@ -22,6 +25,7 @@ engines so machine noise hits all alike. Every engine gets ``--threads`` threads
 Prints a table and writes JSON to ``--out`` (default ``benchmarks/results/engines-<time>.json``).
 
 Run: python benchmarks/engines.py [--threads 2] [--concurrency 1 8 32] [--max-tokens 64] [--repeats 2]
+[--engines local_torch local_llamacpp llamacpp_batch llamacpp server]
 """
 
 from __future__ import annotations
@@ -40,8 +44,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-import numpy as np
-
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,7 +53,7 @@ QUESTIONS = [  # {k} makes every set of C sequences start a new prompt: no engin
     "A train travels {k} km in 2 hours and then 90 km in 1 hour. What is its average speed? Show your work.",
     "Write a short story about a robot who counts {k} stars.",
 ]
-ENGINES = ("local", "llamacpp_batch", "llamacpp", "server")
+ENGINES = ("local_torch", "local_llamacpp", "llamacpp_batch", "llamacpp", "server")
 
 
 def embedded_gguf() -> Path:
@@ -59,6 +61,13 @@ def embedded_gguf() -> Path:
     from cat_dspy.lm.hf import embedded_gguf as find
 
     return find()
+
+
+def _tokenizer(gguf: Path):
+    """The GGUF's transformers tokenizer (the chat template the engines share)."""
+    from cat_dspy.lm.hf import gguf_tokenizer
+
+    return gguf_tokenizer(gguf)
 
 
 def cpu_seconds(pid: int | None = None) -> float:
@@ -72,15 +81,17 @@ def cpu_seconds(pid: int | None = None) -> float:
 
 
 class LocalPath:
-    """The local engine through DSPy, as CaT calls it."""
+    """The local engine of one runtime through DSPy, as CaT calls it."""
 
-    def __init__(self, max_tokens: int, max_batch: int, temperature: float) -> None:
+    def __init__(self, runtime: str, max_tokens: int, max_batch: int, temperature: float, threads: int) -> None:
         from cat_dspy import make_lm
         from cat_dspy.lm.models import engine_of
 
-        self.lm = make_lm("local", temperature=temperature, max_tokens=max_tokens, cache=False,
+        self.lm = make_lm("local", runtime=runtime, temperature=temperature, max_tokens=max_tokens, cache=False,
                           max_batch_size=max_batch)
         self.engine = engine_of(self.lm)
+        if runtime == "llamacpp":
+            self.engine.n_threads = threads  # read when it loads
         self.engine.load()
 
     def run(self, questions: list[str], seed: int) -> int:
@@ -90,93 +101,18 @@ class LocalPath:
         return int(self.engine.stats["completion_tokens"])
 
 
-class LlamaBatchPath:
-    """llama.cpp in process, all sequences decoded together (low-level API)."""
+class EngineBatchPath:
+    """The llama.cpp engine's batched decode called directly on token ids (no DSPy, no queue, no responses)."""
 
-    def __init__(self, gguf: Path, threads: int, max_seqs: int, max_prompt: int, max_tokens: int) -> None:
-        import llama_cpp as lc
-        from llama_cpp._logger import set_verbose
-
-        set_verbose(False)  # llama.cpp's own log: errors only, as Llama(verbose=False) has it
-        self.lc = lc
-        lc.llama_backend_init()
-        params = lc.llama_model_default_params()
-        self.model = lc.llama_model_load_from_file(str(gguf).encode(), params)
-        self.vocab = lc.llama_model_get_vocab(self.model)
-        self.n_vocab = lc.llama_vocab_n_tokens(self.vocab)
-        self.n_batch = max(512, max_seqs)
-        cparams = lc.llama_context_default_params()
-        cparams.n_ctx = max_seqs * (max_prompt + max_tokens + 8)
-        cparams.n_batch = cparams.n_ubatch = self.n_batch
-        cparams.n_seq_max = max_seqs
-        cparams.n_threads = cparams.n_threads_batch = threads
-        cparams.kv_unified = True
-        self.params = cparams
-        self.ctx = lc.llama_init_from_model(self.model, cparams)
-        self.batch = lc.llama_batch_init(self.n_batch, 0, 1)
-
-    def tokenize(self, text: str) -> list[int]:
-        data = text.encode()
-        out = (self.lc.llama_token * (len(data) + 8))()
-        n = self.lc.llama_tokenize(self.vocab, data, len(data), out, len(out), False, True)
-        if n < 0:
-            raise RuntimeError(f"llama_tokenize failed ({n})")
-        return list(out[:n])
-
-    def _decode(self, entries: list[tuple[int, int, int, bool]]) -> None:
-        """One ``llama_decode`` of ``(token, position, sequence, wants_logits)`` entries."""
-        b = self.batch
-        for i, (token, pos, seq, logits) in enumerate(entries):
-            b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = token, pos, 1, logits
-            b.seq_id[i][0] = seq
-        b.n_tokens = len(entries)
-        if (rc := self.lc.llama_decode(self.ctx, b)) != 0:
-            raise RuntimeError(f"llama_decode returned {rc}")
-
-    def _sample(self, index: int, temperature: float, rng: np.random.Generator) -> int:
-        logits = np.ctypeslib.as_array(self.lc.llama_get_logits_ith(self.ctx, index), shape=(self.n_vocab,))
-        if not temperature:
-            return int(logits.argmax())
-        z = logits.astype(np.float64) / temperature
-        p = np.exp(z - z.max())
-        return int(rng.choice(self.n_vocab, p=p / p.sum()))
+    def __init__(self, engine) -> None:
+        self.engine = engine
 
     def run(self, prompts: list[list[int]], max_tokens: int, temperature: float, seed: int) -> int:
-        self.lc.llama_memory_clear(self.lc.llama_get_memory(self.ctx), True)
-        rngs = [np.random.default_rng(seed + s) for s in range(len(prompts))]
-        nxt: dict[int, int] = {}
-        shared = all(p == prompts[0] for p in prompts)  # G rollouts: prefill once, copy the KV cache to the others
-        seqs = [0] if shared else range(len(prompts))
-        entries = [(t, pos, s, pos == len(prompts[s]) - 1) for s in seqs for pos, t in enumerate(prompts[s])]
-        for start in range(0, len(entries), self.n_batch):  # prefill, in chunks of n_batch tokens
-            chunk = entries[start:start + self.n_batch]
-            self._decode(chunk)
-            for i, (_, _, s, wants) in enumerate(chunk):
-                if wants:
-                    nxt |= {k: self._sample(i, temperature, rngs[k]) for k in (range(len(prompts)) if shared else [s])}
-        if shared:
-            memory = self.lc.llama_get_memory(self.ctx)
-            for s in range(1, len(prompts)):
-                self.lc.llama_memory_seq_cp(memory, 0, s, -1, -1)
-        generated = dict.fromkeys(range(len(prompts)), 0)
-        pos = {s: len(p) for s, p in enumerate(prompts)}
-        while nxt:
-            live = [s for s, t in nxt.items() if not self.lc.llama_vocab_is_eog(self.vocab, t)]
-            for s in live:
-                generated[s] += 1
-            live = [s for s in live if generated[s] < max_tokens]
-            if not live:
-                break
-            self._decode([(nxt[s], pos[s], s, True) for s in live])
-            nxt = {s: self._sample(i, temperature, rngs[s]) for i, s in enumerate(live)}
-            for s in live:
-                pos[s] += 1
-        return sum(generated.values())
-
-    def close(self) -> None:
-        self.lc.llama_batch_free(self.batch)
-        self.lc.llama_free(self.ctx)
-        self.lc.llama_model_free(self.model)
+        n = len(prompts)
+        generated, _ = self.engine._run(prompts, not temperature, max_tokens, (), [(temperature, None, None)] * n,
+                                        [seed + i for i in range(n)], None)
+        ends = self.engine._end_ids()
+        return sum(next((k for k, t in enumerate(row) if t in ends), len(row)) for row in generated)
 
 
 class LlamaSequentialPath:
@@ -280,35 +216,37 @@ def main() -> int:
                     "machine": platform.platform(), "started": datetime.datetime.now(datetime.timezone.utc).isoformat(),
                     "load_s": {}}
     try:
-        start = time.perf_counter()
-        paths["local"] = LocalPath(args.max_tokens, c_max, args.temperature)  # needed for the chat template too
-        report["load_s"]["local"] = time.perf_counter() - start
-        tokenizer = paths["local"].engine.load()[1]
+        for name in ("local_llamacpp", "local_torch"):  # local_llamacpp also serves llamacpp_batch
+            if name in args.engines or (name == "local_llamacpp" and "llamacpp_batch" in args.engines):
+                start = time.perf_counter()
+                paths[name] = LocalPath(name.removeprefix("local_"), args.max_tokens, c_max, args.temperature,
+                                        args.threads)
+                report["load_s"][name] = time.perf_counter() - start
+        tokenizer = next(iter(paths.values())).engine.load()[1] if paths else _tokenizer(gguf)
 
         def texts(set_id: int, c: int) -> list[str]:
             return [tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
                                                   add_generation_prompt=True) for q in questions(set_id, c)]
 
-        if "local" not in args.engines:
-            paths.pop("local")
         n_ctx = 4096
         for name in args.engines:
             start = time.perf_counter()
-            if name == "llamacpp_batch":  # KV cache for c_max sequences (the GGUF has the same tokenizer; +16 spare)
-                longest = max(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts(0, c_max)) + 16
-                paths[name] = LlamaBatchPath(gguf, args.threads, c_max, longest, args.max_tokens)
+            if name == "llamacpp_batch":
+                paths[name] = EngineBatchPath(paths["local_llamacpp"].engine)
             elif name == "llamacpp":
                 paths[name] = LlamaSequentialPath(gguf, args.threads, n_ctx)
             elif name == "server":
                 paths[name] = ServerPath(gguf, args.threads, n_ctx)
-            report["load_s"][name] = time.perf_counter() - start
+            report["load_s"].setdefault(name, time.perf_counter() - start)
+        if "local_llamacpp" not in args.engines:
+            paths.pop("local_llamacpp", None)  # loaded for llamacpp_batch only
         report["prompt_tokens"] = len(tokenizer(texts(0, 1)[0], add_special_tokens=False)["input_ids"])
 
         def run(name: str, set_id: int, c: int, seed: int) -> int:
-            if name == "local":
+            if name.startswith("local_"):
                 return paths[name].run(questions(set_id, c), seed)
             if name == "llamacpp_batch":
-                ids = [paths[name].tokenize(t) for t in texts(set_id, c)]
+                ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts(set_id, c)]
                 return paths[name].run(ids, args.max_tokens, args.temperature, seed)
             return paths[name].run(texts(set_id, c), args.max_tokens, args.temperature, seed)
 
@@ -356,6 +294,12 @@ def main() -> int:
             row = next(r for r in rows if r["engine"] == name and r["concurrency"] == c)
             cells.append(f"{row['tok_per_s']:7.1f} {row['tok_per_cpu_s'] or 0:9.1f} {row['tokens_per_sequence']:7.1f}")
         print(f"{name:15s}" + "".join(f"{cell:>27s}" for cell in cells))
+    if "local_llamacpp" in args.engines and len(args.engines) > 1:  # the default CPU path against the fastest other
+        for c in args.concurrency:
+            rate = {r["engine"]: r["tok_per_s"] for r in rows if r["concurrency"] == c}
+            best = max((e for e in rate if e != "local_llamacpp"), key=rate.__getitem__)
+            print(f"C={c}: local_llamacpp (the default CPU path) / fastest other ({best}): "
+                  f"{rate['local_llamacpp'] / rate[best]:.2f}x")
     print(f"JSON: {out}")
     return 0
 

@@ -7,7 +7,8 @@ question at a time (``num_threads=1``), once with N in flight (the ``eval`` defa
 their ratio (target ≥ 3×), the local engine's generate calls and rows per call, and checks that both runs gave
 identical rollouts, method texts and answers (the engine samples each request from its own seeded generator, so
 results must not depend on what shares a batch). ``--repeats`` runs each mode again, alternating which goes
-first. Writes the numbers to a small JSON file (default ``runs/benchmarks/eval_throughput.json``).
+first. Writes the numbers to a small JSON file (default ``runs/benchmarks/eval_throughput.json``). The engine is the
+default one for ``"local"`` (llama.cpp in process on a CPU with llama-cpp-python, else torch); ``--runtime`` pins it.
 
 Run (the measurement): python benchmarks/eval_throughput.py --questions 16 --g 4 --max-tokens 32 --repeats 2
 Dry run: python benchmarks/eval_throughput.py --questions 4 --max-tokens 8
@@ -58,6 +59,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0, help="question generation and LM sampling seed")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each mode, alternating order (default: 1)")
     parser.add_argument("--out", default=str(REPO / "runs" / "benchmarks" / "eval_throughput.json"))
+    parser.add_argument("--runtime", choices=("auto", "torch", "llamacpp"), help="default: $CAT_DSPY_RUNTIME or auto")
     args = parser.parse_args()
 
     from cat_dspy.evaluation.report import summarize
@@ -68,7 +70,8 @@ def main() -> int:
     items = questions(args.questions, args.seed)
     gs = sorted({int(x) for x in args.g.split(",")})
     methods = [m for m in args.methods.split(",") if m]
-    lms = {role: role_lm("local", role, max_tokens=args.max_tokens, seed=args.seed, cache=False) for role in ROLES}
+    lms = {role: role_lm("local", role, max_tokens=args.max_tokens, seed=args.seed, cache=False, runtime=args.runtime)
+           for role in ROLES}
     engine = engine_of(lms["policy"])
     engine.load()
     lms["policy"]("warm-up", max_tokens=4)  # first-call costs stay out of both measurements
@@ -104,7 +107,9 @@ def main() -> int:
     one, many = runs["one_at_a_time"], runs["in_flight"]
     result = {
         "questions": len(items), "g": gs, "max_tokens": args.max_tokens, "methods": methods, "seed": args.seed,
-        "device": str(engine.device),
+        "model": lms["policy"].model,
+        "runtime": engine.runtime,
+        "device": str(getattr(engine, "device", "cpu")),
         "repeats": args.repeats,
         **runs,
         "ratio": many["questions_per_minute"] / one["questions_per_minute"],
@@ -113,7 +118,7 @@ def main() -> int:
         "target": 3.0,
     }
     print(f"eval throughput: {len(items)} arithmetic questions, G={args.g}, {args.max_tokens} tokens, "
-          f"methods {','.join(methods)}, seed {args.seed}, {result['device']}")
+          f"methods {','.join(methods)}, seed {args.seed}, {result['model']} ({result['runtime']}, {result['device']})")
     for label, r in runs.items():
         print(f"  {label:>13} (N={r['in_flight']}): {r['seconds']:7.1f} s  {r['questions_per_minute']:6.2f} "
               f"questions/min  {r['generate_calls']} generate calls, {r['rows_per_generate']:.1f} rows each, "

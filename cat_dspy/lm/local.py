@@ -1,63 +1,24 @@
-"""The embedded local backend: a transformers causal LM behind DSPy 3.4's engine protocol, with dynamic batching.
+"""The torch runtime of the local engine: a transformers causal LM, one ``model.generate`` per batch.
 
-DSPy hands an engine one candidate per call, so G rollouts arrive as G concurrent calls. One worker thread collects
-requests until ``max_batch_size`` or until none arrived for ``batch_window_s``, groups them by (greedy or sampled,
-max_tokens, stop) and runs one ``model.generate`` per group: one row per sampled request (prompts left-padded;
-temperature, top_p, top_k, logprobs and seed are per row, so a policy's rollouts and an anchor's syntheses share a
-batch), identical greedy prompts computed once.
-Temperature 0/None is greedy; else temperature, top_k, top_p apply in that order (checkpoint sampling defaults are
-ignored). ``Config.logprobs`` gives each generated token's log-probability under the distribution actually sampled
-from (after those warpers; the raw model distribution when greedy). Each sampled request draws its tokens from a
-torch generator of its own (as vLLM does), seeded from ``Config.seed`` and its prompt (an unseeded request gets a
-seed drawn from torch's global RNG), so a seeded request gives the same text whatever else shares its batch:
-results do not depend on concurrency, up to float rounding of differently shaped batches. Usage and logprobs cover
-generated tokens without padding or EOS, up to the token that completed a stop string when one cut the text.
-:meth:`LocalEngine.score` gives the log-probability of each token of given texts (mutual predictability).
-
-Over 500 lines on purpose: the request queue, the batching, the per-row sampling and the scoring share the one
-model, its lock and its statistics; split apart they would each need the engine's internals.
+:class:`LocalEngine` is a :class:`~cat_dspy.lm.batching.BatchedEngine` (the request queue, dynamic batching,
+finishing and responses every runtime shares). A batch's prompts are left-padded into one ``generate``; each row's
+temperature, top_k and top_p are transformers' warpers on that row (:class:`_RowWarpers`), and each sampled row
+draws its token from a torch generator of its own (:class:`_Sampler`, vLLM's exponential race); :class:`_Recorder`
+keeps the log-probabilities. On CUDA the KV cache is static and decoding compiled. :meth:`LocalEngine.score`
+scores given texts in padded batches.
 """
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import copy
-import hashlib
-import logging
 import os
-import queue
-import threading
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from dspy import lm15
-from dspy.clients.engines.base import validate_request
 
+from cat_dspy.lm.batching import _TOKENIZER_LOCK, AsyncBatchedEngine, BatchedEngine, shared
 from cat_dspy.lm.hf import default_model_dir, default_model_path, load_model, resolve_device, resolve_dtype
-
-logger = logging.getLogger(__name__)
-
-_DROPPED = ("response_format", "reasoning", "frequency_penalty", "presence_penalty", "tool_choice", "probabilities")
-_STATS = ("generate_calls", "requests", "rows", "prompt_tokens", "completion_tokens", "generate_seconds")
-_TOKENIZER_LOCK = threading.Lock()  # a fast tokenizer used from several threads raises "Already borrowed"
-_ENGINES: dict[tuple[str, str, str], LocalEngine] = {}
-_ENGINES_LOCK = threading.Lock()
-
-
-@dataclass
-class _Job:
-    ids: list[int]
-    key: tuple  # (greedy, max_tokens, stop): one generate call per key
-    sampling: tuple  # (temperature, top_p, top_k): per row, so requests of different settings share a batch
-    logprobs: int | None
-    seed: int | None
-    model: str
-    adaptations: tuple
-    future: concurrent.futures.Future
 
 
 class _Recorder:
@@ -137,22 +98,7 @@ class _Sampler:
         return torch.full_like(scores, -float("inf")).scatter_(1, chosen, 0.0)
 
 
-def _own_copy(exc: BaseException) -> BaseException:
-    try:  # one copy per caller, so concurrent raisers do not share a traceback
-        return copy.copy(exc)
-    except Exception:
-        return exc
-
-
-def _text(parts: Any, where: str) -> str:
-    if isinstance(parts, str):
-        return parts
-    if any(not isinstance(p, (lm15.TextPart, lm15.ThinkingPart)) for p in parts):
-        raise lm15.UnsupportedFeatureError(f"local engine: {where} holds non-text parts", feature=where)
-    return "\n".join(p.text for p in parts if isinstance(p, lm15.TextPart))
-
-
-class LocalEngine:
+class LocalEngine(BatchedEngine):
     """A DSPy engine running a local transformers checkpoint with dynamic batching.
 
     Args:
@@ -164,6 +110,8 @@ class LocalEngine:
         batch_window_s: A batch closes when no request has arrived for this long.
     """
 
+    runtime = "torch"
+
     def __init__(
         self,
         model_path: str | os.PathLike | None = None,
@@ -173,74 +121,24 @@ class LocalEngine:
         max_batch_size: int = 32,
         batch_window_s: float = 0.02,
     ) -> None:
-        self.model_path = Path(model_path).expanduser().resolve() if model_path else None
+        super().__init__(model_path, max_batch_size=max_batch_size, batch_window_s=batch_window_s)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
-        self._settings = {
+        self._options = {
             "device": None if device is None else str(device),
             "dtype": None if dtype is None else str(dtype).removeprefix("torch."),
         }
-        self.max_batch_size, self.batch_window_s = max_batch_size, batch_window_s
-        self._model = self._tokenizer = self._worker = None
-        self._queue: queue.Queue = queue.Queue()
-        self._lock, self._load_lock, self._stats_lock = threading.Lock(), threading.Lock(), threading.Lock()
-        self._pid = os.getpid()
-        self.reset_stats()
-
-    @property
-    def stats(self) -> dict[str, float]:
-        """A snapshot of generate_calls, requests, rows, prompt_tokens, completion_tokens, generate_seconds.
-
-        ``rows`` and the token counts are computed sequences (identical greedy prompts count once), unpadded.
-        """
-        with self._stats_lock:
-            return dict(self._stats)
-
-    def reset_stats(self) -> None:
-        """Zero the counters behind :attr:`stats`."""
-        with self._stats_lock:
-            self._stats = {**dict.fromkeys(_STATS, 0), "generate_seconds": 0.0}
-
-    def load(self) -> tuple[Any, Any]:
-        """Load the weights now (converting the default model if needed); returns ``(model, tokenizer)``."""
-        with self._load_lock:
-            if self._model is None:
-                path = self.model_path or default_model_path()
-                self._model, self._tokenizer = load_model(path, device=self.device, dtype=self.dtype)
-            return self._model, self._tokenizer
-
-    def count_tokens(self, text: str) -> int:
-        """Tokens of ``text`` under this model's tokenizer, without special tokens (how CaT's length limit counts
-        a completion).
-        """
-        _, tokenizer = self.load()
-        with _TOKENIZER_LOCK:
-            return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def score(self, texts: list[str], *, max_batch_tokens: int = 4096) -> list[list[tuple[int, int, float | None]]]:
-        """Prompt log-probabilities: each token of each text with its character span and log p(token | prefix).
-
-        The texts are scored as plain text (no chat template, no special tokens added), right-padded into
-        batches of at most ``max_batch_tokens`` padded tokens (one forward pass each; the logits of a batch are
-        that size times the vocabulary). The first token of a text has no prefix, so its log-probability is None.
-        The model's raw distribution is used (no temperature). Counted in :attr:`stats` as requests, rows and
-        prompt tokens (not as generate calls).
-
-        Args:
-            texts: The texts to score.
-            max_batch_tokens: Padded tokens per forward pass.
-
-        Returns:
-            Per text, ``(start, end, logprob)`` for each token, ``start``/``end`` being character offsets.
-
-        Raises:
-            lm15.ContextLengthError: A text is longer than the model's context.
+        """Prompt log-probabilities (see :meth:`BatchedEngine.score`): the texts are right-padded into batches of
+        at most ``max_batch_tokens`` padded tokens, one forward pass each (the logits of a batch are that size
+        times the vocabulary).
         """
         model, tokenizer = self.load()
         with _TOKENIZER_LOCK:
             encoded = [tokenizer(t, add_special_tokens=False, return_offsets_mapping=True) for t in texts]
         ids = [e["input_ids"] for e in encoded]
-        limit = getattr(model.config, "max_position_embeddings", None)
+        limit = self._context_limit()
         if limit is not None and (longest := max(map(len, ids), default=0)) > limit:
             raise lm15.ContextLengthError(f"a scored text has {longest} tokens, more than the model's {limit}")
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
@@ -264,129 +162,36 @@ class LocalEngine:
                     lp = torch.log_softmax(logits[k, : max(n - 1, 0)].float(), dim=-1)
                     chosen = lp.gather(1, rows[k, 1:n].unsqueeze(1)).squeeze(1).cpu().tolist()
                     logprobs[i] = ([None] if n else []) + chosen
-        with self._stats_lock:
-            self._stats["requests"] += len(ids)
-            self._stats["rows"] += len(ids)
-            self._stats["prompt_tokens"] += sum(map(len, ids))
-        return [
-            [(int(a), int(b), lp) for (a, b), lp in zip(e["offset_mapping"], row, strict=True)]
-            for e, row in zip(encoded, logprobs, strict=True)
-        ]
-
-    def submit(self, request: lm15.Request) -> concurrent.futures.Future:
-        """Validate and tokenize ``request`` here, then queue it; the future resolves to its Response."""
-        validate_request(request)
-        model, tokenizer = self.load()
-        config = request.config
-        if request.tools:
-            raise lm15.UnsupportedFeatureError("local engine: tools are not supported", feature="tools")
-        adaptations = tuple(
-            lm15.Adaptation(f"config.{name}", "dropped", "the local engine does not implement it")
-            for name in _DROPPED
-            if getattr(config, name) is not None
-        )
-        messages = [] if request.system is None else [{"role": "system", "content": _text(request.system, "system")}]
-        for i, message in enumerate(request.messages):
-            if message.role == "tool":
-                raise lm15.UnsupportedFeatureError("local engine: tool messages", feature=f"messages[{i}]")
-            role = "system" if message.role == "developer" else message.role
-            messages.append({"role": role, "content": _text(message.parts, f"messages[{i}]")})
-        with _TOKENIZER_LOCK:
-            if tokenizer.chat_template:
-                prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            else:
-                prompt = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
-            ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        max_tokens = config.max_tokens or 256
-        limit = getattr(model.config, "max_position_embeddings", None)
-        if limit is not None and len(ids) + max_tokens > limit:
-            raise lm15.ContextLengthError(f"{len(ids)} prompt + {max_tokens} new tokens exceed {limit}")
-        greedy = not config.temperature
-        top_p = config.top_p if config.top_p is not None and config.top_p < 1 else None
-        sampling = (None, None, None) if greedy else (config.temperature, top_p, config.top_k or None)
-        key = (greedy, max_tokens, config.stop)
-        job = _Job(ids, key, sampling, config.logprobs, config.seed, request.model, adaptations,
-                   concurrent.futures.Future())
-        with self._lock:
-            if self._pid != os.getpid():  # a forked child: the worker thread did not survive
-                self._queue, self._worker, self._pid = queue.Queue(), None, os.getpid()
-            if self._worker is None or not self._worker.is_alive():
-                self._worker = threading.Thread(target=self._loop, name="cat-dspy-local-engine", daemon=True)
-                self._worker.start()
-            self._queue.put(job)
-        return job.future
-
-    def complete(self, request: lm15.Request) -> lm15.Response:
-        """One completion for ``request``, batched with concurrent calls."""
-        return self.submit(request).result()
-
-    def stream(self, request: lm15.Request):
-        """The events of the completed response (no incremental decoding)."""
-        return lm15.response_to_events(self.complete(request))
-
-    def close(self) -> None:
-        """Stop the worker once the queued requests are served; a later call starts a new one."""
-        with self._lock:
-            if self._worker is not None and self._worker.is_alive():
-                self._queue.put(None)
-                self._worker.join()
-            self._worker = None
-
-    def dump_state(self) -> dict[str, Any]:
-        """JSON-safe settings (no secrets); a None ``model_path`` stands for the default model."""
-        return {
-            "model_path": None if self.model_path is None else str(self.model_path),
-            **self._settings,
-            "max_batch_size": self.max_batch_size,
-            "batch_window_s": self.batch_window_s,
-        }
+        return self._scored(encoded, logprobs)
 
     @classmethod
     def load_state(cls, state: dict[str, Any]) -> LocalEngine:
         """The shared engine for a :meth:`dump_state` record."""
-        return shared_engine(**state)
+        return shared_engine(**{k: v for k, v in state.items() if k != "runtime"})
 
-    def _loop(self) -> None:
-        stopping = False
-        while not stopping:
-            batch = [self._queue.get()]
-            if batch[0] is None:
-                return
-            while len(batch) < self.max_batch_size:
-                try:
-                    job = self._queue.get(timeout=self.batch_window_s)
-                except queue.Empty:
-                    break
-                if job is None:
-                    stopping = True
-                    break
-                batch.append(job)
-            groups: dict[tuple, list[_Job]] = {}
-            for job in batch:
-                if job.future.set_running_or_notify_cancel():
-                    groups.setdefault(job.key, []).append(job)
-            for jobs in groups.values():
-                try:
-                    for job, response in zip(jobs, self._generate(jobs), strict=True):
-                        job.future.set_result(response)
-                except BaseException as exc:
-                    logger.exception("local generate failed for %d request(s)", len(jobs))
-                    for job in jobs:
-                        job.future.set_exception(_own_copy(exc))
+    def _settings(self) -> dict[str, Any]:
+        return dict(self._options)
 
-    def _generate(self, jobs: list[_Job]) -> list[lm15.Response]:
+    def _load(self) -> tuple[Any, Any]:
+        return load_model(self.model_path or default_model_path(), device=self.device, dtype=self.dtype)
+
+    def _context_limit(self) -> int | None:
+        return getattr(self.load()[0].config, "max_position_embeddings", None)
+
+    def _end_ids(self) -> set[int]:
+        eos = self._model.generation_config.eos_token_id
+        return {*(eos if isinstance(eos, list) else [eos]), self._tokenizer.pad_token_id} - {None}
+
+    def _random_seed(self) -> int:
+        return int(torch.randint(0, 2**62, ()).item())  # torch's global RNG, which transformers.set_seed seeds
+
+    def _run(
+        self, inputs: list[list[int]], greedy: bool, max_tokens: int, stop: tuple[str, ...], settings: list[tuple],
+        seeds: list[int] | None, top: int | None,
+    ) -> tuple[list[list[int]], list | None]:
         import transformers as hf
 
         model, tokenizer = self._model, self._tokenizer
-        greedy, max_tokens, stop = jobs[0].key
-        tops = [job.logprobs for job in jobs if job.logprobs is not None]
-        order = sorted(range(len(jobs)), key=lambda i: (jobs[i].ids, jobs[i].seed is None, jobs[i].seed or 0, i))
-        if greedy:  # identical greedy prompts run once
-            prompts = list(dict.fromkeys(tuple(jobs[i].ids) for i in order))
-            rows = {i: prompts.index(tuple(jobs[i].ids)) for i in order}
-            inputs = [list(p) for p in prompts]
-        else:  # one row per request, each with its own generator
-            rows, inputs = {i: r for r, i in enumerate(order)}, [jobs[i].ids for i in order]
         pad, width = tokenizer.pad_token_id, max(map(len, inputs))
         if self.device.type == "cuda":
             width = -(-width // 64) * 64  # fewer shapes for the compiled static-cache decode
@@ -394,11 +199,11 @@ class LocalEngine:
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in inputs], device=self.device)
         processors = hf.LogitsProcessorList()
         if not greedy:
-            processors.append(_RowWarpers([jobs[i].sampling for i in order]))
-        recorder = _Recorder(min(max(tops), 20)) if tops else None
+            processors.append(_RowWarpers(settings))
+        recorder = _Recorder(top) if top is not None else None
         processors += [recorder] if recorder is not None else []
         if not greedy:
-            processors.append(_Sampler([self._generator(jobs[i].seed, jobs[i].ids) for i in order]))
+            processors.append(_Sampler([torch.Generator(self.device).manual_seed(s) for s in seeds]))
         criteria = hf.StoppingCriteriaList()
         if stop:  # built here, under the lock: it reads the tokenizer that callers are encoding with
             with _TOKENIZER_LOCK:
@@ -406,7 +211,6 @@ class LocalEngine:
         kwargs: dict[str, Any] = {"do_sample": False}  # our warpers and sampler, none of generate's
         if self.device.type == "cuda":
             kwargs["cache_implementation"] = "static"
-        start = time.perf_counter()
         with torch.inference_mode():
             out = model.generate(
                 input_ids=input_ids,
@@ -419,105 +223,13 @@ class LocalEngine:
             )
             if recorder is not None:
                 recorder.flush(out)
-        elapsed = time.perf_counter() - start
-        generated = out[:, width:].tolist()
-        scored = recorder.per_row() if recorder is not None else None
-        with _TOKENIZER_LOCK:
-            finished = [self._finish(ids, max_tokens, stop) for ids in generated]
-            responses = [
-                self._response(job, *finished[rows[i]], generated[rows[i]],
-                               scored[rows[i]] if scored is not None and job.logprobs is not None else None)
-                for i, job in enumerate(jobs)
-            ]
-        deltas = (1, len(jobs), len(generated), sum(map(len, inputs)), sum(f[1] for f in finished), elapsed)
-        with self._stats_lock:
-            for name, value in zip(_STATS, deltas, strict=True):
-                self._stats[name] += value
-        logger.debug("generate: %d request(s), %d row(s), %.2f s", len(jobs), len(generated), elapsed)
-        return responses
-
-    def _generator(self, seed: int | None, ids: list[int]) -> torch.Generator:
-        """The sampling generator of one request: seeded from its seed and its prompt, else from torch's global RNG.
-
-        The prompt enters the seed so that one ``--seed`` over many questions does not give every question the same
-        stream of random draws (which would correlate their samples); the same seed and prompt still give the same
-        text in any batch.
-        """
-        if seed is None:
-            return torch.Generator(self.device).manual_seed(int(torch.randint(0, 2**62, ()).item()))
-        digest = hashlib.blake2b(repr((seed, ids)).encode(), digest_size=8).digest()
-        return torch.Generator(self.device).manual_seed(int.from_bytes(digest, "little"))
-
-    def _finish(self, ids: list[int], max_tokens: int, stop: tuple[str, ...]) -> tuple[str, int, str]:
-        """``(text, kept token count, finish_reason)`` for one generated row."""
-        eos = self._model.generation_config.eos_token_id
-        ends = {*(eos if isinstance(eos, list) else [eos]), self._tokenizer.pad_token_id} - {None}
-        n = next((k for k, t in enumerate(ids) if t in ends), len(ids))
-        finish = "stop" if n < len(ids) or n < max_tokens else "length"
-        decode = self._tokenizer.decode
-        text = decode(ids[:n], skip_special_tokens=True)
-        if cuts := [text.find(s) for s in stop if s in text]:
-            n = next(k for k in range(1, n + 1) if any(s in decode(ids[:k], skip_special_tokens=True) for s in stop))
-            return text[: min(cuts)], n, "stop"
-        return text, n, finish
-
-    def _response(
-        self, job: _Job, text: str, n: int, finish: str, ids: list[int], scored: list | None
-    ) -> lm15.Response:
-        logprobs = None
-        if scored is not None:
-            decode = self._tokenizer.decode
-            logprobs = tuple(
-                lm15.TokenLogprob(
-                    token=decode([t]),
-                    logprob=lp,
-                    token_id=t,
-                    top=tuple(lm15.TopLogprob(token=decode([a]), logprob=v, token_id=a) for v, a in top[:job.logprobs]),
-                )
-                for t, (lp, top) in zip(ids[:n], scored[:n], strict=True)
-            )
-        return lm15.Response(
-            id=None,
-            model=job.model,
-            message=lm15.Message.assistant([lm15.TextPart(text)]),
-            finish_reason=finish,
-            usage=lm15.Usage(input_tokens=len(job.ids), output_tokens=n),
-            logprobs=logprobs,
-            adaptations=job.adaptations,
-        )
+        return out[:, width:].tolist(), recorder.per_row() if recorder is not None else None
 
 
-class AsyncLocalEngine:
-    """The async twin of :class:`LocalEngine`, sharing its model and batcher.
+class AsyncLocalEngine(AsyncBatchedEngine):
+    """The async twin of :class:`LocalEngine`, sharing its model and batcher."""
 
-    ``complete`` tokenizes in a worker thread, then awaits the batch future without holding a thread (the
-    default executor has only ``cpu_count + 4`` threads), so any number of coroutines coalesce into one batch.
-    """
-
-    def __init__(self, engine: LocalEngine) -> None:
-        self.engine = engine
-
-    async def complete(self, request: lm15.Request) -> lm15.Response:
-        """One completion for ``request``."""
-        return await asyncio.wrap_future(await asyncio.to_thread(self.engine.submit, request))
-
-    async def stream(self, request: lm15.Request):
-        """The events of the completed response."""
-        for event in lm15.response_to_events(await self.complete(request)):
-            yield event
-
-    async def aclose(self) -> None:
-        """Stop the shared engine's worker (it restarts on the next call)."""
-        await asyncio.to_thread(self.engine.close)
-
-    def dump_state(self) -> dict[str, Any]:
-        """The sync engine's state."""
-        return self.engine.dump_state()
-
-    @classmethod
-    def load_state(cls, state: dict[str, Any]) -> AsyncLocalEngine:
-        """An async twin of the shared engine for ``state``."""
-        return cls(shared_engine(**state))
+    engine_class = LocalEngine
 
 
 def shared_engine(
@@ -529,11 +241,5 @@ def shared_engine(
     """
     dev = resolve_device(device)
     path = Path(model_path).expanduser().resolve() if model_path else default_model_dir()
-    key = (str(path), str(dev), str(resolve_dtype(dtype, dev)))
-    knobs = {name: value for name, value in knobs.items() if value is not None}
-    with _ENGINES_LOCK:
-        if key not in _ENGINES:
-            _ENGINES[key] = LocalEngine(model_path, device=device, dtype=dtype, **knobs)
-        for name, value in knobs.items():
-            setattr(_ENGINES[key], name, value)
-        return _ENGINES[key]
+    key = ("torch", str(path), str(dev), str(resolve_dtype(dtype, dev)))
+    return shared(key, lambda: LocalEngine(model_path, device=device, dtype=dtype, **knobs), knobs)

@@ -1,8 +1,21 @@
 """Where models come from: ``make_lm`` turns a model string into a ``dspy.LM`` (checkpoints: :mod:`cat_dspy.lm.hf`).
 
-``"local"`` is the embedded SmolLM2-135M-Instruct, ``"local:<dir>"`` any local transformers checkpoint; both run in
-process through :class:`~cat_dspy.lm.local.LocalEngine`, one engine (one copy of the weights, one batcher) per
-(path, device, dtype), shared by every LM made for it (policy, anchor, judge). Any other string
+``"local"`` is the embedded SmolLM2-135M-Instruct, ``"local:<dir>"`` any local transformers checkpoint,
+``"local:<file>.gguf"`` any GGUF; all run in process, one engine (one copy of the weights, one batcher) per
+(runtime, path, device, dtype), shared by every LM made for it (policy, anchor, judge). Two runtimes
+(:func:`local_runtime`):
+
+- ``llamacpp``: :class:`~cat_dspy.lm.llamacpp.LlamaCppEngine`, the GGUF run by llama-cpp-python with the rows of a
+  batch decoded together. The default for ``"local"`` on a CPU when ``llama_cpp`` imports, and the runtime of a
+  ``.gguf`` file.
+- ``torch``: :class:`~cat_dspy.lm.local.LocalEngine`, a transformers checkpoint (``"local"``: the GGUF converted once).
+  The runtime of a checkpoint directory, and of ``"local"`` on CUDA, with a ``device``/``dtype`` other than the CPU's
+  default, or without ``llama_cpp``.
+
+Pin the runtime of ``"local"`` with the engine option ``runtime="torch"|"llamacpp"|"auto"`` or, for every
+``"local"`` LM of a process (a study, a recipe, the CLI), the environment variable ``CAT_DSPY_RUNTIME``. The runtimes'
+numerics differ, so their model ids (the DSPy cache key and the usage key) differ too (:func:`local_model_id`): a
+cached answer of one is never served for the other. Any other string
 (``openai/...``, ``anthropic/...``, ``hosted_vllm/...``) goes through LiteLLM (``engine="litellm"``: DSPy's native
 client sends ``max_completion_tokens``, which llama.cpp's server ignores). API keys come from the environment only.
 """
@@ -21,26 +34,39 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no cost-map dow
 
 import dspy
 
-from cat_dspy.lm.hf import DEFAULT_MODEL_NAME
+from cat_dspy.lm.hf import DEFAULT_MODEL_NAME, DEFAULT_QUANTIZATION, file_fingerprint
 
 logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
 
-    from cat_dspy.lm.local import LocalEngine
+    from cat_dspy.lm.batching import BatchedEngine
 
 
-_ENGINE_OPTIONS = ("device", "dtype", "max_batch_size", "batch_window_s")
+_ENGINE_OPTIONS = ("device", "dtype", "max_batch_size", "batch_window_s", "runtime")
+RUNTIMES = ("auto", "torch", "llamacpp")
+RUNTIME_ENV = "CAT_DSPY_RUNTIME"
+_LOGGED: set[str] = set()
 _SECRETS = ("api_key", "aws_secret_access_key", "azure_ad_token", "vertex_credentials")
 
 
-def local_model_id(path: str | os.PathLike | None) -> str:
-    """The DSPy model id of a local checkpoint (also the DSPy cache key and the usage-tracking key).
+def local_model_id(path: str | os.PathLike | None, runtime: str = "torch") -> str:
+    """The DSPy model id of a local model (also the DSPy cache key and the usage-tracking key).
 
-    The default model is ``local/smollm2-135m-instruct``. Another directory is ``local/<dirname>-<fingerprint>``,
-    where the fingerprint hashes the resolved path and the weight files' sizes and mtimes, so two
-    ``checkpoint-500`` directories, or a directory overwritten by a new run, never share cached completions.
+    On torch, the default model is ``local/smollm2-135m-instruct``; another directory is
+    ``local/<dirname>-<fingerprint>``, where the fingerprint hashes the resolved path and the weight files' sizes and
+    mtimes, so two ``checkpoint-500`` directories, or a directory overwritten by a new run, never share cached
+    completions. On llama.cpp, the default model is ``local/smollm2-135m-instruct-q4_1-llamacpp`` (its GGUF's
+    quantization), a GGUF file ``local/<file stem>-<fingerprint of path, size, mtime>-llamacpp``.
+
+    Examples:
+        >>> local_model_id(None), local_model_id(None, "llamacpp")
+        ('local/smollm2-135m-instruct', 'local/smollm2-135m-instruct-q4_1-llamacpp')
     """
+    if runtime == "llamacpp":
+        if path is None:
+            return f"local/{DEFAULT_MODEL_NAME}-{DEFAULT_QUANTIZATION}-llamacpp"
+        return f"local/{Path(path).stem.lower()}-{file_fingerprint(path)}-llamacpp"
     if path is None:
         return f"local/{DEFAULT_MODEL_NAME}"
     root = Path(path).expanduser().resolve()
@@ -49,6 +75,58 @@ def local_model_id(path: str | os.PathLike | None) -> str:
         stat = weights.stat()
         digest.update(f"{weights.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     return f"local/{root.name}-{digest.hexdigest()[:8]}"
+
+
+def llamacpp_available() -> bool:
+    """Whether ``llama_cpp`` (llama-cpp-python) imports in this process."""
+    try:
+        import llama_cpp  # noqa: F401
+    except Exception:  # not installed, or its shared library does not load
+        return False
+    return True
+
+
+def local_runtime(model: str, runtime: str | None = None, device: str | None = None, dtype: str | None = None) -> str:
+    """The runtime (``"torch"`` or ``"llamacpp"``) that runs the local model string ``model``.
+
+    ``"local:<file>.gguf"`` is llama.cpp and ``"local:<dir>"`` torch. For ``"local"``, ``runtime`` (else
+    ``$CAT_DSPY_RUNTIME``, else ``"auto"``) decides; ``"auto"`` is llama.cpp on the CPU when ``llama_cpp`` imports
+    and neither a non-CPU ``device`` nor a ``dtype`` is asked for, else torch (CUDA when available).
+
+    Raises:
+        ValueError: An unknown runtime, or one that cannot run ``model`` (torch for a GGUF, llama.cpp for a
+            checkpoint directory, llama.cpp with a torch device or dtype).
+        ImportError: llama.cpp asked for explicitly, and ``llama_cpp`` does not import.
+    """
+    path = model.partition(":")[2]
+    where = "runtime" if runtime else RUNTIME_ENV
+    choice = runtime or (None if path else os.environ.get(RUNTIME_ENV)) or "auto"
+    if choice not in RUNTIMES:
+        raise ValueError(f"{where}={choice!r}: the local runtime is one of {', '.join(RUNTIMES)}")
+    if path:
+        wanted = "llamacpp" if path.endswith(".gguf") else "torch"
+        if choice not in ("auto", wanted):
+            raise ValueError(f"{model!r} runs on the {wanted} runtime (a GGUF file on llamacpp, a checkpoint "
+                             f"directory on torch), not {choice!r}")
+        choice = wanted
+    elif choice == "auto":
+        cpu = str(device or "cpu") == "cpu" and dtype is None
+        if device is None and cpu:
+            import torch
+
+            cpu = not torch.cuda.is_available()
+        choice = "llamacpp" if cpu and llamacpp_available() else "torch"
+        if choice not in _LOGGED:
+            _LOGGED.add(choice)
+            logger.info("the embedded model runs on %s (%s=torch|llamacpp pins it)",
+                        "llama.cpp in process" if choice == "llamacpp" else "torch", RUNTIME_ENV)
+    if choice == "llamacpp":
+        if str(device or "cpu") != "cpu" or dtype is not None:
+            raise ValueError(f"the llamacpp runtime runs on the CPU in the GGUF's types: device={device!r}, "
+                             f"dtype={dtype!r} are torch options")
+        if not llamacpp_available():
+            raise ImportError(f"{model!r} on llama.cpp needs llama-cpp-python (`pip install llama-cpp-python`)")
+    return choice
 
 
 def make_lm(
@@ -76,7 +154,8 @@ def make_lm(
         num_retries: DSPy's retries of transient errors.
         api_base: Server URL for API models (e.g. a vLLM or llama.cpp server); refused for local models.
         **kwargs: Per-request defaults passed to ``dspy.LM`` (``seed``, ``stop``, ``logprobs``, ``rollout_id``,
-            ...). For local models also the engine options ``device``, ``dtype``, ``max_batch_size``,
+            ...). For local models also the engine options ``runtime`` (``"auto"``, ``"torch"``,
+            ``"llamacpp"``: :func:`local_runtime`), ``device``, ``dtype`` (torch only), ``max_batch_size``,
             ``batch_window_s`` and ``model_id`` (override of :func:`local_model_id`).
 
     Returns:
@@ -98,22 +177,34 @@ def make_lm(
         return dspy.LM(model, engine="litellm", **defaults, **sampling, **kwargs)
     if api_base is not None:
         raise ValueError("api_base is for API models; a local model runs in this process")
-    from cat_dspy.lm.local import AsyncLocalEngine, shared_engine
-
     path = model.partition(":")[2] or None
-    if path is not None and not Path(path).expanduser().is_dir():
-        raise FileNotFoundError(f"{model!r}: no checkpoint directory at {path}")
+    if path is not None and not (Path(path).expanduser().is_dir() or (Path(path).expanduser().is_file()
+                                 and path.endswith(".gguf"))):
+        raise FileNotFoundError(f"{model!r}: no checkpoint directory or .gguf file at {path}")
     options = {name: kwargs.pop(name) for name in _ENGINE_OPTIONS if name in kwargs}
-    model_id = kwargs.pop("model_id", None) or local_model_id(path)
-    engine = shared_engine(path, **options)
-    return dspy.LM(model_id, engine=engine, async_engine=AsyncLocalEngine(engine), **defaults, **sampling, **kwargs)
+    runtime = local_runtime(model, options.pop("runtime", None), options.get("device"), options.get("dtype"))
+    if runtime == "llamacpp":
+        options.pop("device", None)  # "cpu" or None (local_runtime checked)
+    model_id = kwargs.pop("model_id", None) or local_model_id(path, runtime)
+    if runtime == "llamacpp":
+        from cat_dspy.lm.llamacpp import AsyncLlamaCppEngine, shared_llamacpp_engine
+
+        engine = shared_llamacpp_engine(path, **options)
+        twin = AsyncLlamaCppEngine(engine)
+    else:
+        from cat_dspy.lm.local import AsyncLocalEngine, shared_engine
+
+        engine = shared_engine(path, **options)
+        twin = AsyncLocalEngine(engine)
+    return dspy.LM(model_id, engine=engine, async_engine=twin, **defaults, **sampling, **kwargs)
 
 
-def engine_of(lm: Any) -> LocalEngine | None:
-    """The :class:`~cat_dspy.lm.local.LocalEngine` behind ``lm``, or None for API models."""
-    local = sys.modules.get("cat_dspy.lm.local")  # never import torch just to answer "no"
+def engine_of(lm: Any) -> BatchedEngine | None:
+    """The local engine behind ``lm`` (either runtime: a :class:`~cat_dspy.lm.batching.BatchedEngine`), or None for
+    API models."""
+    batching = sys.modules.get("cat_dspy.lm.batching")  # never import an engine just to answer "no"
     engine = getattr(lm, "engine", None)
-    return engine if local is not None and isinstance(engine, local.LocalEngine) else None
+    return engine if batching is not None and isinstance(engine, batching.BatchedEngine) else None
 
 
 # Providers whose servers return G choices for one request with ``n=G`` when reached through LiteLLM: vLLM

@@ -2,8 +2,8 @@
 
 Backends:
 
-* the embedded/local engine (:meth:`cat_dspy.lm.local.LocalEngine.score`): the texts are batched into forward
-  passes of the model;
+* the embedded/local engine (``score`` of :class:`cat_dspy.lm.local.LocalEngine`, batched forward passes, or of
+  :class:`cat_dspy.lm.llamacpp.LlamaCppEngine`, every position's logits of each text);
 * OpenAI-compatible servers that return prompt log-probabilities, i.e. vLLM (``hosted_vllm/<model>``, or
   ``openai/<model>`` with ``api_base``): one ``/v1/completions`` request per text, sent concurrently, with
   ``echo: true, logprobs: 1, max_tokens: 1`` and vLLM's ``prompt_logprobs: 0`` extra field;

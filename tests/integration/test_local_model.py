@@ -11,7 +11,7 @@ import pytest
 from dspy.clients.cache import Cache
 
 from cat_dspy import cli
-from cat_dspy.lm.models import engine_of, make_lm
+from cat_dspy.lm.models import engine_of, local_model_id, make_lm
 
 pytestmark = pytest.mark.integration
 QUESTION = "What is 2+2?"
@@ -25,7 +25,7 @@ def dspy_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_embedded_model_batches_rollouts_and_reports_usage() -> None:
     lm = make_lm("local", max_tokens=32)
     engine = engine_of(lm)
-    assert lm.model == "local/smollm2-135m-instruct" and engine is not None
+    assert engine is not None and lm.model == local_model_id(None, engine.runtime)  # the default CPU runtime
     greedy = lm(QUESTION)[0]
     assert "4" in greedy or "four" in greedy.lower()
     engine.reset_stats()
