@@ -22,8 +22,8 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PIP) --no-deps -e .
 	touch $@
 
-# The real OpenAI-compatible server the tests start (tests/server), also the fast CPU path for users; builds from
-# source once (minutes on 2 cores). Not needed by `make demo`.
+# llama.cpp in process: the default CPU runtime of the embedded model (cat_dspy/lm/llamacpp.py), and the real
+# OpenAI-compatible server the tests start (tests/server); builds from source once per machine (minutes on 2 cores).
 # Portable build: llama.cpp's default native build enables AMX on CPUs that have it and then segfaults in its first
 # decode there (ggml-org/llama.cpp#20824), so the CPU features are named, not detected (AVX2/FMA/F16C: every x86-64
 # of the last decade). The wheel is kept in a folder named after these flags, so a wheel built with other flags
@@ -31,16 +31,16 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 LLAMA_CPP_VERSION := 0.3.36
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF
 LLAMA_WHEELS := $(HOME)/.cache/cat-dspy/wheels/llama-cpp-$(LLAMA_CPP_VERSION)-$(shell echo '$(LLAMA_CMAKE_ARGS)' | cksum | cut -d' ' -f1)
-$(VENV)/.server: $(VENV)/.installed
+$(VENV)/.llamacpp: $(VENV)/.installed
 	ls $(LLAMA_WHEELS)/llama_cpp_python-*.whl >/dev/null 2>&1 || \
 	  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=2 $(PY) -m pip wheel -q --no-deps --no-cache-dir \
 	    --no-binary llama-cpp-python -w $(LLAMA_WHEELS) "llama-cpp-python==$(LLAMA_CPP_VERSION)"
 	$(PIP) --find-links $(LLAMA_WHEELS) "llama-cpp-python[server]==$(LLAMA_CPP_VERSION)"
 	touch $@
 
-install: $(VENV)/.installed
+install: $(VENV)/.llamacpp
 
-demo: $(VENV)/.installed
+demo: $(VENV)/.llamacpp
 	$(VENV)/bin/cat-dspy solve "$(QUESTION)" $(DEMO_ARGS)
 
 lint: $(VENV)/.installed
@@ -48,7 +48,7 @@ lint: $(VENV)/.installed
 
 # One torch thread per process: on 2 cores, processes with 2 threads each contend badly (10x slower), and a single
 # process loses nothing measurable with 1 thread (decoding is memory-bound).
-test: lint $(VENV)/.server
+test: lint $(VENV)/.llamacpp
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(VENV)/bin/pytest $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed
