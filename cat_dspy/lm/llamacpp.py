@@ -4,16 +4,17 @@
 finishing and responses as the torch :class:`~cat_dspy.lm.local.LocalEngine`; prompts are built and tokenized by
 the HF tokenizer of the GGUF, :func:`~cat_dspy.lm.hf.gguf_tokenizer`, so both runtimes see identical token ids).
 It decodes a batch with llama.cpp's low-level API: one context with ``n_seq_max`` sequences, each in its own KV
-stream (``kv_unified = False``) of the same size, grown to the batch's longest prompt + new tokens; the distinct
-prompts of a batch are prefilled together, once each (:func:`_prefill_prompts`), and each copied to the other rows of
-that prompt (``llama_memory_seq_cp`` between streams: G rollouts of one question cost one prefill); then one
-``llama_decode`` per step for every live row. A batch whose streams would exceed :data:`_MAX_CELLS` KV cells is
-decoded in parts. Exactness: a sequence's stream always holds its tokens from cell 0, and flash attention is off
-(:data:`_FLASH_ATTN`), so its logits do not depend on the other sequences of a ``llama_decode`` nor on how its
-prompt is cut into ubatches. Sampling is done here, in numpy, per row (:func:`warp` then :func:`sample`): each
+stream (``kv_unified = False``) of the same size, grown to the batch's longest prompt + new tokens; each distinct
+prompt of a batch is prefilled once, alone in its ``llama_decode`` calls of up to 512 tokens (:func:`_prefill`), and
+its stream copied to the other rows of that prompt (``llama_memory_seq_cp`` between streams: G rollouts of one
+question cost one prefill); then one ``llama_decode`` per step for every live row. A batch whose streams would
+exceed :data:`_MAX_CELLS` KV cells is decoded in parts. Exactness: a sequence's stream always holds its tokens from
+cell 0, its prompt is always cut into the same ubatches, and flash attention is off (:data:`_FLASH_ATTN`), so its
+logits do not depend on the other sequences of the batch (one-token steps of several sequences together match a
+sequence decoded alone exactly). Sampling is done here, in numpy, per row (:func:`warp` then :func:`sample`): each
 sampled row draws one uniform per step from its own generator, seeded as the torch engine seeds its rows
-(:meth:`~cat_dspy.lm.batching.BatchedEngine._seed`), so a seeded request gives the same text whatever shares its
-batch. :meth:`LlamaCppEngine.score` reads the logits of every position. The context uses ``$OMP_NUM_THREADS``
+(:meth:`~cat_dspy.lm.batching.BatchedEngine._seed`), so a seeded request gives the same text and logprobs whatever
+shares its batch. :meth:`LlamaCppEngine.score` reads the logits of every position. The context uses ``$OMP_NUM_THREADS``
 threads, else the CPUs this process may run on (:func:`default_threads`); a forked child opens the GGUF again rather
 than use its parent's context.
 
@@ -336,14 +337,14 @@ class LlamaCppEngine(BatchedEngine):
         stop: tuple[str, ...], settings: list[tuple], rngs: list | None, top: int | None,
         generated: list[list[int]], scored: list | None,
     ) -> None:
-        """Prefill each distinct prompt of ``rows`` once (all of them together), copy its stream to its other rows,
+        """Prefill each distinct prompt of ``rows`` once (see :func:`_prefill`), copy its stream to its other rows,
         then decode all live rows one step per ``llama_decode`` until each ends (EOS, ``max_tokens`` or a stop
         string)."""
         seq = {r: k for k, r in enumerate(rows)}
         by_prompt: dict[tuple[int, ...], list[int]] = {}
         for r in rows:
             by_prompt.setdefault(tuple(inputs[r]), []).append(r)
-        last = _prefill_prompts(native, [(prompt, seq[group[0]]) for prompt, group in by_prompt.items()])
+        last = [_prefill(native, prompt, seq[group[0]], all_logits=False)[-1] for prompt, group in by_prompt.items()]
         for group in by_prompt.values():
             for r in group[1:]:  # between streams llama.cpp copies the whole stream (at the next llama_decode)
                 native.lc.llama_memory_seq_cp(native.memory, seq[group[0]], seq[r], -1, -1)
@@ -387,8 +388,13 @@ def shared_llamacpp_engine(
 
 
 def _prefill(native: _Native, prompt: list[int] | tuple[int, ...], seq: int, all_logits: bool) -> np.ndarray:
-    """Decode ``prompt`` into sequence ``seq``, in chunks of ``n_batch`` tokens; the logits of every position
-    (``all_logits``) or of the last one, as a new array."""
+    """Decode ``prompt`` into sequence ``seq``, in chunks of ``n_batch`` tokens holding this prompt only; the logits
+    of every position (``all_logits``) or of the last one, as a new array.
+
+    One prompt per ``llama_decode``, so that it is always cut into the same ubatches: several prompts decoded
+    together are split by llama.cpp into ubatches of an equal number of tokens per sequence, and a sequence's logits
+    then depend on that number (max |difference| ~1 on the embedded model, llama-cpp-python 0.3.36, this CPU).
+    """
     rows = []
     step = min(native.n_batch, _SCORE_CHUNK) if all_logits else native.n_batch  # all logits: chunk x vocab floats
     for start in range(0, len(prompt), step):
@@ -428,19 +434,6 @@ def _pick(
         ranked = best[k][np.argsort(-lp[k, best[k]], kind="stable")]
         steps.append((chosen[k], [(float(lp[k, a]), int(a)) for a in ranked]))
     return tokens, steps
-
-
-def _prefill_prompts(native: _Native, prompts: list[tuple[tuple[int, ...], int]]) -> list[np.ndarray]:
-    """Decode each ``(prompt, sequence)`` into its sequence, all of them in the same ``llama_decode`` calls (chunks of
-    ``n_batch`` tokens); the logits of each prompt's last position (new arrays, in the order of ``prompts``)."""
-    entries = [(t, pos, seq, pos == len(prompt) - 1) for prompt, seq in prompts for pos, t in enumerate(prompt)]
-    last: list[np.ndarray] = []
-    for start in range(0, len(entries), native.n_batch):
-        chunk = entries[start : start + native.n_batch]
-        native.decode(chunk)
-        if outputs := sum(wants for *_, wants in chunk):
-            last.extend(native.logits(outputs).copy())  # in the order of the chunk's entries
-    return last
 
 
 def _stream_size(tokens: int) -> int:
