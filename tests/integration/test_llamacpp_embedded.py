@@ -85,21 +85,23 @@ def test_long_prompts_sampled_together_give_their_texts_alone(engine: LlamaCppEn
     assert [text(r) for r in together(engine, [*long, long[0]])] == [*alone, alone[0]]
 
 
-def test_a_synthesis_sized_prompt_gives_bit_identical_texts_and_logprobs_alone_and_batched(
-    engine: LlamaCppEngine,
-) -> None:
+def test_a_synthesis_sized_prompt_gives_bit_identical_texts_and_logprobs_alone_and_batched() -> None:
     """The eval case that once differed (min_ppl reads the logprobs): a ~575-token prompt, two seeded rows of it
-    (one prefill, copied) among prompts of other lengths, against each row decoded alone."""
-    rows = [request(SYNTHESIS, temperature=1.0, seed=3, logprobs=2, max_tokens=12),
-            request(SYNTHESIS, temperature=1.0, seed=4, logprobs=2, max_tokens=12)]
-    others = [request(OTHERS[0], temperature=1.0, seed=1, max_tokens=12),
-              request(TEXT * 2 + " Summarize.", temperature=0.8, seed=2, max_tokens=12),
-              request(QUESTION, max_tokens=12)]
-    assert len(engine.load()[1](SYNTHESIS)["input_ids"]) > 512  # more than one ubatch
-    alone = [engine.complete(r) for r in rows]
-    batch = together(engine, [others[0], rows[0], others[1], rows[1], others[2]])
-    for ours, theirs in zip([batch[1], batch[3]], alone, strict=True):
-        assert text(ours) == text(theirs) and ours.logprobs == theirs.logprobs
+    (one prefill, copied) among prompts of other lengths, against each row decoded alone; 2 threads (llama.cpp's
+    flash attention, once on, split its work by thread)."""
+    engine = LlamaCppEngine(n_threads=2)
+    rows = [request(SYNTHESIS, temperature=1.0, seed=3, logprobs=2), request(SYNTHESIS, temperature=1.0, seed=4,
+                                                                              logprobs=2)]
+    others = [request(OTHERS[0], temperature=1.0, seed=1), request(TEXT + " Check it.", temperature=0.8, seed=2),
+              request(QUESTION), request(TEXT * 2 + " Summarize.", temperature=1.0, seed=5)]
+    try:
+        assert len(engine.load()[1](SYNTHESIS)["input_ids"]) > 512  # more than one ubatch
+        alone = [engine.complete(r) for r in rows]
+        batch = together(engine, [others[0], others[1], rows[0], others[2], others[3], rows[1]])
+        for ours, theirs in zip([batch[2], batch[5]], alone, strict=True):
+            assert text(ours) == text(theirs) and ours.logprobs == theirs.logprobs
+    finally:
+        engine.close()
 
 
 def test_g_rollouts_of_one_prompt_differ_and_greedy_is_greedy(engine: LlamaCppEngine) -> None:
