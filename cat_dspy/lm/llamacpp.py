@@ -181,6 +181,7 @@ class _Native:
             raise RuntimeError(f"llama.cpp could not create a context of {n_seq_max} sequences x {n_ctx_seq} tokens")
         self.n_ctx_seq, self.n_seq_max = lc.llama_n_ctx(self.ctx) // n_seq_max, n_seq_max
         self.memory = lc.llama_get_memory(self.ctx)
+        lc.llama_memory_clear(self.memory, True)  # zeroed once: masked cells never hold a NaN (see clear)
         self.batch = lc.llama_batch_init(self.n_batch, 0, 1)
 
     def close_context(self) -> None:
@@ -195,7 +196,7 @@ class _Native:
         self.lc.llama_model_free(self.model)
 
     def clear(self) -> None:
-        """Forget every sequence (the cells' data stays: masked out, it never enters a result)."""
+        """Forget every sequence; the cells keep their (finite) data, which masked out never enters a result."""
         self.lc.llama_memory_clear(self.memory, False)
 
     def decode(self, entries: list[tuple[int, int, int, bool]]) -> None:
