@@ -3,14 +3,18 @@
 :class:`LlamaCppEngine` is a :class:`~cat_dspy.lm.batching.BatchedEngine` (same request queue, dynamic batching,
 finishing and responses as the torch :class:`~cat_dspy.lm.local.LocalEngine`; prompts are built and tokenized by
 the HF tokenizer of the GGUF, :func:`~cat_dspy.lm.hf.gguf_tokenizer`, so both runtimes see identical token ids).
-It decodes a batch with llama.cpp's low-level API: one context with ``n_seq_max`` sequences and a unified KV
-cache; each distinct prompt of a batch is prefilled once (alone in its ``llama_decode`` calls: see :func:`_prefill`)
-and its cache cells shared with the other rows of that prompt (``llama_memory_seq_cp``: G rollouts of one question
-cost one prefill); then one ``llama_decode`` per step for every live row. A batch whose prompts and new tokens do
-not fit the context is split. Sampling is done here, in numpy, per row (:func:`warp` then :func:`sample`): each
+It decodes a batch with llama.cpp's low-level API: one context with ``n_seq_max`` sequences, each in its own KV
+stream (``kv_unified = False``) of the same size, grown to the batch's longest prompt + new tokens; each distinct
+prompt of a batch is prefilled once, alone in its ``llama_decode`` calls of up to 512 tokens (:func:`_prefill`), and
+its stream copied to the other rows of that prompt (``llama_memory_seq_cp`` between streams: G rollouts of one
+question cost one prefill); then one ``llama_decode`` per step for every live row. A batch whose streams would
+exceed :data:`_MAX_CELLS` KV cells is decoded in parts. Exactness: a sequence's stream always holds its tokens from
+cell 0, its prompt is always cut into the same ubatches, and flash attention is off (:data:`_FLASH_ATTN`), so its
+logits do not depend on the other sequences of the batch (one-token steps of several sequences together match a
+sequence decoded alone exactly). Sampling is done here, in numpy, per row (:func:`warp` then :func:`sample`): each
 sampled row draws one uniform per step from its own generator, seeded as the torch engine seeds its rows
-(:meth:`~cat_dspy.lm.batching.BatchedEngine._seed`), so a seeded request gives the same text whatever shares its
-batch. :meth:`LlamaCppEngine.score` reads the logits of every position. The context uses ``$OMP_NUM_THREADS``
+(:meth:`~cat_dspy.lm.batching.BatchedEngine._seed`), so a seeded request gives the same text and logprobs whatever
+shares its batch. :meth:`LlamaCppEngine.score` reads the logits of every position. The context uses ``$OMP_NUM_THREADS``
 threads, else the CPUs this process may run on (:func:`default_threads`); a forked child opens the GGUF again rather
 than use its parent's context.
 
@@ -35,11 +39,12 @@ _MAX_SEQ = 256  # llama.cpp's LLAMA_MAX_SEQ
 _TOP_P_CANDIDATES = 256  # top-p looks at this many best tokens first (a full sort only when they hold < top_p)
 _SCORE_CHUNK = 256  # tokens per llama_decode when scoring (all of them output logits: chunk x vocab floats)
 _BACKEND_LOCK = threading.Lock()
-# Tokens per physical batch (llama.cpp splits each llama_decode into such ubatches). A ubatch of 64 tokens or more
-# written to KV cells after other sequences' gives different logits (max |difference| 0.4-0.7 on the embedded model,
-# llama-cpp-python 0.3.36, this CPU; under 64 tokens, or at cell 0, they match), which would make a seeded request's
-# text depend on what shares its batch. 32 keeps every ubatch on the exact side.
-_UBATCH = 32
+_MIN_STREAM = 256  # KV cells of a sequence's stream: a power of two from this, enough for its prompt + new tokens
+_MAX_CELLS = 1 << 16  # KV cells of all streams together (~1.5 GB on the embedded model); a bigger batch is split
+# Flash attention off: llama.cpp's CPU flash attention (llama-cpp-python 0.3.36) gives a sequence different logits
+# (max |difference| 0.2-9 on the embedded model) depending on the other sequences decoded with it and on the KV
+# cells it runs over; the plain attention path, with each sequence in its own stream from cell 0, is exact.
+_FLASH_ATTN = 0  # LLAMA_FLASH_ATTN_TYPE_DISABLED
 
 
 def gguf_path(model_path: str | os.PathLike | None) -> Path:
@@ -145,9 +150,10 @@ def sample(processed: np.ndarray, uniforms: np.ndarray, block: int = 256) -> np.
 
 
 class _Native:
-    """One llama.cpp model, its context (``n_seq_max`` sequences, unified KV cache) and a batch buffer."""
+    """One llama.cpp model, its context (``n_seq_max`` sequences, a KV stream of ``n_ctx_seq`` cells each) and a
+    batch buffer."""
 
-    def __init__(self, lc: Any, gguf: Path, n_seq_max: int, n_ctx: int | None, n_threads: int | None) -> None:
+    def __init__(self, lc: Any, gguf: Path, n_seq_max: int, n_ctx_seq: int, n_threads: int | None) -> None:
         self.lc, self.pid, self.n_threads = lc, os.getpid(), n_threads or default_threads()
         self.model = lc.llama_model_load_from_file(str(gguf).encode(), lc.llama_model_default_params())
         if not self.model:
@@ -157,23 +163,25 @@ class _Native:
         self.n_ctx_train = lc.llama_model_n_ctx_train(self.model)
         self.eog = {t for t in range(self.n_vocab) if lc.llama_vocab_is_eog(self.vocab, t)}
         self.ctx = self.batch = None
-        self.open_context(n_seq_max, n_ctx or self.n_ctx_train)
+        self.open_context(n_seq_max, n_ctx_seq)
 
-    def open_context(self, n_seq_max: int, n_ctx: int) -> None:
-        """(Re)create the context and the batch buffer."""
+    def open_context(self, n_seq_max: int, n_ctx_seq: int) -> None:
+        """(Re)create the context (``n_seq_max`` streams of ``n_ctx_seq`` cells) and the batch buffer."""
         self.close_context()
         lc = self.lc
         params = lc.llama_context_default_params()
         self.n_batch = max(512, n_seq_max)
-        params.n_ctx, params.n_seq_max = n_ctx, n_seq_max
-        params.n_batch, params.n_ubatch = self.n_batch, _UBATCH
+        params.n_ctx, params.n_seq_max = n_ctx_seq * n_seq_max, n_seq_max
+        params.n_batch = params.n_ubatch = self.n_batch
         params.n_threads = params.n_threads_batch = self.n_threads
-        params.kv_unified = True  # one cell pool: G rows of one prompt share its cells
+        params.kv_unified = False  # a stream per sequence: its cells from 0 whatever else is decoded
+        params.flash_attn_type = _FLASH_ATTN
         self.ctx = lc.llama_init_from_model(self.model, params)
         if not self.ctx:
-            raise RuntimeError(f"llama.cpp could not create a context of {n_ctx} tokens, {n_seq_max} sequences")
-        self.n_ctx, self.n_seq_max = lc.llama_n_ctx(self.ctx), n_seq_max
+            raise RuntimeError(f"llama.cpp could not create a context of {n_seq_max} sequences x {n_ctx_seq} tokens")
+        self.n_ctx_seq, self.n_seq_max = lc.llama_n_ctx(self.ctx) // n_seq_max, n_seq_max
         self.memory = lc.llama_get_memory(self.ctx)
+        lc.llama_memory_clear(self.memory, True)  # zeroed once: masked cells never hold a NaN (see clear)
         self.batch = lc.llama_batch_init(self.n_batch, 0, 1)
 
     def close_context(self) -> None:
@@ -188,7 +196,8 @@ class _Native:
         self.lc.llama_model_free(self.model)
 
     def clear(self) -> None:
-        self.lc.llama_memory_clear(self.memory, True)
+        """Forget every sequence; the cells keep their (finite) data, which masked out never enters a result."""
+        self.lc.llama_memory_clear(self.memory, False)
 
     def decode(self, entries: list[tuple[int, int, int, bool]]) -> None:
         """One ``llama_decode`` of ``(token, position, sequence, wants_logits)`` entries (at most ``n_batch``)."""
@@ -210,8 +219,7 @@ class LlamaCppEngine(BatchedEngine):
 
     Args:
         model_path: A ``.gguf`` file; None means the embedded SmolLM2-135M-Instruct GGUF.
-        n_ctx: KV cache cells shared by the rows of a batch (also the most prompt + new tokens of one request);
-            None means the model's training context. A batch needing more is decoded in parts.
+        n_ctx: The most prompt + new tokens of one request; None means the model's training context.
         max_batch_size: Most requests collected into one batch (the context's sequences).
         batch_window_s: A batch closes when no request has arrived for this long.
         n_threads: llama.cpp's threads; None means :func:`default_threads`. Read when the model loads.
@@ -257,24 +265,28 @@ class LlamaCppEngine(BatchedEngine):
             set_verbose(False)  # llama.cpp's own log: errors only
             lc.llama_backend_init()
         tokenizer = self._tokenizer or gguf_tokenizer(self.gguf)
-        native = _Native(lc, self.gguf, min(max(self.max_batch_size, 1), _MAX_SEQ), self.n_ctx, self.n_threads)
+        native = _Native(lc, self.gguf, 1, _MIN_STREAM, self.n_threads)  # grown by _native to what a batch needs
         return native, tokenizer
 
-    def _native(self) -> _Native:
-        """The loaded model and context, reopened in a forked child and grown to ``max_batch_size`` sequences."""
+    def _native(self, rows: int, cells: int) -> _Native:
+        """The loaded model and a context of at least ``rows`` streams of ``cells`` cells (grown when smaller,
+        within :data:`_MAX_CELLS` where it can), reopened in a forked child."""
         native, _ = self.load()
         if native.pid != os.getpid():  # a forked child: the parent's context and threads are not ours
             with self._load_lock:
                 if self._model is native:
                     self._model = self._load()[0]
             native = self._model
-        if native.n_seq_max < min(self.max_batch_size, _MAX_SEQ):
-            native.open_context(min(self.max_batch_size, _MAX_SEQ), native.n_ctx)
+        if native.n_seq_max < rows or native.n_ctx_seq < cells:
+            n_seq, n_cells = max(rows, native.n_seq_max), max(cells, native.n_ctx_seq)
+            if n_seq * n_cells > _MAX_CELLS:
+                n_seq, n_cells = rows, cells
+            native.open_context(n_seq, n_cells)
         return native
 
     def _context_limit(self) -> int | None:
         native, _ = self.load()
-        return min(native.n_ctx_train, native.n_ctx)
+        return min(native.n_ctx_train, self.n_ctx or native.n_ctx_train)
 
     def _end_ids(self) -> set[int]:
         return self._model.eog | {self._tokenizer.eos_token_id, self._tokenizer.pad_token_id} - {None}
@@ -292,7 +304,7 @@ class LlamaCppEngine(BatchedEngine):
             raise lm15.ContextLengthError(f"a scored text has {longest} tokens, more than the model's {limit}")
         logprobs: list[list[float | None]] = [([None] if row else []) for row in ids]
         with self._ctx_lock:
-            native = self._native()
+            native = self._native(1, _stream_size(max(map(len, ids), default=1)))
             for i, row in enumerate(ids):
                 if len(row) > 1:
                     native.clear()
@@ -308,10 +320,12 @@ class LlamaCppEngine(BatchedEngine):
         generated: list[list[int]] = [[] for _ in inputs]
         scored: list | None = [[] for _ in inputs] if top is not None else None
         rngs = None if greedy else [np.random.default_rng(seed) for seed in seeds]
+        cells = _stream_size(max(map(len, inputs)) + max_tokens)
+        rows_per_part = max(1, min(self.max_batch_size, _MAX_SEQ, _MAX_CELLS // cells))
         with self._ctx_lock:
-            native = self._native()
-            rows = list(range(len(inputs)))
-            for part in _split(inputs, rows, max_tokens, native.n_ctx, native.n_seq_max):
+            for start in range(0, len(inputs), rows_per_part):
+                part = list(range(start, min(start + rows_per_part, len(inputs))))
+                native = self._native(len(part), cells)
                 try:
                     self._decode_part(native, inputs, part, greedy, max_tokens, stop, settings, rngs, top,
                                       generated, scored)
@@ -324,19 +338,20 @@ class LlamaCppEngine(BatchedEngine):
         stop: tuple[str, ...], settings: list[tuple], rngs: list | None, top: int | None,
         generated: list[list[int]], scored: list | None,
     ) -> None:
-        """Prefill each distinct prompt of ``rows`` once, share its cells with its other rows, then decode all live
-        rows one step per ``llama_decode`` until each ends (EOS, ``max_tokens`` or a stop string)."""
+        """Prefill each distinct prompt of ``rows`` once (see :func:`_prefill`), copy its stream to its other rows,
+        then decode all live rows one step per ``llama_decode`` until each ends (EOS, ``max_tokens`` or a stop
+        string)."""
         seq = {r: k for k, r in enumerate(rows)}
         by_prompt: dict[tuple[int, ...], list[int]] = {}
         for r in rows:
             by_prompt.setdefault(tuple(inputs[r]), []).append(r)
-        last: dict[int, np.ndarray] = {}
-        for prompt, group in by_prompt.items():  # one prompt per llama_decode (see _prefill)
-            last[seq[group[0]]] = _prefill(native, prompt, seq[group[0]], all_logits=False)[-1].copy()
-            for r in group[1:]:
+        last = [_prefill(native, prompt, seq[group[0]], all_logits=False)[-1] for prompt, group in by_prompt.items()]
+        for group in by_prompt.values():
+            for r in group[1:]:  # between streams llama.cpp copies the whole stream (at the next llama_decode)
                 native.lc.llama_memory_seq_cp(native.memory, seq[group[0]], seq[r], -1, -1)
         live = list(rows)
-        logits = np.stack([last[seq[by_prompt[tuple(inputs[r])][0]]] for r in live])
+        index = {prompt: k for k, prompt in enumerate(by_prompt)}
+        logits = np.stack([last[index[tuple(inputs[r])]] for r in live])
         tail = max(map(len, stop), default=0) + 4  # tokens decoded to look for a stop string
         while True:
             tokens, steps = _pick(logits, live, greedy, settings, rngs, top)
@@ -377,9 +392,9 @@ def _prefill(native: _Native, prompt: list[int] | tuple[int, ...], seq: int, all
     """Decode ``prompt`` into sequence ``seq``, in chunks of ``n_batch`` tokens holding this prompt only; the logits
     of every position (``all_logits``) or of the last one, as a new array.
 
-    One sequence per ``llama_decode``: with a unified KV cache, llama-cpp-python 0.3.36 gives different logits (max
-    |difference| 0.66 on the embedded model) for prompts of several sequences decoded in one batch (one-token steps
-    of several sequences together match a sequence decoded alone exactly); see also :data:`_UBATCH`.
+    One prompt per ``llama_decode``, so that it is always cut into the same ubatches: several prompts decoded
+    together are split by llama.cpp into ubatches of an equal number of tokens per sequence, and a sequence's logits
+    then depend on that number (max |difference| ~1 on the embedded model, llama-cpp-python 0.3.36, this CPU).
     """
     rows = []
     step = min(native.n_batch, _SCORE_CHUNK) if all_logits else native.n_batch  # all logits: chunk x vocab floats
@@ -422,27 +437,11 @@ def _pick(
     return tokens, steps
 
 
-def _split(inputs: list[list[int]], rows: list[int], max_tokens: int, n_ctx: int, n_seq: int) -> list[list[int]]:
-    """``rows`` (sorted by prompt) in parts that fit the context: each distinct prompt's tokens once per part, plus
-    ``max_tokens`` per row, within ``n_ctx`` cells, and at most ``n_seq`` rows.
+def _stream_size(tokens: int) -> int:
+    """The KV cells of a stream holding ``tokens``: a power of two, at least :data:`_MIN_STREAM`.
 
     Examples:
-        >>> _split([[1, 2], [1, 2], [3]], [0, 1, 2], 4, 11, 8)
-        [[0, 1], [2]]
-        >>> _split([[1, 2], [1, 2], [3]], [0, 1, 2], 4, 15, 2)
-        [[0, 1], [2]]
+        >>> [_stream_size(n) for n in (1, 256, 257, 700)]
+        [256, 256, 512, 1024]
     """
-    parts: list[list[int]] = []
-    used, prompts = 0, set()
-    for r in rows:
-        cost = max_tokens + (0 if tuple(inputs[r]) in prompts else len(inputs[r]))
-        if parts and (used + cost > n_ctx or len(parts[-1]) >= n_seq):
-            parts.append([])
-            used, prompts = 0, set()
-            cost = max_tokens + len(inputs[r])
-        if not parts:
-            parts.append([])
-        parts[-1].append(r)
-        used += cost
-        prompts.add(tuple(inputs[r]))
-    return parts
+    return max(_MIN_STREAM, 1 << max(tokens - 1, 0).bit_length())

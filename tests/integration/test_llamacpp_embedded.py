@@ -13,6 +13,7 @@ import pytest
 from dspy.clients.cache import Cache
 from dspy.lm15 import Config, Message, Request
 
+from cat_dspy.lm import llamacpp
 from cat_dspy.lm.llamacpp import LlamaCppEngine
 from cat_dspy.lm.models import engine_of, make_lm
 
@@ -22,6 +23,8 @@ QUESTION = "What is 2+2?"
 OTHERS = ["Name a color.", "Write one sentence about the sea.", "What is 7 times 6?", "Say hello in French."]
 TEXT = ("Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
         "How many clips did Natalia sell altogether? She sold 48 / 2 = 24 clips in May, so 48 + 24 = 72.")
+SYNTHESIS = ("Here are several candidate solutions.\n" + "".join(f"Candidate {i}: {TEXT}\n" for i in range(8))
+             + "Synthesize the best answer.")  # ~575 tokens, a synthesis-sized prompt
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +72,7 @@ def test_a_seeded_request_gives_the_same_text_alone_and_in_a_mixed_batch(engine:
     batch = together(engine, [*others[:3], seeded, *others[3:]])
     assert engine.stats["generate_calls"] == 1 and engine.stats["rows"] == 8  # one batch, a row each
     assert text(batch[3]) == text(alone) and batch[3].usage == alone.usage
-    assert [t.token_id for t in batch[3].logprobs] == [t.token_id for t in alone.logprobs]
-    assert all(abs(a.logprob - b.logprob) < 1e-3 for a, b in zip(batch[3].logprobs, alone.logprobs, strict=True))
+    assert batch[3].logprobs == alone.logprobs  # token ids, logprobs and top alternatives: bit-identical
 
 
 def test_long_prompts_sampled_together_give_their_texts_alone(engine: LlamaCppEngine) -> None:
@@ -81,6 +83,25 @@ def test_long_prompts_sampled_together_give_their_texts_alone(engine: LlamaCppEn
     assert all(len(engine.load()[1](TEXT)["input_ids"]) >= 64 for _ in long)
     alone = [text(engine.complete(r)) for r in long]
     assert [text(r) for r in together(engine, [*long, long[0]])] == [*alone, alone[0]]
+
+
+def test_a_synthesis_sized_prompt_gives_bit_identical_texts_and_logprobs_alone_and_batched() -> None:
+    """The eval case that once differed (min_ppl reads the logprobs): a ~575-token prompt, two seeded rows of it
+    (one prefill, copied) among prompts of other lengths, against each row decoded alone; 2 threads (llama.cpp's
+    flash attention, once on, split its work by thread)."""
+    engine = LlamaCppEngine(n_threads=2)
+    rows = [request(SYNTHESIS, temperature=1.0, seed=3, logprobs=2), request(SYNTHESIS, temperature=1.0, seed=4,
+                                                                              logprobs=2)]
+    others = [request(OTHERS[0], temperature=1.0, seed=1), request(TEXT + " Check it.", temperature=0.8, seed=2),
+              request(QUESTION), request(TEXT * 2 + " Summarize.", temperature=1.0, seed=5)]
+    try:
+        assert len(engine.load()[1](SYNTHESIS)["input_ids"]) > 512  # more than one ubatch
+        alone = [engine.complete(r) for r in rows]
+        batch = together(engine, [others[0], others[1], rows[0], others[2], others[3], rows[1]])
+        for ours, theirs in zip([batch[2], batch[5]], alone, strict=True):
+            assert text(ours) == text(theirs) and ours.logprobs == theirs.logprobs
+    finally:
+        engine.close()
 
 
 def test_g_rollouts_of_one_prompt_differ_and_greedy_is_greedy(engine: LlamaCppEngine) -> None:
@@ -118,11 +139,14 @@ def test_stop_strings_cut_text_usage_and_logprobs(engine: LlamaCppEngine) -> Non
     assert long.finish_reason == "length" and long.usage.output_tokens == 6
 
 
-def test_a_batch_bigger_than_the_context_is_split_and_unchanged(engine: LlamaCppEngine) -> None:
+def test_a_batch_bigger_than_the_kv_budget_is_split_and_unchanged(
+    engine: LlamaCppEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
     requests = [request(q, temperature=0.9, seed=7, max_tokens=24) for q in [QUESTION, *OTHERS]] + [
         request(QUESTION, temperature=0.9, seed=8, max_tokens=24)]
     expected = [text(r) for r in together(engine, requests)]
-    small = LlamaCppEngine(n_ctx=256)  # ~60 prompt + 24 new tokens a row: 6 rows need ~450 cells
+    monkeypatch.setattr(llamacpp, "_MAX_CELLS", 512)  # ~60 prompt + 24 new tokens: 256-cell streams, 2 rows a part
+    small = LlamaCppEngine()
     parts = []
     decode_part = small._decode_part
     small._decode_part = lambda native, inputs, rows, *rest: parts.append(rows) or decode_part(native, inputs, rows,
