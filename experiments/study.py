@@ -60,12 +60,28 @@ def load_study(path: str | Path) -> dict[str, Any]:
     return study
 
 
+def runtime(study: dict[str, Any]) -> str:
+    """The in-process runtime of the embedded model in every run of the study (``CAT_DSPY_RUNTIME``): the study
+    file's ``runtime:``, else ``torch`` — the runtime of the study files written before llama.cpp became the default
+    CPU runtime, so their results stay comparable with new ones (the trained arms' checkpoints run on torch too).
+
+    Examples:
+        >>> runtime({}), runtime({"runtime": "llamacpp"})
+        ('torch', 'llamacpp')
+    """
+    return study.get("runtime", "torch")
+
+
 def run_config(study: dict[str, Any], arm: str, seed: int) -> dict[str, Any]:
-    """Everything that determines one (arm, seed)'s result: the data, eval settings, the training recipe's text."""
+    """Everything that determines one (arm, seed)'s result: the data, eval settings, the training recipe's text
+    (and the runtime, where the study file names one: see :func:`runtime`)."""
     spec = study["arms"][arm]
     recipe = spec["recipe"]
-    return {"study": study["name"], "arm": arm, "seed": seed, "data": study["data"], "eval": study["eval"],
-            "recipe": recipe, "recipe_text": (ROOT / recipe).read_text() if recipe else None}
+    config = {"study": study["name"], "arm": arm, "seed": seed, "data": study["data"], "eval": study["eval"],
+              "recipe": recipe, "recipe_text": (ROOT / recipe).read_text() if recipe else None}
+    if "runtime" in study:
+        config["runtime"] = study["runtime"]
+    return config
 
 
 def config_hash(config: dict[str, Any]) -> str:
@@ -93,12 +109,13 @@ def result_path(study: dict[str, Any], arm: str, seed: int, results: Path = RESU
     return results / study["name"] / f"{arm}-seed{seed}.json"
 
 
-def execute(argv: list[str]) -> None:
-    """Run ``cat-dspy ARGV`` in a child process (its output goes to this terminal); fail on a non-zero exit."""
+def execute(argv: list[str], runtime: str) -> None:
+    """Run ``cat-dspy ARGV`` in a child process (its output goes to this terminal) with the embedded model on
+    ``runtime``; fail on a non-zero exit."""
     command = [sys.executable, "-m", "cat_dspy.cli", *argv]
-    print("+", " ".join(command), flush=True)
-    code = subprocess.run(command, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": os.environ.get(
-        "OMP_NUM_THREADS", "1")}).returncode
+    print(f"+ CAT_DSPY_RUNTIME={runtime}", " ".join(command), flush=True)
+    code = subprocess.run(command, cwd=ROOT, env={**os.environ, "CAT_DSPY_RUNTIME": runtime, "OMP_NUM_THREADS":
+                                                  os.environ.get("OMP_NUM_THREADS", "1")}).returncode
     if code:
         raise SystemExit(f"exit {code}: cat-dspy {' '.join(argv)}")
 
@@ -172,9 +189,9 @@ def run_one(study: dict[str, Any], arm: str, seed: int, *, results: Path = RESUL
     output_dir = work / "outputs" / "study" / study["name"] / f"{arm}-seed{seed}"
     train = train_argv(study, arm, seed, output_dir)
     if train is not None:
-        execute(train)  # resumes from output_dir's last checkpoint when one is there
+        execute(train, runtime(study))  # resumes from output_dir's last checkpoint when one is there
     run_dir = work / "runs" / "study" / study["name"] / f"{arm}-seed{seed}"
-    execute(eval_argv(study, arm, seed, run_dir, output_dir if train is not None else None))
+    execute(eval_argv(study, arm, seed, run_dir, output_dir if train is not None else None), runtime(study))
     # In the test file's order (eval appends each question when it finishes, several being in flight).
     order = {item.id: i for i, item in enumerate(load_dataset(str(ROOT / study["data"]["test"])))}
     records = sorted(JsonlStore(run_dir / RESULTS_FILE).load().values(), key=lambda r: order.get(r["id"], len(order)))

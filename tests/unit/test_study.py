@@ -119,7 +119,8 @@ def test_run_trains_evaluates_writes_one_result_and_skips_it_when_finished(tmp_p
         "judge": scripted_lm(lambda p: "no")})
     calls = []
 
-    def execute(argv):
+    def execute(argv, runtime):
+        assert runtime == "torch"  # the study's runtime: torch unless the study file names another
         calls.append(argv)
         if argv[0] == "train":  # training replaced: what TRL leaves in output_dir
             out = Path(argv[argv.index("--output_dir") + 1])
@@ -145,6 +146,7 @@ def test_run_trains_evaluates_writes_one_result_and_skips_it_when_finished(tmp_p
     assert result["training"]["first"]["reward"] == pytest.approx(0.375)
     assert result["training"]["train_runtime"] == 12.5
     assert result["config"]["recipe_text"] == "reward: majority\nmax_steps: 2\n"
+    assert "runtime" not in result["config"]  # hashed only where the study file names one
     assert result["config_hash"] == study.config_hash(result["config"]) and result["git"]["commit"]
 
     # finished: skipped without any command; a changed configuration is refused, not overwritten
