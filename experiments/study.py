@@ -109,12 +109,12 @@ def result_path(study: dict[str, Any], arm: str, seed: int, results: Path = RESU
     return results / study["name"] / f"{arm}-seed{seed}.json"
 
 
-def execute(argv: list[str], runtime: str) -> None:
+def execute(argv: list[str], local_runtime: str) -> None:
     """Run ``cat-dspy ARGV`` in a child process (its output goes to this terminal) with the embedded model on
-    ``runtime``; fail on a non-zero exit."""
+    ``local_runtime``; fail on a non-zero exit."""
     command = [sys.executable, "-m", "cat_dspy.cli", *argv]
-    print(f"+ CAT_DSPY_RUNTIME={runtime}", " ".join(command), flush=True)
-    code = subprocess.run(command, cwd=ROOT, env={**os.environ, "CAT_DSPY_RUNTIME": runtime, "OMP_NUM_THREADS":
+    print(f"+ CAT_DSPY_RUNTIME={local_runtime}", " ".join(command), flush=True)
+    code = subprocess.run(command, cwd=ROOT, env={**os.environ, "CAT_DSPY_RUNTIME": local_runtime, "OMP_NUM_THREADS":
                                                   os.environ.get("OMP_NUM_THREADS", "1")}).returncode
     if code:
         raise SystemExit(f"exit {code}: cat-dspy {' '.join(argv)}")

@@ -119,8 +119,8 @@ def test_run_trains_evaluates_writes_one_result_and_skips_it_when_finished(tmp_p
         "judge": scripted_lm(lambda p: "no")})
     calls = []
 
-    def execute(argv, runtime):
-        assert runtime == "torch"  # the study's runtime: torch unless the study file names another
+    def execute(argv, local_runtime):
+        assert local_runtime == "torch"  # the study's runtime: torch unless the study file names another
         calls.append(argv)
         if argv[0] == "train":  # training replaced: what TRL leaves in output_dir
             out = Path(argv[argv.index("--output_dir") + 1])
