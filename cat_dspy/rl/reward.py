@@ -182,7 +182,10 @@ class CaTReward(GroupReward):
         checks: dict[str, Any] = {}
         if self.mode == "verifiable" and valid:
             ref, answers = pred.reference_answer, pred.answers
-            matches = pred.rewards if limit is None else [verifiable_reward(a, ref, mode=mode) for a in answers]
+            # the rewards are the matches, except where the length penalty replaced one: only those are checked again
+            matches = pred.rewards if limit is None else [
+                verifiable_reward(a, ref, mode=mode) if n > limit else r
+                for a, r, n in zip(answers, pred.rewards, pred.rollout_tokens, strict=True)]
             if ref is not None:  # both metrics are undefined without a reference answer: skip the equivalences
                 majority, _, _ = majority_answer(answers, mode=mode)
                 checks["outside"] = not any(m == 1.0 for m in matches)

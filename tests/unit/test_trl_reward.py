@@ -217,7 +217,13 @@ def test_a_group_that_raises_is_invalid_and_the_others_are_scored(monkeypatch):
     assert log.metrics["cat/reward_errors"] == [1.0] and log.metrics["cat/invalid_groups"] == [1.0]
 
 
-def test_length_penalty_counts_completion_ids():
+def test_length_penalty_counts_completion_ids(monkeypatch):
+    import cat_dspy.rl.reward as reward_module
+
+    rechecked = []
+    check = reward_module.verifiable_reward
+    monkeypatch.setattr(reward_module, "verifiable_reward",
+                        lambda a, ref, **kw: rechecked.append(a) or check(a, ref, **kw))
     anchor = group_anchor({"g0": "3"})
     reward = CaTReward(anchor, num_generations=3, length_limit=5)
     prompts, completions = batch({"g0": ["3", "3", "4"]})
@@ -226,6 +232,7 @@ def test_length_penalty_counts_completion_ids():
     assert out == [1.0, -1.0, 0.0]
     assert log.metrics["cat/length_penalty_hits"] == [pytest.approx(1 / 3)]
     assert log.metrics["cat/reference_outside_rollouts"] == [0.0]  # the long rollout still matched
+    assert rechecked == ["3"]  # only the penalized rollout's match is checked again, not the group's
 
 
 def test_without_completion_ids_each_rollout_is_tokenized_once_per_call():
