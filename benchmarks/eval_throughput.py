@@ -6,9 +6,12 @@ question at a time (``num_threads=1``), once with N in flight (the ``eval`` defa
 :data:`cat_dspy.evaluation.evaluate.IN_FLIGHT`), in separate run directories. Prints questions per minute of each,
 their ratio (target ≥ 3×), the local engine's generate calls and rows per call, and checks that both runs gave
 identical rollouts, method texts and answers (the engine samples each request from its own seeded generator, so
-results must not depend on what shares a batch). ``--repeats`` runs each mode again, alternating which goes
-first. Writes the numbers to a small JSON file (default ``runs/benchmarks/eval_throughput.json``). The engine is the
-default one for ``"local"`` (llama.cpp in process on a CPU with llama-cpp-python, else torch); ``--runtime`` pins it.
+results must not depend on what shares a batch). On llama.cpp it also prints each mode's prefill and decode time
+(the engine's ``phase_stats``) and the bound they set: prefills are the same work one prompt at a time in both
+modes, so N in flight can at most be (one-at-a-time seconds ÷ prefill seconds)× faster. ``--repeats`` runs each mode
+again, alternating which goes first. Writes the numbers to a small JSON file (default
+``runs/benchmarks/eval_throughput.json``). The engine is the default one for ``"local"`` (llama.cpp in process on a
+CPU with llama-cpp-python, else torch); ``--runtime`` pins it.
 
 Run (the measurement): python benchmarks/eval_throughput.py --questions 16 --g 4 --max-tokens 32 --repeats 2
 Dry run: python benchmarks/eval_throughput.py --questions 4 --max-tokens 8
@@ -89,12 +92,10 @@ def main() -> int:
                                progress=False, cache=False)
                 seconds = time.perf_counter() - start
                 stats = engine.stats
-                r = runs.setdefault(label, {"in_flight": in_flight, "seconds_each": [], "generate_calls": 0,
-                                            "rows": 0, "prompt_tokens": 0, "completion_tokens": 0,
-                                            "generate_seconds": 0.0})
+                r = runs.setdefault(label, {"in_flight": in_flight, "seconds_each": [], **dict.fromkeys(stats, 0)})
                 r["seconds_each"].append(seconds)
-                for key in ("generate_calls", "rows", "prompt_tokens", "completion_tokens", "generate_seconds"):
-                    r[key] += stats[key]
+                for key, value in stats.items():
+                    r[key] += value
                 r["accuracy"] = {f"{x['method']}@{x['g']}": x["accuracy"] for x in summarize(run.records)}
                 outcomes.setdefault(label, []).append(outcome(run.records))
     for r in runs.values():
@@ -123,6 +124,13 @@ def main() -> int:
         print(f"  {label:>13} (N={r['in_flight']}): {r['seconds']:7.1f} s  {r['questions_per_minute']:6.2f} "
               f"questions/min  {r['generate_calls']} generate calls, {r['rows_per_generate']:.1f} rows each, "
               f"{r['generate_seconds']:.1f} s inside generate")
+    if "prefill_seconds" in many:  # llama.cpp: exact prefill is one prompt per llama_decode in both modes
+        result["ratio_bound"] = one["seconds"] / many["prefill_seconds"]
+        for label, r in runs.items():
+            print(f"  {label:>13}: prefill {r['prefill_seconds']:.1f} s ({r['prefill_tokens']} tok, "
+                  f"{r['prefill_seconds'] / r['seconds']:.0%} of the run), decode {r['decode_seconds']:.1f} s "
+                  f"({r['decode_rows'] / max(r['decode_steps'], 1):.1f} rows per step)")
+        print(f"  bound: the same prefills in flight, with everything else free: {result['ratio_bound']:.2f}x")
     print(f"  ratio: {result['ratio']:.2f}x (target >= {result['target']:.0f}x)")
     print(f"  identical results: {result['identical']}" + (f" (differ: {', '.join(differing)})" if differing else ""))
     print(f"  accuracy one at a time: {one['accuracy']}\n  accuracy in flight:     {many['accuracy']}")

@@ -5,8 +5,11 @@ Prints, measured side by side in one run on the embedded model (CPU unless CUDA 
    DSPy calls of the same predictor (one ``generate`` each); target ratio ≥ 4×;
 2. ``CaT`` (G=4, verifiable) wall time ÷ time spent inside ``generate``; target ≤ 1.10 (one-time model loading
    reported separately).
-Both paths use ``cache=False`` so every call really generates. The engine is the default one for ``"local"`` (llama.cpp
-in process on a CPU with llama-cpp-python, else torch); ``--runtime torch|llamacpp`` pins it.
+Both paths use ``cache=False`` so every call really generates. On llama.cpp it also prints where each path's
+generate time went (the engine's ``phase_stats``): prefill, decode steps (decoded tokens/s at 1 row per step vs G)
+and the rest (sampling, bookkeeping); the decode tokens/s ratio is what batching the steps can give at most. The
+engine is the default one for ``"local"`` (llama.cpp in process on a CPU with llama-cpp-python, else torch);
+``--runtime torch|llamacpp`` pins it.
 
 Run: python benchmarks/rollouts.py [--g 8] [--max-tokens 64] [--repeats 2] [--runtime auto|torch|llamacpp]
 """
@@ -43,6 +46,14 @@ def batched(lm: dspy.LM, g: int, offset: int) -> float:
     return time.perf_counter() - start
 
 
+def phases(stats: dict[str, float]) -> str:
+    """Where generate time went, from the llama.cpp engine's phase counters summed over repeats."""
+    rest = stats["generate_seconds"] - stats["prefill_seconds"] - stats["decode_seconds"]
+    return (f"prefill {stats['prefill_seconds']:.2f}s ({stats['prefill_tokens']} tok), decode "
+            f"{stats['decode_seconds']:.2f}s ({stats['decode_steps']} steps, {stats['decode_rows']} tok, "
+            f"{stats['decode_rows'] / max(stats['decode_seconds'], 1e-9):.0f} tok/s), rest {rest:.2f}s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--g", type=int, default=8)
@@ -74,6 +85,14 @@ def main() -> None:
             f"{seq['completion_tokens']} tok) | batched {t_bat:6.1f}s ({bat['generate_calls']} generate, "
             f"{bat['completion_tokens']} tok) | speed-up {t_seq / t_bat:4.2f}x"
         )
+    if "decode_seconds" in engine.phase_stats:
+        for label, path in (("sequential", 1), ("batched", 3)):
+            stats = {k: sum(row[path][k] for row in rows) for k in (*engine.phase_stats, "generate_seconds")}
+            print(f"  {label:>10}: {phases(stats)}")
+        seq_rate, bat_rate = (sum(row[p]["decode_rows"] for row in rows) / sum(row[p]["decode_seconds"] for row in rows)
+                              for p in (1, 3))
+        print(f"  decode steps of {args.g} rows give {bat_rate / seq_rate:.2f}x the tokens/s of 1-row steps: "
+              "batching cannot give the whole more than that plus the saved prefills")
     speedups = [s / b for s, _, b, _ in rows]
     tok_rate = [(bs["completion_tokens"] / b) / (ss["completion_tokens"] / s) for s, ss, b, bs in rows]
     print(f"\nG={args.g} rollouts, batched vs sequential: wall speed-up {statistics.mean(speedups):.2f}x "

@@ -93,6 +93,7 @@ class BatchedEngine:
     """
 
     runtime = ""  # "torch" or "llamacpp": part of the shared-engine key and of dump_state
+    phase_stats: tuple[str, ...] = ()  # a runtime's own counters in :attr:`stats` (where its time goes)
 
     def __init__(
         self, model_path: str | os.PathLike | None = None, *, max_batch_size: int = 32, batch_window_s: float = 0.02
@@ -107,7 +108,8 @@ class BatchedEngine:
 
     @property
     def stats(self) -> dict[str, float]:
-        """A snapshot of generate_calls, requests, rows, prompt_tokens, completion_tokens, generate_seconds.
+        """A snapshot of generate_calls, requests, rows, prompt_tokens, completion_tokens, generate_seconds, and the
+        runtime's :attr:`phase_stats`.
 
         ``rows`` and the token counts are computed sequences (identical greedy prompts count once), unpadded.
         """
@@ -117,7 +119,13 @@ class BatchedEngine:
     def reset_stats(self) -> None:
         """Zero the counters behind :attr:`stats`."""
         with self._stats_lock:
-            self._stats = {**dict.fromkeys(_STATS, 0), "generate_seconds": 0.0}
+            self._stats = {**dict.fromkeys(_STATS, 0), "generate_seconds": 0.0, **dict.fromkeys(self.phase_stats, 0)}
+
+    def _count(self, **deltas: float) -> None:
+        """Add ``deltas`` to :attr:`stats`."""
+        with self._stats_lock:
+            for name, value in deltas.items():
+                self._stats[name] += value
 
     def load(self) -> tuple[Any, Any]:
         """Load the model now (converting the default model if needed); returns ``(model, tokenizer)``."""
@@ -225,10 +233,7 @@ class BatchedEngine:
 
     def _scored(self, encoded: list, logprobs: list[list[float | None]]) -> list[list[tuple[int, int, float | None]]]:
         """Count a :meth:`score` call in :attr:`stats` and pair each log-probability with its character span."""
-        with self._stats_lock:
-            self._stats["requests"] += len(encoded)
-            self._stats["rows"] += len(encoded)
-            self._stats["prompt_tokens"] += sum(len(e["input_ids"]) for e in encoded)
+        self._count(requests=len(encoded), rows=len(encoded), prompt_tokens=sum(len(e["input_ids"]) for e in encoded))
         return [
             [(int(a), int(b), lp) for (a, b), lp in zip(e["offset_mapping"], row, strict=True)]
             for e, row in zip(encoded, logprobs, strict=True)
@@ -325,9 +330,7 @@ class BatchedEngine:
                 for i, job in enumerate(jobs)
             ]
         deltas = (1, len(jobs), len(generated), sum(map(len, inputs)), sum(f[1] for f in finished), elapsed)
-        with self._stats_lock:
-            for name, value in zip(_STATS, deltas, strict=True):
-                self._stats[name] += value
+        self._count(**dict(zip(_STATS, deltas, strict=True)))
         logger.debug("generate: %d request(s), %d row(s), %.2f s", len(jobs), len(generated), elapsed)
         return responses
 

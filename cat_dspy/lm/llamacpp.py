@@ -7,16 +7,19 @@ It decodes a batch with llama.cpp's low-level API: one context with ``n_seq_max`
 stream (``kv_unified = False``) of the same size, grown to the batch's longest prompt + new tokens; each distinct
 prompt of a batch is prefilled once, alone in its ``llama_decode`` calls of up to 512 tokens (:func:`_prefill`), and
 its stream copied to the other rows of that prompt (``llama_memory_seq_cp`` between streams: G rollouts of one
-question cost one prefill); then one ``llama_decode`` per step for every live row. A batch whose streams would
-exceed :data:`_MAX_CELLS` KV cells is decoded in parts. Exactness: a sequence's stream always holds its tokens from
-cell 0, its prompt is always cut into the same ubatches, and flash attention is off (:data:`_FLASH_ATTN`), so its
-logits do not depend on the other sequences of the batch (one-token steps of several sequences together match a
-sequence decoded alone exactly). Sampling is done here, in numpy, per row (:func:`warp` then :func:`sample`): each
-sampled row draws one uniform per step from its own generator, seeded as the torch engine seeds its rows
-(:meth:`~cat_dspy.lm.batching.BatchedEngine._seed`), so a seeded request gives the same text and logprobs whatever
-shares its batch. :meth:`LlamaCppEngine.score` reads the logits of every position. The context uses ``$OMP_NUM_THREADS``
-threads, else the CPUs this process may run on (:func:`default_threads`); a forked child opens the GGUF again rather
-than use its parent's context.
+question cost one prefill). Distinct prompts sharing a head (every synthesis prompt starts with the same
+instruction) are prefilled in sorted order, each from a copy of the previous one's stream cut to their common prefix
+(:data:`_MIN_SHARED` tokens or more), so a shared head is computed once per batch. Then one ``llama_decode`` per
+step for every live row. A batch whose streams would exceed :data:`_MAX_CELLS` KV cells is decoded in parts.
+Exactness: a sequence's stream always holds its tokens from cell 0, its prompt shares no ubatch with another prompt,
+and flash attention is off (:data:`_FLASH_ATTN`), so its logits do not depend on the other sequences of the batch
+(one-token steps of several sequences together match a sequence decoded alone exactly; a prompt prefilled in chunks,
+or on a copied head, matches it prefilled at once). Sampling is done here, in numpy, per row (:func:`warp` then
+:func:`sample`): each sampled row draws one uniform per step from its own generator, seeded as the torch engine
+seeds its rows (:meth:`~cat_dspy.lm.batching.BatchedEngine._seed`), so a seeded request gives the same text and
+logprobs whatever shares its batch. :meth:`LlamaCppEngine.score` reads the logits of every position. The context
+uses ``$OMP_NUM_THREADS`` threads, else the CPUs this process may run on (:func:`default_threads`); a forked child
+opens the GGUF again rather than use its parent's context.
 
 ``llama_cpp`` is imported only when an engine loads; without it, :func:`cat_dspy.lm.models.make_lm` falls back to
 the torch engine.
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +44,7 @@ _TOP_P_CANDIDATES = 256  # top-p looks at this many best tokens first (a full so
 _SCORE_CHUNK = 256  # tokens per llama_decode when scoring (all of them output logits: chunk x vocab floats)
 _BACKEND_LOCK = threading.Lock()
 _MIN_STREAM = 256  # KV cells of a sequence's stream: a power of two from this, enough for its prompt + new tokens
+_MIN_SHARED = 32  # a common prefix worth a stream copy rather than its prefill
 _MAX_CELLS = 1 << 16  # KV cells of all streams together (~1.5 GB on the embedded model); a bigger batch is split
 # Flash attention off: llama.cpp's CPU flash attention (llama-cpp-python 0.3.36) gives a sequence different logits
 # (max |difference| 0.2-9 on the embedded model) depending on the other sequences decoded with it and on the KV
@@ -226,6 +231,12 @@ class LlamaCppEngine(BatchedEngine):
     """
 
     runtime = "llamacpp"
+    #: Where generation time goes: prompt tokens prefilled (each distinct prompt once, less the head it shares with
+    #: another prompt of its batch; scored texts too) and the seconds inside those ``llama_decode`` calls; the
+    #: prompt tokens taken from a shared head instead; decode steps (one ``llama_decode`` for all live rows), the rows
+    #: they decoded, and their seconds. The rest of ``generate_seconds`` is sampling and bookkeeping.
+    phase_stats = ("prefill_tokens", "prefill_seconds", "shared_prefix_tokens", "decode_steps", "decode_rows",
+                   "decode_seconds")
 
     def __init__(
         self,
@@ -308,7 +319,9 @@ class LlamaCppEngine(BatchedEngine):
             for i, row in enumerate(ids):
                 if len(row) > 1:
                     native.clear()
+                    start = time.perf_counter()
                     lp = log_softmax(_prefill(native, row[:-1], 0, all_logits=True))
+                    self._count(prefill_tokens=len(row) - 1, prefill_seconds=time.perf_counter() - start)
                     logprobs[i] += lp[np.arange(len(row) - 1), row[1:]].tolist()
             native.clear()
         return self._scored(encoded, logprobs)
@@ -338,20 +351,34 @@ class LlamaCppEngine(BatchedEngine):
         stop: tuple[str, ...], settings: list[tuple], rngs: list | None, top: int | None,
         generated: list[list[int]], scored: list | None,
     ) -> None:
-        """Prefill each distinct prompt of ``rows`` once (see :func:`_prefill`), copy its stream to its other rows,
-        then decode all live rows one step per ``llama_decode`` until each ends (EOS, ``max_tokens`` or a stop
-        string)."""
+        """Prefill each distinct prompt of ``rows`` once, in sorted order, on a copy of the previous prompt's stream
+        cut to their common prefix where that is :data:`_MIN_SHARED` tokens or more (see :func:`_prefill`); copy its
+        stream to its other rows; then decode all live rows one step per ``llama_decode`` until each ends (EOS,
+        ``max_tokens`` or a stop string)."""
+        lc, memory = native.lc, native.memory
         seq = {r: k for k, r in enumerate(rows)}
         by_prompt: dict[tuple[int, ...], list[int]] = {}
         for r in rows:
             by_prompt.setdefault(tuple(inputs[r]), []).append(r)
-        last = [_prefill(native, prompt, seq[group[0]], all_logits=False)[-1] for prompt, group in by_prompt.items()]
+        last: dict[tuple[int, ...], np.ndarray] = {}
+        previous, shared_total, start = None, 0, time.perf_counter()
+        for prompt in sorted(by_prompt):  # sorted: the longest head a prompt shares is with the one before it
+            target = seq[by_prompt[prompt][0]]
+            shared = 0 if previous is None else min(_common_prefix(previous, prompt), len(prompt) - 1)
+            if shared >= _MIN_SHARED:  # between streams llama.cpp copies the whole stream (at the next decode)
+                lc.llama_memory_seq_cp(memory, seq[by_prompt[previous][0]], target, -1, -1)
+                lc.llama_memory_seq_rm(memory, target, shared, -1)
+            else:
+                shared = 0
+            last[prompt] = _prefill(native, prompt, target, all_logits=False, start=shared)[-1]
+            previous, shared_total = prompt, shared_total + shared
+        self._count(prefill_tokens=sum(map(len, by_prompt)) - shared_total, shared_prefix_tokens=shared_total,
+                    prefill_seconds=time.perf_counter() - start)
         for group in by_prompt.values():
-            for r in group[1:]:  # between streams llama.cpp copies the whole stream (at the next llama_decode)
-                native.lc.llama_memory_seq_cp(native.memory, seq[group[0]], seq[r], -1, -1)
+            for r in group[1:]:
+                lc.llama_memory_seq_cp(memory, seq[group[0]], seq[r], -1, -1)
         live = list(rows)
-        index = {prompt: k for k, prompt in enumerate(by_prompt)}
-        logits = np.stack([last[index[tuple(inputs[r])]] for r in live])
+        logits = np.stack([last[tuple(inputs[r])] for r in live])
         tail = max(map(len, stop), default=0) + 4  # tokens decoded to look for a stop string
         while True:
             tokens, steps = _pick(logits, live, greedy, settings, rngs, top)
@@ -367,8 +394,10 @@ class LlamaCppEngine(BatchedEngine):
             live = [r for r, done in zip(live, ended, strict=True) if not done]
             if not live:
                 return
+            start = time.perf_counter()
             native.decode([(generated[r][-1], len(inputs[r]) + len(generated[r]) - 1, seq[r], True) for r in live])
             logits = native.logits(len(live))
+            self._count(decode_steps=1, decode_rows=len(live), decode_seconds=time.perf_counter() - start)
 
 
 class AsyncLlamaCppEngine(AsyncBatchedEngine):
@@ -388,20 +417,24 @@ def shared_llamacpp_engine(
     return shared(key, lambda: LlamaCppEngine(model_path, n_ctx=n_ctx, **knobs), knobs)
 
 
-def _prefill(native: _Native, prompt: list[int] | tuple[int, ...], seq: int, all_logits: bool) -> np.ndarray:
-    """Decode ``prompt`` into sequence ``seq``, in chunks of ``n_batch`` tokens holding this prompt only; the logits
-    of every position (``all_logits``) or of the last one, as a new array.
+def _prefill(
+    native: _Native, prompt: list[int] | tuple[int, ...], seq: int, all_logits: bool, start: int = 0
+) -> np.ndarray:
+    """Decode ``prompt[start:]`` into sequence ``seq`` (which holds ``prompt[:start]`` already), in chunks of
+    ``n_batch`` tokens holding this prompt only; the logits of every decoded position (``all_logits``) or of the
+    last one, as a new array.
 
-    One prompt per ``llama_decode``, so that it is always cut into the same ubatches: several prompts decoded
-    together are split by llama.cpp into ubatches of an equal number of tokens per sequence, and a sequence's logits
-    then depend on that number (max |difference| ~1 on the embedded model, llama-cpp-python 0.3.36, this CPU).
+    One prompt per ``llama_decode``: several prompts decoded together are split by llama.cpp into ubatches of an
+    equal number of tokens per sequence, and a sequence's logits then depend on that number (max |difference| ~1 on
+    the embedded model, llama-cpp-python 0.3.36, this CPU). One prompt alone gives the same logits wherever it is cut
+    into chunks (``start`` included).
     """
     rows = []
     step = min(native.n_batch, _SCORE_CHUNK) if all_logits else native.n_batch  # all logits: chunk x vocab floats
-    for start in range(0, len(prompt), step):
-        chunk = prompt[start : start + step]
-        last = start + len(chunk) == len(prompt)
-        native.decode([(t, start + k, seq, all_logits or (last and k == len(chunk) - 1)) for k, t in enumerate(chunk)])
+    for first in range(start, len(prompt), step):
+        chunk = prompt[first : first + step]
+        last = first + len(chunk) == len(prompt)
+        native.decode([(t, first + k, seq, all_logits or (last and k == len(chunk) - 1)) for k, t in enumerate(chunk)])
         if all_logits or last:
             rows.append(native.logits(len(chunk) if all_logits else 1).copy())
     return np.concatenate(rows)
@@ -435,6 +468,18 @@ def _pick(
         ranked = best[k][np.argsort(-lp[k, best[k]], kind="stable")]
         steps.append((chosen[k], [(float(lp[k, a]), int(a)) for a in ranked]))
     return tokens, steps
+
+
+def _common_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
+    """How many leading tokens ``a`` and ``b`` share.
+
+    Examples:
+        >>> _common_prefix((1, 2, 3), (1, 2, 4, 5)), _common_prefix((1, 2), (1, 2, 3)), _common_prefix((), (1,))
+        (2, 2, 0)
+    """
+    n = min(len(a), len(b))
+    differ = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
+    return int(differ[0]) if differ.size else n
 
 
 def _stream_size(tokens: int) -> int:

@@ -104,12 +104,45 @@ def test_a_synthesis_sized_prompt_gives_bit_identical_texts_and_logprobs_alone_a
         engine.close()
 
 
+def test_prompts_sharing_a_head_prefill_it_once_and_give_their_texts_alone(engine: LlamaCppEngine) -> None:
+    """Synthesis-like prompts (one long instruction, different rollouts after it): the head is prefilled once and
+    copied, and each seeded row's text and logprobs are bit-identical to the row decoded alone."""
+    prompts = [request(SYNTHESIS + f" Candidate {k} says {k * 7}.", temperature=1.0, seed=k, max_tokens=12,
+                       logprobs=1) for k in range(3)] + [request(OTHERS[1], temperature=1.0, seed=5, max_tokens=12)]
+    alone = [engine.complete(r) for r in prompts]
+    engine.reset_stats()
+    batch = together(engine, [prompts[2], prompts[3], prompts[0], prompts[1]])
+    for ours, theirs in zip([batch[2], batch[3], batch[0], batch[1]], alone, strict=True):
+        assert text(ours) == text(theirs) and ours.logprobs == theirs.logprobs
+    head = len(engine.load()[1](SYNTHESIS)["input_ids"])  # the three synthesis prompts share at least this much
+    stats = engine.stats
+    assert stats["shared_prefix_tokens"] >= 2 * (head - 8)
+    assert stats["prefill_tokens"] + stats["shared_prefix_tokens"] == sum(r.usage.input_tokens for r in alone)
+
+
 def test_g_rollouts_of_one_prompt_differ_and_greedy_is_greedy(engine: LlamaCppEngine) -> None:
     rollouts = together(engine, [request(temperature=1.0, seed=s, max_tokens=24) for s in range(4)])
     assert len({text(r) for r in rollouts}) >= 3
     greedy = [text(r) for r in together(engine, [request(), request(OTHERS[2]), request()])]
     assert greedy[0] == greedy[2] == text(engine.complete(request())) and greedy[1] != greedy[0]
     assert "4" in greedy[0]
+
+
+def test_phase_stats_count_each_distinct_prompt_once_and_every_decode_step(engine: LlamaCppEngine) -> None:
+    """G rows of one prompt are prefilled once; every step decodes the rows still live; both phases are timed
+    inside generate, and score's prefill is counted too."""
+    engine.reset_stats()
+    responses = together(engine, [request(temperature=1.0, seed=s, max_tokens=8) for s in range(3)]
+                         + [request(OTHERS[2], temperature=1.0, seed=9, max_tokens=8)])
+    stats = engine.stats
+    prompts = [responses[0].usage.input_tokens, responses[3].usage.input_tokens]
+    assert stats["prefill_tokens"] == sum(prompts) < stats["prompt_tokens"]  # the shared prompt once, not 3 times
+    generated = [r.usage.output_tokens + (r.finish_reason == "stop") for r in responses]  # EOS is decoded, not kept
+    assert stats["decode_rows"] == sum(generated) - len(responses)  # the first token comes from the prefill
+    assert stats["decode_steps"] == max(generated) - 1
+    assert 0 < stats["prefill_seconds"] + stats["decode_seconds"] <= stats["generate_seconds"]
+    engine.score(["one two three"])
+    assert engine.stats["prefill_tokens"] == sum(prompts) + len(engine.load()[1]("one two three")["input_ids"]) - 1
 
 
 def test_logprobs_are_those_of_the_sampled_distribution(engine: LlamaCppEngine) -> None:
