@@ -44,6 +44,10 @@ from cat_dspy.scoring.stats import interval95, mean_stderr, paired_difference
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results"
 REFERENCES = ("base", "majority_rl")  # the arms every other arm is compared with
+KEEP_CHECKPOINTS = 2
+"""Checkpoints a training keeps (``--save_total_limit``; each is ~0.5 GB with the optimizer state): the eval reads the
+final model, a resume only the last whole checkpoint; two, so that one cut off by a crash leaves a whole one behind.
+It is storage, not configuration: not in the hash, so results made before it still count."""
 CURVE_KEYS = ("reward", "reward_std", "frac_reward_zero_std", "completions/mean_length", "cat/synthesis_extracted",
               "cat/majority_disagreement")
 
@@ -126,7 +130,8 @@ def train_argv(study: dict[str, Any], arm: str, seed: int, output_dir: Path) -> 
     if not recipe:
         return None
     return ["train", "--config", recipe, "--dataset_name", study["data"]["train"], "--seed", str(seed),
-            "--output_dir", str(output_dir), "--run_name", f"{study['name']}-{arm}-seed{seed}"]
+            "--output_dir", str(output_dir), "--run_name", f"{study['name']}-{arm}-seed{seed}",
+            "--save_total_limit", str(KEEP_CHECKPOINTS)]
 
 
 def eval_argv(study: dict[str, Any], arm: str, seed: int, run_dir: Path, policy: Path | None) -> list[str]:

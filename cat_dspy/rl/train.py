@@ -209,19 +209,53 @@ def reward_columns(item: Any, needed: tuple[str, ...], reward: str) -> dict[str,
     return out
 
 
-def last_checkpoint(training_args: Any, auto_resume: bool = True) -> str | None:
-    """The checkpoint to resume from: ``resume_from_checkpoint``, else the last one in ``output_dir``."""
-    from transformers.trainer_utils import get_last_checkpoint
+def complete_checkpoint(output_dir: str) -> str | None:
+    """The highest-numbered ``checkpoint-N`` in ``output_dir`` that the Trainer finished writing, or None.
 
+    The Trainer writes ``trainer_state.json`` last, after the weights, optimizer and RNG states; a checkpoint
+    without a readable one was cut off (a crash, a full disk) and is passed over with a warning, so a resume
+    starts from the last whole one instead of failing on the broken one.
+
+    Args:
+        output_dir: The training's ``output_dir``; it need not exist.
+    """
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    if not os.path.isdir(output_dir):
+        return None
+    steps = sorted((int(name.rsplit("-", 1)[1]), name) for name in os.listdir(output_dir)
+                   if name.startswith(f"{PREFIX_CHECKPOINT_DIR}-") and name.rsplit("-", 1)[1].isdigit()
+                   and os.path.isdir(os.path.join(output_dir, name)))
+    for _, name in reversed(steps):
+        path = os.path.join(output_dir, name)
+        try:
+            with open(os.path.join(path, "trainer_state.json")) as f:
+                json.load(f)
+        except (OSError, ValueError):
+            logger.warning("%s is incomplete (no readable trainer_state.json): not resuming from it", path)
+            continue
+        return path
+    return None
+
+
+def last_checkpoint(training_args: Any, auto_resume: bool = True) -> str | None:
+    """The checkpoint to resume from: ``resume_from_checkpoint``, else the last complete one in ``output_dir``
+    (see :func:`complete_checkpoint`).
+
+    Raises:
+        ValueError: ``resume_from_checkpoint`` names a folder that is not a complete checkpoint.
+    """
     explicit = training_args.resume_from_checkpoint
     if explicit:
         if str(explicit).lower() in ("false", "no", "none"):
             return None
         if str(explicit).lower() in ("true", "yes", "last"):
-            return get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
+            return complete_checkpoint(training_args.output_dir)
+        if not os.path.isfile(os.path.join(str(explicit), "trainer_state.json")):
+            raise ValueError(f"resume_from_checkpoint={explicit!s}: not a complete checkpoint (no trainer_state.json)")
         return str(explicit)
-    if auto_resume and os.path.isdir(training_args.output_dir):
-        return get_last_checkpoint(training_args.output_dir)
+    if auto_resume:
+        return complete_checkpoint(training_args.output_dir)
     return None
 
 

@@ -14,6 +14,7 @@ import pytest
 
 from cat_dspy import cli
 from cat_dspy.cli import common
+from cat_dspy.rl.train import make_parser
 from cat_dspy.testing import scripted_lm
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -105,7 +106,7 @@ def test_run_trains_evaluates_writes_one_result_and_skips_it_when_finished(tmp_p
     data.write_text("".join(json.dumps({"question": f"What is {a} + 1?", "answer": str(a + 1)}) + "\n"
                             for a in range(1, 5)))
     recipe = tmp_path / "arm.yaml"
-    recipe.write_text("reward: majority\nmax_steps: 2\n")
+    recipe.write_text("reward: majority\nmax_steps: 2\nuse_cpu: true\nbf16: false\n")
     spec = {"name": "t", "data": {"train": str(data), "test": str(data)},
             "eval": {"g": [1, 2], "methods": ["single", "majority", "cat"], "args": ["--max-tokens", "16"]},
             "arms": {"majority_rl": {"recipe": str(recipe), "seeds": [0]}}}
@@ -139,13 +140,15 @@ def test_run_trains_evaluates_writes_one_result_and_skips_it_when_finished(tmp_p
     result = json.loads(path.read_text())
     assert [c[0] for c in calls] == ["train", "eval"]
     assert calls[0][calls[0].index("--seed") + 1] == "0" and "--dataset_name" in calls[0]
+    _, training_args, _ = make_parser().parse_args_and_config(calls[0][1:])  # what `cat-dspy train` makes of it
+    assert training_args.save_total_limit == study.KEEP_CHECKPOINTS and training_args.max_steps == 2
     held = result["heldout"]
     assert held["g"] == 2 and len(held["ids"]) == 4
     assert held["single"] == [1.0, 1.0, 0.0, 0.0] and held["rollouts"] == [1.0, 1.0, 0.0, 0.0]
     assert held["cat"] == [1.0, 0.0, 0.0, 0.0]  # the scripted anchor always says 2: right on 1 + 1 only
     assert result["training"]["first"]["reward"] == pytest.approx(0.375)
     assert result["training"]["train_runtime"] == 12.5
-    assert result["config"]["recipe_text"] == "reward: majority\nmax_steps: 2\n"
+    assert result["config"]["recipe_text"] == recipe.read_text()
     assert "runtime" not in result["config"]  # hashed only where the study file names one
     assert result["config_hash"] == study.config_hash(result["config"]) and result["git"]["commit"]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import re
 import threading
@@ -455,12 +456,36 @@ def test_training_prompts_carry_no_labels_and_eval_keeps_gold(tiny_gsm8k):
 def test_last_checkpoint_is_found_for_resume(tmp_path):
     from cat_dspy.rl.train import last_checkpoint
 
-    (tmp_path / "checkpoint-2").mkdir()
-    (tmp_path / "checkpoint-10").mkdir()
+    for step in (2, 10):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps({"global_step": step}))
     _, training_args, _ = parse_recipe("--output_dir", str(tmp_path))
     assert last_checkpoint(training_args) == str(tmp_path / "checkpoint-10")
     assert last_checkpoint(training_args, auto_resume=False) is None
     _, training_args, _ = parse_recipe("--output_dir", str(tmp_path), "--resume_from_checkpoint", "false")
+    assert last_checkpoint(training_args) is None
+
+
+def test_resume_passes_over_a_checkpoint_cut_off_while_written(tmp_path, caplog):
+    from cat_dspy.rl.train import last_checkpoint
+
+    for step in (8, 16):  # whole: trainer_state.json is the Trainer's last file
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    (tmp_path / "checkpoint-24").mkdir()  # the disk filled while the optimizer state was written
+    (tmp_path / "checkpoint-24" / "model.safetensors").write_bytes(b"x")
+    (tmp_path / "checkpoint-32").mkdir()  # killed while trainer_state.json itself was written
+    (tmp_path / "checkpoint-32" / "trainer_state.json").write_text('{"global_st')
+    (tmp_path / "checkpoint-final.txt").write_text("")  # not a checkpoint
+    _, training_args, _ = parse_recipe("--output_dir", str(tmp_path))
+    with caplog.at_level("WARNING"):
+        assert last_checkpoint(training_args) == str(tmp_path / "checkpoint-16")
+    assert "checkpoint-32 is incomplete" in caplog.text and "checkpoint-24 is incomplete" in caplog.text
+    _, training_args, _ = parse_recipe("--output_dir", str(tmp_path), "--resume_from_checkpoint",
+                                       str(tmp_path / "checkpoint-24"))
+    with pytest.raises(ValueError, match="checkpoint-24: not a complete checkpoint"):
+        last_checkpoint(training_args)
+    _, training_args, _ = parse_recipe("--output_dir", str(tmp_path / "nowhere"), "--resume_from_checkpoint", "last")
     assert last_checkpoint(training_args) is None
 
 
