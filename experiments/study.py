@@ -1,12 +1,13 @@
 """The CaT-RL study (issue 14): train and evaluate arms on one task, steps and seeds; aggregate the result files.
 
-``run`` trains one (arm, seed) with its ``cat-dspy train`` recipe (``recipe: null``: no training, the initial
-policy), evaluates the policy on the held-out questions with ``cat-dspy eval``, and writes one small JSON file
-``experiments/results/<study>/<arm>-seed<seed>.json``: the configuration and its hash, the git commit, the held-out
-correctness of every question (per method at the largest G, and the share of the G rollouts that are right), the
-summary rows, and a training-curve summary from TRL's ``trainer_state.json``. A finished (arm, seed) whose result
-file has the same configuration hash is skipped; a training stopped part-way resumes from its last checkpoint
-(``cat-dspy train`` auto-resumes from ``output_dir``) and an eval stopped part-way from its run directory.
+``run`` trains one (arm, seed) with its recipe (``cat-dspy train``: GRPO; ``command: sft`` in the arm: ``cat-dspy
+sft``, CaT-SFT; ``recipe: null``: no training, the initial policy), evaluates the policy on the held-out questions
+with ``cat-dspy eval``, and writes one small JSON file ``experiments/results/<study>/<arm>-seed<seed>.json``: the
+configuration and its hash, the git commit, the held-out correctness of every question (per method at the largest G,
+and the share of the G rollouts that are right), the summary rows, and a training-curve summary (reward, or loss for
+SFT) from TRL's ``trainer_state.json``. A finished (arm, seed) whose result file has the same configuration hash is
+skipped; a training stopped part-way resumes from its last whole checkpoint (``cat-dspy train`` and ``sft``
+auto-resume from ``output_dir``) and an eval stopped part-way from its run directory.
 
 ``aggregate`` reads whatever result files exist and prints the comparison: per arm, held-out accuracy (mean over
 seeds ± standard error across seeds), and the paired differences against ``base`` and ``majority_rl`` (by question,
@@ -48,8 +49,9 @@ KEEP_CHECKPOINTS = 2
 """Checkpoints a training keeps (``--save_total_limit``; each is ~0.5 GB with the optimizer state): the eval reads the
 final model, a resume only the last whole checkpoint; two, so that one cut off by a crash leaves a whole one behind.
 It is storage, not configuration: not in the hash, so results made before it still count."""
-CURVE_KEYS = ("reward", "reward_std", "frac_reward_zero_std", "completions/mean_length", "cat/synthesis_extracted",
-              "cat/majority_disagreement")
+COMMANDS = ("train", "sft")  # an arm's `command:` (default train): the cat-dspy command its recipe is for
+CURVE_KEYS = ("reward", "loss", "reward_std", "frac_reward_zero_std", "completions/mean_length",
+              "cat/synthesis_extracted", "cat/majority_disagreement")
 
 
 def load_study(path: str | Path) -> dict[str, Any]:
@@ -61,6 +63,8 @@ def load_study(path: str | Path) -> dict[str, Any]:
     for arm, spec in study["arms"].items():
         if "seeds" not in spec or "recipe" not in spec:
             raise SystemExit(f"{path}: arm {arm!r} needs 'recipe' (null: no training) and 'seeds'")
+        if spec.get("command", "train") not in COMMANDS:
+            raise SystemExit(f"{path}: arm {arm!r}: command {spec['command']!r} is not one of {', '.join(COMMANDS)}")
     return study
 
 
@@ -85,6 +89,8 @@ def run_config(study: dict[str, Any], arm: str, seed: int) -> dict[str, Any]:
               "recipe": recipe, "recipe_text": (ROOT / recipe).read_text() if recipe else None}
     if "runtime" in study:
         config["runtime"] = study["runtime"]
+    if "command" in spec:  # hashed only where named, so the GRPO arms' hashes stay those of their result files
+        config["command"] = spec["command"]
     return config
 
 
@@ -125,12 +131,12 @@ def execute(argv: list[str], local_runtime: str) -> None:
 
 
 def train_argv(study: dict[str, Any], arm: str, seed: int, output_dir: Path) -> list[str] | None:
-    """The ``cat-dspy train`` command of one (arm, seed), or None for an arm without training."""
-    recipe = study["arms"][arm]["recipe"]
-    if not recipe:
+    """The ``cat-dspy train`` (or ``sft``) command of one (arm, seed), or None for an arm without training."""
+    spec = study["arms"][arm]
+    if not spec["recipe"]:
         return None
-    return ["train", "--config", recipe, "--dataset_name", study["data"]["train"], "--seed", str(seed),
-            "--output_dir", str(output_dir), "--run_name", f"{study['name']}-{arm}-seed{seed}",
+    return [spec.get("command", "train"), "--config", spec["recipe"], "--dataset_name", study["data"]["train"],
+            "--seed", str(seed), "--output_dir", str(output_dir), "--run_name", f"{study['name']}-{arm}-seed{seed}",
             "--save_total_limit", str(KEEP_CHECKPOINTS)]
 
 
@@ -146,14 +152,15 @@ def eval_argv(study: dict[str, Any], arm: str, seed: int, run_dir: Path, policy:
 
 
 def training_curve(output_dir: Path) -> dict[str, Any] | None:
-    """Steps, wall time and the logged curve (reward, spread, length, CaT metrics) from ``trainer_state.json``;
+    """Steps, wall time and the logged curve (reward or SFT loss, spread, length, CaT metrics) from
+    ``trainer_state.json``;
     ``first``/``last``: the mean of the first and last four logging steps."""
     state_file = output_dir / "trainer_state.json"
     if not state_file.is_file():
         return None
     state = json.loads(state_file.read_text())
     points = [{"step": e["step"], **{k: e[k] for k in CURVE_KEYS if k in e}} for e in state.get("log_history", [])
-              if "reward" in e]
+              if "reward" in e or "loss" in e]
     summary: dict[str, Any] = {"global_step": state.get("global_step"), "points": points}
     for name, part in (("first", points[:4]), ("last", points[-4:])):
         summary[name] = {k: mean_stderr([p[k] for p in part if k in p])[0] for k in CURVE_KEYS}
@@ -317,8 +324,8 @@ def plot(arms: dict[str, dict[int, dict[str, Any]]], rows: list[dict[str, Any]],
     left.set_ylabel(f"held-out accuracy ({rows[0]['metric'] if rows else ''})")
     left.grid(alpha=0.3)
     for arm, runs in arms.items():
-        curves = [r["training"]["points"] for r in runs.values() if r.get("training")]
-        steps = sorted({p["step"] for c in curves for p in c})
+        curves = [[p for p in r["training"]["points"] if "reward" in p] for r in runs.values() if r.get("training")]
+        steps = sorted({p["step"] for c in curves for p in c})  # none for SFT: it has a loss, not a reward
         if steps:
             mean = [mean_stderr([p["reward"] for c in curves for p in c if p["step"] == s])[0] for s in steps]
             right.plot(steps, mean, marker=".", label=arm)

@@ -159,16 +159,40 @@ def test_run_trains_evaluates_writes_one_result_and_skips_it_when_finished(tmp_p
         study.run_one(spec, "majority_rl", 0, results=results, work=tmp_path)
 
 
-def test_study_files_name_their_arms_recipes_and_a_reward_each():
+def test_study_files_name_their_arms_recipes_and_a_reward_each(tmp_path, monkeypatch):
     import yaml
 
+    from cat_dspy.rl.sft import make_parser as sft_parser
+
+    parsers = {"train": make_parser, "sft": sft_parser}
+    monkeypatch.chdir(ROOT)  # recipe paths are relative to the checkout, as `run` executes them
     for name in ("study_arith.yaml", "study_arith_ttrl.yaml"):
         spec = study.load_study(ROOT / "experiments" / "recipes" / name)
         assert {"base", "cat_rl", "majority_rl"} <= set(spec["arms"])
-        assert min(len(a["seeds"]) for n, a in spec["arms"].items() if n != "gold_rl") >= 3
+        assert min(len(a["seeds"]) for n, a in spec["arms"].items() if n not in ("gold_rl", "cat_sft")) >= 3
         for arm, a in spec["arms"].items():
-            if a["recipe"]:
-                recipe = yaml.safe_load((ROOT / a["recipe"]).read_text())
-                assert recipe["reward"] == arm.removesuffix("_rl"), arm
+            if not a["recipe"]:
+                continue
+            argv = study.train_argv(spec, arm, 0, tmp_path / arm)  # what `run` hands to cat-dspy, parsed by it
+            _, args, _ = parsers[argv[0]]().parse_args_and_config(argv[1:])
+            assert args.save_total_limit == study.KEEP_CHECKPOINTS and args.output_dir == str(tmp_path / arm)
+            if argv[0] == "sft":  # CaT-SFT: the CaT arm's rollouts and anchor, references instead of a reward
+                cat_rl = yaml.safe_load((ROOT / spec["arms"]["cat_rl"]["recipe"]).read_text())
+                assert (args.num_generations, args.rollout_temperature, args.rollout_max_tokens) == (
+                    cat_rl["num_generations"], cat_rl["temperature"], cat_rl["max_completion_length"])
+                assert (args.anchor_temperature, args.anchor_max_tokens, args.extraction, args.cat_mode) == (
+                    cat_rl["anchor_temperature"], cat_rl["anchor_max_tokens"], cat_rl["extraction"], "verifiable")
+            else:
+                assert args.reward == arm.removesuffix("_rl"), arm
     ttrl = study.load_study(ROOT / "experiments" / "recipes" / "study_arith_ttrl.yaml")
     assert ttrl["data"]["train"] == ttrl["data"]["test"] and "gold_rl" not in ttrl["arms"]
+
+
+def test_training_curve_of_an_sft_arm_is_its_loss(tmp_path):
+    log = [{"step": 5 * i, "loss": 3.0 - 0.25 * i, "grad_norm": 1.0} for i in range(1, 9)]
+    (tmp_path / "trainer_state.json").write_text(json.dumps({"global_step": 40, "log_history": [
+        *log, {"step": 40, "train_runtime": 99.0, "train_loss": 2.0}]}))
+    curve = study.training_curve(tmp_path)
+    assert [p["step"] for p in curve["points"]] == [5 * i for i in range(1, 9)]  # not the closing summary entry
+    assert curve["first"]["loss"] == pytest.approx(2.375) and curve["last"]["loss"] == pytest.approx(1.375)
+    assert curve["first"]["reward"] is None and curve["train_runtime"] == 99.0
