@@ -290,6 +290,8 @@ def compare(arms: dict[str, dict[int, dict[str, Any]]], metric: str = "rollouts"
 def _cell(d: dict[str, Any] | None) -> str:
     if not d or d.get("mean") is None:
         return "–"
+    if d["n"] == 1:  # one pair: no spread to speak of
+        return f"{d['mean']:+.3f} (n=1)"
     interval = f" [{d['lo']:+.3f}, {d['hi']:+.3f}]" if d.get("lo") is not None else ""
     return f"{d['mean']:+.3f} ± {d['se']:.3f}{interval} (n={d['n']})"
 
@@ -305,6 +307,51 @@ def print_table(rows: list[dict[str, Any]]) -> None:
                 key = f"vs_{ref}_{how}"
                 if key in row:
                     print(f"{'':<14}- {ref} ({how.replace('_', ' ')}): {_cell(row[key])}")
+
+
+def curve(runs: dict[int, dict[str, Any]], key: str = "reward") -> list[tuple[int, float]]:
+    """``(step, mean over seeds)`` of one logged training metric of an arm; empty where no seed logged it (SFT has
+    ``loss``, not ``reward``; ``base`` has no training)."""
+    points = [p for r in runs.values() if r.get("training") for p in r["training"]["points"] if p.get(key) is not None]
+    return [(step, mean_stderr([p[key] for p in points if p["step"] == step])[0])
+            for step in sorted({p["step"] for p in points})]
+
+
+def markdown(study: dict[str, Any], rows_by_metric: dict[str, list[dict[str, Any]]]) -> str:
+    """The comparison as Markdown, the tables the README quotes: held-out accuracy per arm and method (mean over
+    seeds ± standard error across seeds, each seed's mean rollout accuracy in brackets), then every arm's paired
+    difference in mean rollout accuracy against each reference arm, by seed and by question."""
+    g = max(study["eval"]["g"])
+    names = {"rollouts": "mean rollout accuracy", "single": "single sample", "majority": f"majority vote (G={g})",
+             "cat": f"CaT at test time (G={g})", "self_bon": f"self best-of-N (G={g})",
+             "mutual_predictability": f"mutual predictability (G={g})"}
+    label = {arm: spec.get("label", arm) for arm, spec in study["arms"].items()}
+    metrics = list(rows_by_metric)
+    lines = ["| arm (seeds) | " + " | ".join(names.get(m, m) for m in metrics) + " |",
+             "|---" * (len(metrics) + 1) + "|"]
+    for i, row in enumerate(rows_by_metric["rollouts"]):
+        seeds = ", ".join(map(str, row["seeds"]))
+        cells = []
+        for m in metrics:
+            r = rows_by_metric[m][i]
+            if r["mean"] is None:
+                cell = "–"
+            elif len(r["seeds"]) == 1:
+                cell = f"{r['mean']:.3f}"
+            else:  # mean ± se across seeds; each seed's value for the rollouts
+                cell = f"{r['mean']:.3f} ± {r['se_seeds']:.3f}"
+                if m == "rollouts":
+                    cell += " (" + ", ".join(f"{r['per_seed'][s]:.3f}" for s in r["seeds"]) + ")"
+            cells.append(cell)
+        lines.append(f"| {label.get(row['arm'], row['arm'])} ({seeds}) | " + " | ".join(cells) + " |")
+    lines += ["", "| difference in mean rollout accuracy | paired by seed | paired by question |", "|---|---|---|"]
+    for row in rows_by_metric["rollouts"]:
+        for ref in REFERENCES:
+            mirror = row["arm"] in REFERENCES and REFERENCES.index(row["arm"]) < REFERENCES.index(ref)
+            if f"vs_{ref}_by_question" in row and not mirror:  # majority_rl − base, not also base − majority_rl
+                lines.append(f"| {label.get(row['arm'], row['arm'])} − {label.get(ref, ref)} | "
+                             f"{_cell(row[f'vs_{ref}_by_seed'])} | {_cell(row[f'vs_{ref}_by_question'])} |")
+    return "\n".join(lines) + "\n"
 
 
 def plot(arms: dict[str, dict[int, dict[str, Any]]], rows: list[dict[str, Any]], path: Path) -> Path:
@@ -324,11 +371,9 @@ def plot(arms: dict[str, dict[int, dict[str, Any]]], rows: list[dict[str, Any]],
     left.set_ylabel(f"held-out accuracy ({rows[0]['metric'] if rows else ''})")
     left.grid(alpha=0.3)
     for arm, runs in arms.items():
-        curves = [[p for p in r["training"]["points"] if "reward" in p] for r in runs.values() if r.get("training")]
-        steps = sorted({p["step"] for c in curves for p in c})  # none for SFT: it has a loss, not a reward
-        if steps:
-            mean = [mean_stderr([p["reward"] for c in curves for p in c if p["step"] == s])[0] for s in steps]
-            right.plot(steps, mean, marker=".", label=arm)
+        points = curve(runs)  # none for SFT: it logs a loss, not a reward
+        if points:
+            right.plot(*zip(*points, strict=True), marker=".", label=arm)
     right.set_xlabel("training step")
     right.set_ylabel("training reward (mean over seeds)")
     right.grid(alpha=0.3)
@@ -365,16 +410,16 @@ def log_mlflow(study: dict[str, Any], arms: dict[str, dict[int, dict[str, Any]]]
                         d = row.get(f"vs_{ref}_by_question") or {}
                         values |= {f"{metric}/vs_{ref}": d.get("mean"), f"{metric}/vs_{ref}_se": d.get("se")}
                     mlflow.log_metrics({k: float(v) for k, v in values.items() if v is not None})
-                curves = [r["training"]["points"] for r in runs.values() if r.get("training")]
-                for step in sorted({p["step"] for c in curves for p in c}):
-                    mean = mean_stderr([p["reward"] for c in curves for p in c if p["step"] == step])[0]
-                    mlflow.log_metric("train/reward", float(mean), step=int(step))
+                for key in ("reward", "loss"):
+                    for step, mean in curve(runs, key):
+                        mlflow.log_metric(f"train/{key}", float(mean), step=int(step))
         return parent.info.run_id
 
 
 def aggregate(study: dict[str, Any], *, results: Path = RESULTS, experiment: str | None = None,
               log: bool = True) -> dict[str, Any]:
-    """Compare every arm with result files; write ``summary.json`` and ``study.png`` beside them; log to MLflow."""
+    """Compare every arm with result files; write ``summary.json``, ``summary.md`` (the tables the README quotes) and
+    ``study.png`` beside them; log to MLflow."""
     folder = results / study["name"]
     arms = load_results(folder)
     if not arms:
@@ -386,6 +431,7 @@ def aggregate(study: dict[str, Any], *, results: Path = RESULTS, experiment: str
     summary = {"study": study["name"], "arms": {a: sorted(r) for a, r in arms.items()}, "tables": rows_by_metric}
     summary_path = folder / "summary.json"
     summary_path.write_text(json.dumps(summary, indent=1))
+    (folder / "summary.md").write_text(markdown(study, rows_by_metric))
     png = plot(arms, rows_by_metric["rollouts"], folder / "study.png")
     for rows in rows_by_metric.values():
         print_table(rows)

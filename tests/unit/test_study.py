@@ -87,6 +87,11 @@ def test_aggregate_writes_summary_plot_and_one_mlflow_parent_with_a_child_per_ar
     assert set(summary["tables"]) == {"rollouts", "cat"}
     assert json.loads((folder / "summary.json").read_text())["arms"] == {"base": [0], "cat_rl": [0, 1]}
     assert (folder / "study.png").stat().st_size > 5000
+    md = (folder / "summary.md").read_text().splitlines()
+    assert md[0] == "| arm (seeds) | mean rollout accuracy | CaT at test time (G=4) |"
+    assert md[2] == "| base (0) | 0.500 | 0.667 |"  # one seed: its value
+    assert md[3] == "| cat_rl (0, 1) | 0.500 ± 0.000 (0.500, 0.500) | 0.667 ± 0.000 |"  # seeds: mean ± se (each)
+    assert md[-1] == "| cat_rl − base | +0.000 (n=1) | +0.000 ± 0.000 [+0.000, +0.000] (n=3) |"
     out = capsys.readouterr().out
     assert re.search(r"cat_rl\s+seeds \[0, 1\]\s+0\.500 ± 0\.000", out)
     runs = mlflow.search_runs(experiment_names=["study-t"], output_format="list")
@@ -196,3 +201,23 @@ def test_training_curve_of_an_sft_arm_is_its_loss(tmp_path):
     assert [p["step"] for p in curve["points"]] == [5 * i for i in range(1, 9)]  # not the closing summary entry
     assert curve["first"]["loss"] == pytest.approx(2.375) and curve["last"]["loss"] == pytest.approx(1.375)
     assert curve["first"]["reward"] is None and curve["train_runtime"] == 99.0
+
+
+@pytest.mark.parametrize("name", ["study_arith.yaml", "study_arith_ttrl.yaml"])
+def test_committed_summary_is_what_the_result_files_give_and_the_docs_quote_it(name, tmp_path):
+    """The README's study numbers cannot drift from the committed result files: aggregating them again gives the
+    committed summary.json and summary.md, and the docs quote summary.md's tables whole."""
+    import shutil
+
+    spec = study.load_study(ROOT / "experiments" / "recipes" / name)
+    committed = study.RESULTS / spec["name"]
+    if not (committed / "summary.json").is_file():
+        pytest.skip(f"{committed}: no summary yet")
+    shutil.copytree(committed, tmp_path / spec["name"], ignore=shutil.ignore_patterns("summary.*", "*.png"))
+    study.aggregate(spec, results=tmp_path, log=False)
+    assert json.loads((tmp_path / spec["name"] / "summary.json").read_text()) == json.loads(
+        (committed / "summary.json").read_text()), f"{committed}: run `study.py aggregate --study {name}` again"
+    table = (tmp_path / spec["name"] / "summary.md").read_text()
+    assert table == (committed / "summary.md").read_text()
+    docs = (ROOT / "README.md").read_text() + (ROOT / "experiments" / "README.md").read_text()
+    assert table.split("\n\n")[0] in docs and table.split("\n\n")[1] in docs, f"quote {committed}/summary.md"
