@@ -119,6 +119,34 @@ def result_path(study: dict[str, Any], arm: str, seed: int, results: Path = RESU
     return results / study["name"] / f"{arm}-seed{seed}.json"
 
 
+def references_path(result: Path) -> Path:
+    """Where a CaT-SFT result file's references go: ``<arm>-seed<seed>.references.jsonl`` beside it."""
+    return result.with_suffix(".references.jsonl")
+
+
+def save_references(output_dir: Path, train: Path, dest: Path) -> dict[str, int]:
+    """Copy a CaT-SFT arm's training targets (the anchor's references, ``references.jsonl`` in its ``output_dir``) to
+    ``dest`` beside its result file (id, question, answer, whether usable, the SFT target), each with its question's
+    label, and count them (:func:`reference_counts`). The labels serve this report only: CaT-SFT never reads them."""
+    labels = {item.question: item.answer for item in load_dataset(str(train))}
+    records = sorted(JsonlStore(output_dir / "references.jsonl", key="key").load().values(), key=lambda r: r["id"])
+    keep = ("id", "question", "reference_answer", "usable", "target")  # not the rollouts: they stay in output_dir
+    dest.write_text("".join(json.dumps({**{k: r.get(k) for k in keep}, "label": labels.get(r["question"])}) + "\n"
+                            for r in records))
+    return reference_counts(dest)
+
+
+def reference_counts(path: Path) -> dict[str, int]:
+    """How many references a CaT-SFT arm trained on, how many had an answer (the usable ones) and how many of those
+    answers equal the label (:func:`cat_dspy.scoring.equivalence.equivalent`)."""
+    from cat_dspy.scoring.equivalence import equivalent
+
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {"references": len(records), "with_answer": sum(bool(r.get("usable")) for r in records),
+            "right": sum(bool(r.get("usable")) and equivalent(r.get("reference_answer"), r.get("label"))
+                         for r in records)}
+
+
 def execute(argv: list[str], local_runtime: str) -> None:
     """Run ``cat-dspy ARGV`` in a child process (its output goes to this terminal) with the embedded model on
     ``local_runtime``; fail on a non-zero exit."""
@@ -224,13 +252,17 @@ def run_one(study: dict[str, Any], arm: str, seed: int, *, results: Path = RESUL
         "training": training_curve(output_dir) if train is not None else None,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
+    if train is not None and train[0] == "sft":
+        counts = save_references(output_dir, ROOT / study["data"]["train"], references_path(path))
+        print(f"{references_path(path)}: {counts}", flush=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=1))
     os.replace(tmp, path)  # a result file is whole or absent
     print(f"{path}: written")
     if commit:
-        subprocess.run(["git", "add", str(path)], cwd=ROOT, check=True)
-        subprocess.run(["git", "commit", "-m", f"study {study['name']}: {arm} seed {seed}", "--", str(path)],
+        files = [str(f) for f in (path, references_path(path)) if f.is_file()]
+        subprocess.run(["git", "add", *files], cwd=ROOT, check=True)
+        subprocess.run(["git", "commit", "-m", f"study {study['name']}: {arm} seed {seed}", "--", *files],
                        cwd=ROOT, check=True)
     return path
 
@@ -429,6 +461,11 @@ def aggregate(study: dict[str, Any], *, results: Path = RESULTS, experiment: str
     metrics = ["rollouts", *[m for m in study["eval"]["methods"] if m != "min_ppl"]]
     rows_by_metric = {m: compare(arms, m) for m in metrics}
     summary = {"study": study["name"], "arms": {a: sorted(r) for a, r in arms.items()}, "tables": rows_by_metric}
+    references = {a: {seed: reference_counts(references_path(result_path(study, a, seed, results)))
+                      for seed in runs if references_path(result_path(study, a, seed, results)).is_file()}
+                  for a, runs in arms.items()}
+    if any(references.values()):  # the CaT-SFT arms' training targets: how many, with an answer, right
+        summary["references"] = {a: counts for a, counts in references.items() if counts}
     summary_path = folder / "summary.json"
     summary_path.write_text(json.dumps(summary, indent=1))
     (folder / "summary.md").write_text(markdown(study, rows_by_metric))

@@ -221,3 +221,45 @@ def test_committed_summary_is_what_the_result_files_give_and_the_docs_quote_it(n
     assert table == (committed / "summary.md").read_text()
     docs = (ROOT / "README.md").read_text() + (ROOT / "experiments" / "README.md").read_text()
     assert table.split("\n\n")[0] in docs and table.split("\n\n")[1] in docs, f"quote {committed}/summary.md"
+
+
+def test_an_sft_arm_keeps_its_references_with_labels_and_aggregate_counts_them(tmp_path, monkeypatch):
+    from cat_dspy.jsonl_store import JsonlStore
+
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"question": f"What is {a} + 1?", "answer": str(a + 1)}) + "\n"
+                            for a in range(1, 4)))
+    recipe = tmp_path / "sft.yaml"
+    recipe.write_text("max_steps: 2\n")
+    spec = {"name": "t", "data": {"train": str(data), "test": str(data)},
+            "eval": {"g": [1], "methods": ["single"], "args": ["--max-tokens", "16"]},
+            "arms": {"base": {"recipe": None, "seeds": [0]},
+                     "cat_sft": {"label": "CaT-SFT", "recipe": str(recipe), "command": "sft", "seeds": [0]}}}
+    monkeypatch.setattr(common, "build_roles", lambda args: {
+        "policy": scripted_lm(lambda p: "\\boxed{2}"), "anchor": scripted_lm(lambda p: "\\boxed{2}"),
+        "judge": scripted_lm(lambda p: "no")})
+
+    def execute(argv, local_runtime):
+        if argv[0] == "sft":  # what cat-dspy sft leaves: the references it trained on, and TRL's state
+            out = Path(argv[argv.index("--output_dir") + 1])
+            out.mkdir(parents=True)
+            store = JsonlStore(out / "references.jsonl", key="key")
+            for a, answer in ((1, "2"), (2, "4"), (3, None)):  # right, wrong, no answer (not trained on)
+                store.append({"key": f"k{a}", "id": f"train-{a}", "question": f"What is {a} + 1?",
+                              "reference_answer": answer, "usable": answer is not None, "target": "..."})
+            (out / "trainer_state.json").write_text(json.dumps({"global_step": 2, "log_history": [
+                {"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}, {"step": 2, "train_runtime": 3.0}]}))
+            return
+        assert cli.main(argv) == 0
+
+    monkeypatch.setattr(study, "execute", execute)
+    results = tmp_path / "results"
+    assert study.train_argv(spec, "cat_sft", 0, tmp_path / "o")[0] == "sft"
+    path = study.run_one(spec, "cat_sft", 0, results=results, work=tmp_path)
+    study.run_one(spec, "base", 0, results=results, work=tmp_path)
+    saved = [json.loads(line) for line in study.references_path(path).read_text().splitlines()]
+    assert [(r["id"], r["label"]) for r in saved] == [("train-1", "2"), ("train-2", "3"), ("train-3", "4")]
+    assert json.loads(path.read_text())["training"]["last"]["loss"] == pytest.approx(1.75)
+    summary = study.aggregate(spec, results=results, log=False)
+    assert summary["references"] == {"cat_sft": {0: {"references": 3, "with_answer": 2, "right": 1}}}
+    assert "| CaT-SFT (0) | 0.333 | 0.333 |" in (results / "t" / "summary.md").read_text()
