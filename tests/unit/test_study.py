@@ -30,6 +30,13 @@ def _load(name: str):
 study = _load("study")
 
 
+def questions(path: Path, n: int) -> Path:
+    """A data file of n questions "What is a + 1?" (a = 1..n) with their answers."""
+    path.write_text("".join(json.dumps({"question": f"What is {a} + 1?", "answer": str(a + 1)}) + "\n"
+                            for a in range(1, n + 1)))
+    return path
+
+
 def fake_result(arm: str, seed: int, rollouts: list[float], cat: list[float], steps: int = 0) -> dict:
     ids = [f"q{i}" for i in range(len(rollouts))]
     training = None
@@ -107,9 +114,7 @@ def test_aggregate_writes_summary_plot_and_one_mlflow_parent_with_a_child_per_ar
 
 
 def test_run_trains_evaluates_writes_one_result_and_skips_it_when_finished(tmp_path, monkeypatch):
-    data = tmp_path / "test.jsonl"
-    data.write_text("".join(json.dumps({"question": f"What is {a} + 1?", "answer": str(a + 1)}) + "\n"
-                            for a in range(1, 5)))
+    data = questions(tmp_path / "test.jsonl", 4)
     recipe = tmp_path / "arm.yaml"
     recipe.write_text("reward: majority\nmax_steps: 2\nuse_cpu: true\nbf16: false\n")
     spec = {"name": "t", "data": {"train": str(data), "test": str(data)},
@@ -226,9 +231,7 @@ def test_committed_summary_is_what_the_result_files_give_and_the_docs_quote_it(n
 def test_an_sft_arm_keeps_its_references_with_labels_and_aggregate_counts_them(tmp_path, monkeypatch):
     from cat_dspy.jsonl_store import JsonlStore
 
-    data = tmp_path / "train.jsonl"
-    data.write_text("".join(json.dumps({"question": f"What is {a} + 1?", "answer": str(a + 1)}) + "\n"
-                            for a in range(1, 4)))
+    data = questions(tmp_path / "train.jsonl", 3)
     recipe = tmp_path / "sft.yaml"
     recipe.write_text("max_steps: 2\n")
     spec = {"name": "t", "data": {"train": str(data), "test": str(data)},
