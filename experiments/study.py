@@ -46,8 +46,9 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results"
 REFERENCES = ("base", "majority_rl")  # the arms every other arm is compared with
 KEEP_CHECKPOINTS = 2
-"""Checkpoints a training keeps (``--save_total_limit``; each is ~0.5 GB with the optimizer state): the eval reads the
-final model, a resume only the last whole checkpoint; two, so that one cut off by a crash leaves a whole one behind.
+"""Checkpoints a training keeps (``--save_total_limit``; one of the 135M model is ~1.55 GB: fp32 weights and Adam's two
+moments): the eval reads the final model, a resume only the last whole checkpoint; two, so that one cut off by a crash
+leaves a whole one behind.
 It is storage, not configuration: not in the hash, so results made before it still count."""
 COMMANDS = ("train", "sft")  # an arm's `command:` (default train): the cat-dspy command its recipe is for
 CURVE_KEYS = ("reward", "loss", "reward_std", "frac_reward_zero_std", "completions/mean_length",
@@ -355,8 +356,8 @@ def markdown(study: dict[str, Any], rows_by_metric: dict[str, list[dict[str, Any
     difference in mean rollout accuracy against each reference arm, by seed and by question."""
     g = max(study["eval"]["g"])
     names = {"rollouts": "mean rollout accuracy", "single": "single sample", "majority": f"majority vote (G={g})",
-             "cat": f"CaT at test time (G={g})", "self_bon": f"self best-of-N (G={g})",
-             "mutual_predictability": f"mutual predictability (G={g})"}
+             "cat": f"CaT at test time (G={g})", "cat_q": f"CaT, question-aware (G={g})",
+             "self_bon": f"self best-of-N (G={g})", "mp": f"mutual predictability (G={g})"}  # methods.METHODS
     label = {arm: spec.get("label", arm) for arm, spec in study["arms"].items()}
     metrics = list(rows_by_metric)
     lines = ["| arm (seeds) | " + " | ".join(names.get(m, m) for m in metrics) + " |",

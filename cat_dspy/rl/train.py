@@ -219,15 +219,11 @@ def complete_checkpoint(output_dir: str) -> str | None:
     Args:
         output_dir: The training's ``output_dir``; it need not exist.
     """
-    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+    from transformers.trainer_utils import sort_checkpoints
 
     if not os.path.isdir(output_dir):
         return None
-    steps = sorted((int(name.rsplit("-", 1)[1]), name) for name in os.listdir(output_dir)
-                   if name.startswith(f"{PREFIX_CHECKPOINT_DIR}-") and name.rsplit("-", 1)[1].isdigit()
-                   and os.path.isdir(os.path.join(output_dir, name)))
-    for _, name in reversed(steps):
-        path = os.path.join(output_dir, name)
+    for path in reversed(sort_checkpoints(output_dir)):  # the Trainer's own order: by step, last first
         try:
             with open(os.path.join(path, "trainer_state.json")) as f:
                 json.load(f)
