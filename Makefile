@@ -26,14 +26,15 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 # OpenAI-compatible server the tests start (tests/server); builds from source once per machine (minutes on 2 cores).
 # Portable build: llama.cpp's default native build enables AMX on CPUs that have it and then segfaults in its first
 # decode there (ggml-org/llama.cpp#20824), so the CPU features are named, not detected (AVX2/FMA/F16C: every x86-64
-# of the last decade). The wheel is kept in a folder named after these flags, so a wheel built with other flags
+# of the last decade; on another architecture set LLAMA_CMAKE_ARGS, e.g. to -DGGML_NATIVE=OFF). The wheel is kept
+# in a folder named after these flags, so a wheel built with other flags
 # (pip's own cache is keyed by the source, not the flags) is never reused.
 LLAMA_CPP_VERSION := 0.3.36
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF
 LLAMA_WHEELS := $(HOME)/.cache/cat-dspy/wheels/llama-cpp-$(LLAMA_CPP_VERSION)-$(shell echo '$(LLAMA_CMAKE_ARGS)' | cksum | cut -d' ' -f1)
 $(VENV)/.llamacpp: $(VENV)/.installed
 	ls $(LLAMA_WHEELS)/llama_cpp_python-*.whl >/dev/null 2>&1 || \
-	  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=2 $(PY) -m pip wheel -q --no-deps --no-cache-dir \
+	  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$(shell nproc) $(PY) -m pip wheel -q --no-deps --no-cache-dir \
 	    --no-binary llama-cpp-python -w $(LLAMA_WHEELS) "llama-cpp-python==$(LLAMA_CPP_VERSION)"
 	$(PIP) --find-links $(LLAMA_WHEELS) "llama-cpp-python[server]==$(LLAMA_CPP_VERSION)"
 	touch $@

@@ -16,7 +16,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import platform
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -41,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="write the JSON here too (e.g. experiments/results/benchmarks/...)")
     args = parser.parse_args(argv)
+    if platform.machine() not in ("x86_64", "AMD64") or shutil.which("objdump") is None:
+        print(f"skipped: this check reads x86-64 objdump listings ({platform.machine()}, objdump "
+              f"{shutil.which('objdump') or 'missing'})", file=sys.stderr)
+        return 3
 
     import llama_cpp
 

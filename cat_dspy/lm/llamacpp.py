@@ -380,13 +380,14 @@ class LlamaCppEngine(BatchedEngine):
         live = list(rows)
         logits = np.stack([last[tuple(inputs[r])] for r in live])
         tail = max(map(len, stop), default=0) + 4  # tokens decoded to look for a stop string
+        ends = self._end_ids()  # the tokens _finish cuts at: a row stops decoding where its text ends
         while True:
             tokens, steps = _pick(logits, live, greedy, settings, rngs, top)
             for k, r in enumerate(live):
                 generated[r].append(int(tokens[k]))
                 if scored is not None:
                     scored[r].append(steps[k])
-            ended = [len(generated[r]) >= max_tokens or generated[r][-1] in native.eog for r in live]
+            ended = [len(generated[r]) >= max_tokens or generated[r][-1] in ends for r in live]
             if stop:
                 with _TOKENIZER_LOCK:
                     ended = [done or any(s in self._tokenizer.decode(generated[r][-tail:], skip_special_tokens=True)

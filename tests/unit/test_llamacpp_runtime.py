@@ -116,7 +116,6 @@ def test_each_runtime_has_its_own_engine_model_id_and_state(no_cuda) -> None:
         state = engine_of(lm).dump_state()
         assert state["runtime"] == engine_of(lm).runtime and type(engine_of(lm)).load_state(state) is engine_of(lm)
         assert type(lm._async_engine_spec).load_state(state).engine is engine_of(lm)  # the async twin, same engine
-    assert engine_of(fast).dump_state()["n_ctx"] is None
 
 
 def test_llama_cpp_threads_follow_omp_num_threads(monkeypatch: pytest.MonkeyPatch) -> None:
