@@ -171,6 +171,7 @@ class CaT(dspy.Module):
             rewards, rubric, verdicts = self._rubric_rewards(rollouts, synthesis.reference, usage, failures, parsed)
 
         lengths: list[int] | None = None
+        unpenalized = list(rewards)  # verifiable: each rollout's match with the reference, whatever its length
         if self.length_limit is not None:
             if rollout_tokens is not None:
                 lengths, unit = list(rollout_tokens), "tokens"
@@ -189,6 +190,7 @@ class CaT(dspy.Module):
             rubric=rubric,
             verdicts=verdicts,
             rewards=rewards,
+            unpenalized_rewards=unpenalized,
             rollout_tokens=lengths,
             parsed=parsed,
             failures=failures,

@@ -13,7 +13,7 @@ from typing import Any
 from cat_dspy.rl.config import DEFAULTS
 from cat_dspy.rl.group import Completion, GroupReward, GroupScore, label_check, rate
 from cat_dspy.scoring.equivalence import EQUIVALENCE_FALLBACKS, equivalent
-from cat_dspy.scoring.rewards import majority_answer, verifiable_reward
+from cat_dspy.scoring.rewards import majority_answer
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,6 @@ class CaTGroupScore(GroupScore):
     answers: list[str | None] = field(default_factory=list)  # answer(o_i), verifiable mode
     rubric: list[str] = field(default_factory=list)  # the self-proposed criteria, rubric mode
     verdicts: list[list[bool]] | None = None  # the judge's verdicts per rollout and criterion, rubric mode
-    rollout_tokens: list[int] | None = None  # the lengths the length penalty read (None: no limit)
     synthesis_parsed: bool = False  # the reference has an extractable answer (freeform: is non-empty)
     outside: bool | None = None  # verifiable: no rollout's answer matches the reference's (None: no reference answer)
     majority_agrees: bool | None = None  # verifiable: the reference's answer is the rollouts' majority answer
@@ -176,16 +175,13 @@ class CaTReward(GroupReward):
         lengths = [row.length for row in rows]
         tokens = lengths if all(length is not None for length in lengths) else None
         pred = self.cat.score([row.text for row in rows], question=rows[0].question, rollout_tokens=tokens)
-        limit, mode = self.length_limit, self.equivalence
+        mode = self.equivalence
         valid, parsed = bool(pred.valid), bool(pred.parsed.get("synthesis"))
         skipped = self.skip_unparsed and valid and not parsed
         checks: dict[str, Any] = {}
         if self.mode == "verifiable" and valid:
             ref, answers = pred.reference_answer, pred.answers
-            # the rewards are the matches, except where the length penalty replaced one: only those are checked again
-            matches = pred.rewards if limit is None else [
-                verifiable_reward(a, ref, mode=mode) if n > limit else r
-                for a, r, n in zip(answers, pred.rewards, pred.rollout_tokens, strict=True)]
+            matches = pred.unpenalized_rewards  # before the length penalty: CaT.score checked each once
             if ref is not None:  # both metrics are undefined without a reference answer: skip the equivalences
                 majority, _, _ = majority_answer(answers, mode=mode)
                 checks["outside"] = not any(m == 1.0 for m in matches)
@@ -197,13 +193,12 @@ class CaTReward(GroupReward):
             failures=list(pred.failures),
             reference=pred.reference,
             usage=pred.usage,
-            length_hits=sum(1 for n in pred.rollout_tokens or [] if n > limit),  # counted once, by CaT.score
+            length_hits=pred.parsed.get("length_penalized", 0),  # counted once, by CaT.score
             skipped=skipped,
             reference_answer=pred.reference_answer,
             answers=list(pred.answers),
             rubric=list(pred.rubric),
             verdicts=pred.verdicts,
-            rollout_tokens=pred.rollout_tokens,
             synthesis_parsed=parsed,
             **checks,
         )

@@ -206,9 +206,14 @@ def peft_config(model_args: Any) -> tuple[Any, str]:
 
 
 def trainable_share(model: Any) -> float:
-    """The fraction of ``model``'s parameters that training updates (LoRA: a few percent; full fine-tuning: 1)."""
-    sizes = [(p.numel(), p.requires_grad) for p in model.parameters()]
-    return sum(n for n, trained in sizes if trained) / max(sum(n for n, _ in sizes), 1)
+    """The fraction of ``model``'s parameters that training updates (LoRA: a few percent; full fine-tuning: 1): PEFT's
+    own count for a ``PeftModel`` (it sizes ZeRO-3-partitioned and 4-bit parameters right), else the tensors' sizes."""
+    if hasattr(model, "get_nb_trainable_parameters"):
+        trained, total = model.get_nb_trainable_parameters()
+    else:
+        sizes = [(p.numel(), p.requires_grad) for p in model.parameters()]
+        trained, total = sum(n for n, grad in sizes if grad), sum(n for n, _ in sizes)
+    return trained / max(total, 1)
 
 
 def main(script_args: Any, training_args: Any, model_args: Any) -> Any:

@@ -24,6 +24,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from transformers.trainer import TRAINER_STATE_NAME
 from trl import GRPOConfig, ScriptArguments
 
 from cat_dspy.rl.config import CaTRewardConfig
@@ -224,14 +225,20 @@ def complete_checkpoint(output_dir: str) -> str | None:
     if not os.path.isdir(output_dir):
         return None
     for path in reversed(sort_checkpoints(output_dir)):  # the Trainer's own order: by step, last first
-        try:
-            with open(os.path.join(path, "trainer_state.json")) as f:
-                json.load(f)
-        except (OSError, ValueError):
-            logger.warning("%s is incomplete (no readable trainer_state.json): not resuming from it", path)
-            continue
-        return path
+        if _is_complete(path):
+            return path
+        logger.warning("%s is incomplete (no readable %s): not resuming from it", path, TRAINER_STATE_NAME)
     return None
+
+
+def _is_complete(checkpoint: str) -> bool:
+    """Whether the Trainer finished writing ``checkpoint``: its last file, ``trainer_state.json``, reads as JSON."""
+    try:
+        with open(os.path.join(checkpoint, TRAINER_STATE_NAME)) as f:
+            json.load(f)
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def last_checkpoint(training_args: Any, auto_resume: bool = True) -> str | None:
@@ -247,8 +254,9 @@ def last_checkpoint(training_args: Any, auto_resume: bool = True) -> str | None:
             return None
         if str(explicit).lower() in ("true", "yes", "last"):
             return complete_checkpoint(training_args.output_dir)
-        if not os.path.isfile(os.path.join(str(explicit), "trainer_state.json")):
-            raise ValueError(f"resume_from_checkpoint={explicit!s}: not a complete checkpoint (no trainer_state.json)")
+        if not _is_complete(str(explicit)):
+            raise ValueError(f"resume_from_checkpoint={explicit!s}: not a complete checkpoint (no readable "
+                             f"{TRAINER_STATE_NAME})")
         return str(explicit)
     if auto_resume:
         return complete_checkpoint(training_args.output_dir)

@@ -146,6 +146,10 @@ def test_trainable_share_counts_the_weights_training_updates():
     assert trainable_share(model) == 1.0
     model[0].requires_grad_(False)
     assert trainable_share(model) == 5 / 25
+    peft = pytest.importorskip("peft")
+    lora = peft.get_peft_model(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 1)),
+                               peft.LoraConfig(r=2, target_modules=["0"]))
+    assert trainable_share(lora) == (2 * 4 + 4 * 2) / (25 + 16)  # the rank-2 adapter A (2x4) + B (4x2) of layer 0
 
 
 def test_cli_hands_every_argument_to_trl(monkeypatch):

@@ -219,12 +219,11 @@ def test_a_group_that_raises_is_invalid_and_the_others_are_scored(monkeypatch):
 
 
 def test_length_penalty_counts_completion_ids(monkeypatch):
-    import cat_dspy.rl.reward as reward_module
+    import cat_dspy.modules.cat as cat_module
 
-    rechecked = []
-    check = reward_module.verifiable_reward
-    monkeypatch.setattr(reward_module, "verifiable_reward",
-                        lambda a, ref, **kw: rechecked.append(a) or check(a, ref, **kw))
+    checked = []
+    check = cat_module.verifiable_reward
+    monkeypatch.setattr(cat_module, "verifiable_reward", lambda a, ref, **kw: checked.append(a) or check(a, ref, **kw))
     anchor = group_anchor({"g0": "3"})
     reward = CaTReward(anchor, num_generations=3, length_limit=5)
     prompts, completions = batch({"g0": ["3", "3", "4"]})
@@ -233,7 +232,7 @@ def test_length_penalty_counts_completion_ids(monkeypatch):
     assert out == [1.0, -1.0, 0.0]
     assert log.metrics["cat/length_penalty_hits"] == [pytest.approx(1 / 3)]
     assert log.metrics["cat/reference_outside_rollouts"] == [0.0]  # the long rollout still matched
-    assert rechecked == ["3"]  # only the penalized rollout's match is checked again, not the group's
+    assert checked == ["3", "3", "4"]  # each rollout's match checked once, by CaT.score, penalized or not
 
 
 def test_without_completion_ids_each_rollout_is_tokenized_once_per_call():
@@ -484,6 +483,10 @@ def test_resume_passes_over_a_checkpoint_cut_off_while_written(tmp_path, caplog)
     _, training_args, _ = parse_recipe("--output_dir", str(tmp_path), "--resume_from_checkpoint",
                                        str(tmp_path / "checkpoint-24"))
     with pytest.raises(ValueError, match="checkpoint-24: not a complete checkpoint"):
+        last_checkpoint(training_args)
+    _, training_args, _ = parse_recipe("--output_dir", str(tmp_path), "--resume_from_checkpoint",
+                                       str(tmp_path / "checkpoint-32"))
+    with pytest.raises(ValueError, match="checkpoint-32: not a complete checkpoint"):  # its state cut mid-write
         last_checkpoint(training_args)
     _, training_args, _ = parse_recipe("--output_dir", str(tmp_path / "nowhere"), "--resume_from_checkpoint", "last")
     assert last_checkpoint(training_args) is None
