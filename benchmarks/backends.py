@@ -74,7 +74,7 @@ def decode(lm: dspy.LM, max_tokens: int, cpu: CpuClock) -> tuple[int, float, flo
 def rollouts(lm: dspy.LM, g: int, strategy: str, offset: int, cpu: CpuClock) -> tuple[int, float, float, int, str]:
     """G rollouts of :data:`QUESTION`: (completion tokens, wall s, CPU s, LM calls, strategy used)."""
     start, cpu_start = time.perf_counter(), cpu()
-    pred = Rollout(n=g, lm=lm, temperature=0.8, strategy=strategy, first_rollout_id=offset)(question=QUESTION)
+    pred = Rollout(g=g, lm=lm, temperature=0.8, strategy=strategy, first_rollout_id=offset)(question=QUESTION)
     seconds, cpu_seconds = time.perf_counter() - start, cpu() - cpu_start
     if any(pred.failures):
         raise RuntimeError(f"rollouts failed: {pred.failures}")

@@ -42,7 +42,7 @@ def sequential(lm: dspy.LM, g: int, offset: int) -> float:
 
 def batched(lm: dspy.LM, g: int, offset: int) -> float:
     start = time.perf_counter()
-    Rollout(n=g, lm=lm, first_rollout_id=offset)(question=QUESTION)
+    Rollout(g=g, lm=lm, first_rollout_id=offset)(question=QUESTION)
     return time.perf_counter() - start
 
 

@@ -23,7 +23,7 @@ def main() -> None:
     anchor = make_lm("local", temperature=0.7, max_tokens=128)
 
     with dspy.track_usage() as usage:
-        rollouts = Rollout(n=4, signature=Solve, lm=policy)(question=QUESTION).rollouts
+        rollouts = Rollout(g=4, signature=Solve, lm=policy)(question=QUESTION).rollouts
         blind = Synthesize(lm=anchor)(rollouts=rollouts)
         aware = Synthesize(question_aware=True, lm=anchor)(rollouts=rollouts, question=QUESTION)
 

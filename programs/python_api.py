@@ -27,7 +27,7 @@ def main(workdir: str | Path = "python_api_run", lms: dict[str, Any] | None = No
                             for i in range(1, 7)))
     lms = lms or {role: make_lm("local", temperature=ROLE_TEMPERATURE[role], max_tokens=128) for role in ROLES}
 
-    evaluation = evaluate(load_dataset(str(data)), lms, workdir / "eval", gs=(1, 2),
+    evaluation = evaluate(load_dataset(str(data)), lms, workdir / "eval", g=(1, 2),
                           methods=("single", "majority", "cat"))
     for row in evaluation.rows:
         print(f"{row['method']:>8} G={row['g']}: accuracy {row['accuracy']:.2f}")

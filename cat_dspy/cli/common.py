@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from cat_dspy.lm.roles import ROLE_TEMPERATURE, ROLES
-from cat_dspy.rl.config import OPTION_FIELDS, REWARD_OPTIONS
+from cat_dspy.config import OPTION_FIELDS, REWARD_OPTIONS
+from cat_dspy.lm import roles
+from cat_dspy.lm.roles import ROLES
 
 
 def add_role_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,9 +43,9 @@ def add_answer_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_reward_option(parser: Any, name: str, flag: str | None = None) -> None:
     """Add the CaT reward option ``name`` as ``--name`` (or ``flag``), with the default, type, choices and help of its
-    :class:`~cat_dspy.rl.config.CaTRewardConfig` field: the option is declared there once."""
+    :class:`~cat_dspy.config.CaTRewardConfig` field: the option is declared there once."""
     spec = OPTION_FIELDS[name]
-    kind = REWARD_OPTIONS[name][0]
+    kind = REWARD_OPTIONS[name]
     options: dict[str, Any] = {"default": spec.default, "help": spec.metadata["help"] + " (default: %(default)s)"}
     if kind is bool:
         options["action"] = "store_false" if spec.default else "store_true"
@@ -55,33 +56,28 @@ def add_reward_option(parser: Any, name: str, flag: str | None = None) -> None:
     parser.add_argument(flag or "--" + name.replace("_", "-"), **options)
 
 
+def _shared(args: argparse.Namespace, role: str) -> dict[str, Any]:
+    """The flags every role shares (``--api-base``, ``--max-tokens``; ``--temperature`` is the policy's)."""
+    return {"api_base": args.api_base, "max_tokens": args.max_tokens,
+            "temperature": args.temperature if role == "policy" else None}
+
+
 def role_settings(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    """The model string and sampling options of each role, as parsed from ``args`` (no secrets, loggable)."""
+    """The model string and sampling options of each role, as parsed from ``args`` (no secrets, loggable): what
+    :func:`cat_dspy.lm.roles.role_settings` reads from the ``--<role>-<option>`` flags and the shared ones."""
     settings = {}
     for role in ROLES:
-        temperature = getattr(args, f"{role}_temperature")
-        if temperature is None:
-            temperature = args.temperature if role == "policy" and args.temperature is not None else None
-        if temperature is None:
-            temperature = ROLE_TEMPERATURE[role]
         model = getattr(args, role)
-        settings[role] = {
-            "model": model,
-            "api_base": None if model.startswith("local") else (getattr(args, f"{role}_api_base") or args.api_base),
-            "temperature": temperature,
-            "top_p": getattr(args, f"{role}_top_p"),
-            "top_k": getattr(args, f"{role}_top_k"),
-            "max_tokens": getattr(args, f"{role}_max_tokens") or args.max_tokens,
-        }
+        read = roles.role_settings(role, model, vars(args), _shared(args, role))
+        settings[role] = {"model": model, **{key: read.get(key) for key in _LOGGED}}
     return settings
+
+
+_LOGGED = ("api_base", "temperature", "top_p", "top_k", "max_tokens")
 
 
 def build_roles(args: argparse.Namespace) -> dict[str, Any]:
     """One ``dspy.LM`` per role; roles naming the same local model share one loaded model and batcher."""
-    from cat_dspy.lm.models import make_lm
-
-    lms = {}
-    for role, options in role_settings(args).items():
-        extra = {"seed": args.seed} if args.seed is not None else {}
-        lms[role] = make_lm(options.pop("model"), cache=not args.no_cache, **options, **extra)
-    return lms
+    return {role: roles.role_lm(getattr(args, role), role, vars(args), _shared(args, role), cache=not args.no_cache,
+                                seed=args.seed)
+            for role in ROLES}

@@ -143,7 +143,7 @@ def _evaluate(args: argparse.Namespace, items: list, mode: str, config: dict[str
     # The parent run spans the evaluation (its real start and end in MLflow) and holds the traces of --traces.
     with tracking.run(args.experiment, run_name=run_name, traces=args.traces):
         started = time.time()
-        evaluation = evaluate(items, lms, run_dir, gs=args.g, methods=args.methods, mode=mode,
+        evaluation = evaluate(items, lms, run_dir, g=args.g, methods=args.methods, mode=mode,
                               equivalence=args.equivalence, extraction=args.extraction, program=args.program,
                               prompt_prefix=args.prompt_prefix, rollout_strategy=args.rollout_strategy,
                               temperature=settings["policy"]["temperature"], num_threads=args.num_threads,

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cat_dspy.config import DEFAULTS
+from cat_dspy.deprecation import renamed
 from cat_dspy.lm.roles import ROLE_TEMPERATURE
-from cat_dspy.rl.config import DEFAULTS
 from cat_dspy.scoring.counters import parse_failure_stats
 
 DEFAULT_METHODS = ("single", "majority", "self_bon", "min_ppl", "cat")
@@ -38,7 +39,7 @@ def evaluate(
     lms: dict[str, Any],
     run_dir: str | Path,
     *,
-    gs: Sequence[int] = (1, 2, 4, 8),
+    g: int | Sequence[int] = (1, 2, 4, 8),
     methods: Sequence[str] = DEFAULT_METHODS,
     mode: str | None = None,
     equivalence: str = DEFAULTS["equivalence"],
@@ -50,14 +51,15 @@ def evaluate(
     num_threads: int = IN_FLIGHT,
     progress: bool = False,
     cache: bool = True,
+    gs: Sequence[int] | None = None,
 ) -> Evaluation:
-    """Evaluate ``methods`` at every G of ``gs`` on ``items``; max(G) rollouts are sampled once per question.
+    """Evaluate ``methods`` at every G of ``g`` on ``items``; max(G) rollouts are sampled once per question.
 
     Args:
         items: Questions (:func:`cat_dspy.datasets.load_dataset`).
         lms: The ``dspy.LM`` of each role (``policy``, ``anchor``, ``judge``).
         run_dir: Folder of the results (a rerun resumes) and the DSPy cache.
-        gs: G values.
+        g: G, or several G values (one group of max(G) rollouts serves them all).
         methods: Of ``single, majority, self_bon, min_ppl, mp, cat, cat_q`` (``mp`` needs a policy that scores
             text, the local engine or a vLLM server: else
             :class:`~cat_dspy.lm.prompt_logprobs.PromptLogprobsUnavailable`).
@@ -71,6 +73,7 @@ def evaluate(
         num_threads: Questions in flight together (1: one at a time).
         progress: Show a progress bar.
         cache: Use DSPy's LM cache.
+        gs: Deprecated spelling of ``g``.
 
     Returns:
         The summary rows, the run and its failure totals.
@@ -78,6 +81,8 @@ def evaluate(
     from cat_dspy.evaluation.report import failure_totals, summarize
     from cat_dspy.evaluation.runner import build_programs, mode_of, run_eval
 
+    g = renamed("evaluate", "gs", "g", gs, g, default=(1, 2, 4, 8))
+    gs = [g] if isinstance(g, int) else list(g)
     mode = mode or mode_of(items)
     if "mp" in methods:  # fail before any rollout when the policy's backend cannot score text
         from cat_dspy.lm.prompt_logprobs import check_prompt_logprobs
@@ -90,7 +95,7 @@ def evaluate(
     programs = build_programs(lms, mode=mode, g=max(gs), logprobs="min_ppl" in methods, temperature=temperature,
                               program=program, rollout_strategy=rollout_strategy, extraction=extraction)
     parse_before = parse_failure_stats()
-    run = run_eval(items, programs, list(gs), list(methods), Path(run_dir), mode=mode, equivalence=equivalence,
+    run = run_eval(items, programs, gs, list(methods), Path(run_dir), mode=mode, equivalence=equivalence,
                    prompt_prefix=prompt_prefix, num_threads=num_threads, progress=progress, cache=cache)
     failures = failure_totals(run.records)
     failures |= {f"parse.{k}": float(v - parse_before[k]) for k, v in parse_failure_stats().items()}

@@ -153,7 +153,7 @@ def evaluate_question(item: Item, programs: Programs, gs: Sequence[int], methods
     g_max = max(gs)
     usage: dict[str, dict[str, float]] = {}
     with track_role(usage, "policy", programs.policy_lm):
-        sampled = programs.rollout(question=question, n=g_max)
+        sampled = programs.rollout(question=question, g=g_max)
     rollouts = list(sampled.rollouts)
     extraction = programs.synthesize.extraction  # rollouts are read as the references are
     answers = [extract_answer(r, extraction) for r in rollouts] if verifiable else None

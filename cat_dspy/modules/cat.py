@@ -83,7 +83,7 @@ class CaT(dspy.Module):
         self.equivalence = equivalence
         self._count_tokens = count_tokens
         verifiable = mode == "verifiable"
-        self.rollout = Rollout(n=g, signature=Solve if verifiable else Respond, temperature=temperature, lm=policy)
+        self.rollout = Rollout(g=g, signature=Solve if verifiable else Respond, temperature=temperature, lm=policy)
         self.synthesize = Synthesize(
             mode="reasoning" if verifiable else "freeform", question_aware=question_aware, extraction=extraction,
             lm=anchor,
@@ -93,7 +93,7 @@ class CaT(dspy.Module):
 
     @property
     def g(self) -> int:
-        return self.rollout.n
+        return self.rollout.g
 
     @property
     def extraction(self) -> str:

@@ -6,6 +6,7 @@ from typing import Any
 
 import dspy
 
+from cat_dspy.deprecation import renamed
 from cat_dspy.lm.usage import tracker_totals
 from cat_dspy.modules.base import RoleModule
 from cat_dspy.signatures import Solve
@@ -27,7 +28,7 @@ def _token_logprobs(pred: Any) -> list[float] | None:
 
 
 class Rollout(RoleModule):
-    """Sample ``n`` rollouts o_1..o_G ~ π_t(·|q) from the policy LM.
+    """Sample ``g`` rollouts o_1..o_G ~ π_t(·|q) from the policy LM.
 
     Two strategies give the G samples. ``"concurrent"``: G calls with distinct ``rollout_id`` at temperature > 0,
     issued concurrently; DSPy's cache, history and usage accounting stay intact, the embedded local engine
@@ -40,28 +41,29 @@ class Rollout(RoleModule):
     recorded, so a group is never silently shorter than G.
 
     Args:
-        n: Rollouts per question (G).
+        g: Rollouts per question (G).
         signature: The policy's prompt: :class:`~cat_dspy.signatures.Solve` (math) or ``Respond`` (freeform).
         temperature: Sampling temperature of the rollouts.
         logprobs: Also return each rollout's token log-probabilities (the min-perplexity baseline needs them).
         lm: The policy LM.
-        first_rollout_id: Rollout ids are ``first_rollout_id .. first_rollout_id + n - 1``; a larger ``n`` later
+        first_rollout_id: Rollout ids are ``first_rollout_id .. first_rollout_id + g - 1``; a larger ``g`` later
             reuses the first ones from DSPy's cache.
         adapter: How prompts are rendered and completions parsed (default: the free-text adapter).
         strategy: ``"auto"``, ``"n"`` (one request with ``n=G``) or ``"concurrent"`` (G requests).
         max_concurrency: At most this many concurrent requests per group (default: G).
+        n: Deprecated spelling of ``g``.
 
     Examples:
         >>> from dspy.utils import DummyLM
         >>> lm = DummyLM([{"response": f"so \\\\boxed{{{i}}}"} for i in range(3)])
-        >>> pred = Rollout(n=3, lm=lm)(question="1+1?")
+        >>> pred = Rollout(g=3, lm=lm)(question="1+1?")
         >>> len(pred.rollouts), pred.failures, pred.strategy
         (3, [None, None, None], 'concurrent')
     """
 
     def __init__(
         self,
-        n: int = 8,
+        g: int = 8,
         signature: type[dspy.Signature] = Solve,
         temperature: float = 1.0,
         logprobs: bool = False,
@@ -70,15 +72,18 @@ class Rollout(RoleModule):
         adapter: dspy.Adapter | None = None,
         strategy: str = "auto",
         max_concurrency: int | None = None,
+        *,
+        n: int | None = None,
     ):
         super().__init__(lm=lm, adapter=adapter)
-        if n < 1:
-            raise ValueError(f"Rollout needs n >= 1, got {n}")
+        g = renamed("Rollout", "n", "g", n, g, default=8)
+        if g < 1:
+            raise ValueError(f"Rollout needs g >= 1, got {g}")
         if strategy not in STRATEGIES:
             raise ValueError(f"Rollout strategy must be one of {STRATEGIES}, got {strategy!r}")
-        if temperature <= 0 and n > 1:
-            raise ValueError("Rollout with n > 1 needs temperature > 0, or all G samples would be identical")
-        self.n = n
+        if temperature <= 0 and g > 1:
+            raise ValueError("Rollout with g > 1 needs temperature > 0, or all G samples would be identical")
+        self.g = g
         self.temperature = temperature
         self.logprobs = logprobs
         self.first_rollout_id = first_rollout_id
@@ -86,9 +91,9 @@ class Rollout(RoleModule):
         self.max_concurrency = max_concurrency
         self.generate = dspy.Predict(signature)
 
-    def resolved_strategy(self, n: int | None = None) -> str:
-        """``"n"`` or ``"concurrent"``: what :meth:`forward` will do for a group of ``n`` (default G)."""
-        if (n or self.n) == 1 or self.strategy == "concurrent":
+    def resolved_strategy(self, g: int | None = None) -> str:
+        """``"n"`` or ``"concurrent"``: what :meth:`forward` will do for a group of ``g`` (default G)."""
+        if (g or self.g) == 1 or self.strategy == "concurrent":
             return "concurrent"
         if self.strategy == "n":
             return "n"
@@ -96,8 +101,8 @@ class Rollout(RoleModule):
 
         return "n" if samples_with_n(self.lm or dspy.settings.lm) else "concurrent"
 
-    def forward(self, question: str, n: int | None = None) -> dspy.Prediction:
-        """Sample the rollouts.
+    def forward(self, question: str, g: int | None = None, *, n: int | None = None) -> dspy.Prediction:
+        """Sample the rollouts: ``g`` of them (default: the module's G; ``n`` is its deprecated spelling).
 
         Returns:
             A prediction with ``rollouts`` (list[str], empty string for a failed sample), ``logprobs``
@@ -106,7 +111,7 @@ class Rollout(RoleModule):
             is counted on the first rollout it returned) and ``strategy`` (``"n"`` or ``"concurrent"``; a group
             topped up after an ``n`` request that returned fewer choices reports ``"n"``).
         """
-        count = n or self.n
+        count = renamed("Rollout.forward", "n", "g", n, g) or self.g
         strategy = self.resolved_strategy(count)
         results: list[Sample] = self._sample_n(question, count) if strategy == "n" else []
         if len(results) < count:

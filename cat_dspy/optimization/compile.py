@@ -26,11 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cat_dspy.config import DEFAULTS
 from cat_dspy.jsonl_store import JsonlStore
 from cat_dspy.lm.roles import ROLE_TEMPERATURE
 from cat_dspy.modules.base import thread_map
 from cat_dspy.optimization.program_file import save_program
-from cat_dspy.rl.config import DEFAULTS
 
 logger = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from cat_dspy.config import DEFAULTS
 from cat_dspy.lm.usage import track_role
-from cat_dspy.rl.config import DEFAULTS
 from cat_dspy.rl.group import Completion, GroupReward, GroupScore, json_column, label_check, rate
 from cat_dspy.rl.inputs import prompt_conversation
 from cat_dspy.scoring.extraction import extract_answer
@@ -65,13 +65,13 @@ class _AnswerReward(GroupReward):
     artifact_fields = ("answers",)
     score_type = AnswerGroupScore
 
-    def __init__(self, num_generations: int = 8, num_generations_eval: int | None = None,
+    def __init__(self, g: int | None = None, g_eval: int | None = None,
                  equivalence: str = DEFAULTS["equivalence"], extraction: str = DEFAULTS["extraction"],
                  length_limit: int | None = DEFAULTS["length_limit"], num_threads: int | None = DEFAULTS["num_threads"],
                  artifacts: bool = DEFAULTS["artifacts"], trace_every: int = DEFAULTS["trace_every"],
-                 name: str | None = None):
-        super().__init__(num_generations, num_generations_eval, num_threads, artifacts, trace_every,
-                         name or f"{self.prefix}_reward")
+                 name: str | None = None, **deprecated: int | None):
+        super().__init__(g, g_eval, num_threads, artifacts, trace_every, name or f"{self.prefix}_reward",
+                         **deprecated)
         self.equivalence = equivalence
         self.extraction = extraction
         self.length_limit = length_limit
@@ -90,7 +90,7 @@ class _AnswerReward(GroupReward):
         return out
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(num_generations={self.num_generations}, equivalence={self.equivalence!r}, "
+        return (f"{type(self).__name__}(g={self.g}, equivalence={self.equivalence!r}, "
                 f"extraction={self.extraction!r})")
 
 
@@ -104,7 +104,7 @@ class MajorityReward(_AnswerReward):
     answer is right) and ``majority/reward_accuracy`` (reward = gold reward), as TTRL reports them.
 
     Examples:
-        >>> reward = MajorityReward(num_generations=3)
+        >>> reward = MajorityReward(g=3)
         >>> reward(prompts=["2+2?"] * 3, completions=["\\boxed{4}", "\\boxed{4.0}", "\\boxed{5}"])
         [1.0, 1.0, 0.0]
         >>> reward.__name__, round(reward.last_metrics["majority/consensus"], 3)
@@ -139,7 +139,7 @@ class GoldReward(_AnswerReward):
     ``gold/accuracy`` (the fraction of rollouts that are right, before any length penalty).
 
     Examples:
-        >>> reward = GoldReward(num_generations=2)
+        >>> reward = GoldReward(g=2)
         >>> reward(prompts=["2+2?"] * 2, completions=["so \\boxed{4}", "\\boxed{22}"], answer=["4", "4"])
         [1.0, 0.0]
     """
@@ -184,7 +184,7 @@ class JudgeReward(GroupReward):
         >>> from cat_dspy.testing import scripted_lm
         >>> anchor = scripted_lm(["# UNIFIED RESPONSE The answer is $\\boxed{4}$."])
         >>> judge = scripted_lm(lambda prompt: "yes" if "boxed{4}" in prompt.split("<response>")[-1] else "no")
-        >>> JudgeReward(anchor, judge, num_generations=2)(prompts=["2+2?"] * 2, completions=["\\boxed{4}", "5"])
+        >>> JudgeReward(anchor, judge, g=2)(prompts=["2+2?"] * 2, completions=["\\boxed{4}", "5"])
         [1.0, 0.0]
     """
 
@@ -194,19 +194,19 @@ class JudgeReward(GroupReward):
     artifact_fields = ("reference", "verdicts")
     score_type = JudgeGroupScore
 
-    def __init__(self, anchor: Any, judge: Any, mode: str = DEFAULTS["mode"], num_generations: int = 8,
-                 num_generations_eval: int | None = None, question_aware: bool = DEFAULTS["question_aware"],
+    def __init__(self, anchor: Any, judge: Any, mode: str = DEFAULTS["mode"], g: int | None = None,
+                 g_eval: int | None = None, question_aware: bool = DEFAULTS["question_aware"],
                  extraction: str = DEFAULTS["extraction"], length_limit: int | None = DEFAULTS["length_limit"],
                  skip_unparsed: bool = DEFAULTS["skip_unparsed"], num_threads: int | None = DEFAULTS["num_threads"],
                  artifacts: bool = DEFAULTS["artifacts"], trace_every: int = DEFAULTS["trace_every"],
-                 name: str = "judge_reward"):
+                 name: str = "judge_reward", **deprecated: int | None):
         from cat_dspy.modules.equivalence_judge import EquivalenceJudge
         from cat_dspy.modules.synthesize import Synthesize
 
         anchor, judge = _role_lm(anchor, "anchor"), _role_lm(judge, "judge")
         if anchor is None or judge is None:
             raise ValueError("judge_reward needs the frozen anchor (synthesis) and a judge LM")
-        super().__init__(num_generations, num_generations_eval, num_threads, artifacts, trace_every, name)
+        super().__init__(g, g_eval, num_threads, artifacts, trace_every, name, **deprecated)
         self.mode = mode
         self.length_limit = length_limit
         self.skip_unparsed = skip_unparsed
@@ -253,7 +253,7 @@ class JudgeReward(GroupReward):
         return out
 
     def __repr__(self) -> str:
-        return (f"JudgeReward(mode={self.mode!r}, num_generations={self.num_generations}, "
+        return (f"JudgeReward(mode={self.mode!r}, g={self.g}, "
                 f"anchor={getattr(self.anchor, 'model', self.anchor)!r}, judge={getattr(self.judge, 'model', None)!r})")
 
 
@@ -279,7 +279,7 @@ class PhysicianRubricReward(GroupReward):
         >>> from cat_dspy.testing import scripted_lm
         >>> judge = scripted_lm(lambda prompt: "yes" if "Rest" in prompt and "[3]" in prompt else "no")
         >>> rubric = [{"criterion": "Advises rest.", "points": 3}, {"criterion": "Mentions ice.", "points": 1}]
-        >>> PhysicianRubricReward(judge, num_generations=2)(
+        >>> PhysicianRubricReward(judge, g=2)(
         ...     prompts=["Sprained ankle?"] * 2, completions=["Rest it.", "Walk it off."], rubrics=[rubric] * 2)
         [0.75, 0.0]
     """
@@ -290,16 +290,16 @@ class PhysicianRubricReward(GroupReward):
     artifact_fields = ("scores", "met")
     score_type = PhysicianRubricGroupScore
 
-    def __init__(self, judge: Any, num_generations: int = 8, num_generations_eval: int | None = None,
+    def __init__(self, judge: Any, g: int | None = None, g_eval: int | None = None,
                  length_limit: int | None = DEFAULTS["length_limit"], num_threads: int | None = DEFAULTS["num_threads"],
                  artifacts: bool = DEFAULTS["artifacts"], trace_every: int = DEFAULTS["trace_every"],
-                 name: str = "physician_rubric_reward"):
+                 name: str = "physician_rubric_reward", **deprecated: int | None):
         from cat_dspy.evaluation.grading import RubricGrader
 
         judge = _role_lm(judge, "judge")
         if judge is None:
             raise ValueError("physician_rubric_reward needs a judge LM (the grader of the rubric items)")
-        super().__init__(num_generations, num_generations_eval, num_threads, artifacts, trace_every, name)
+        super().__init__(g, g_eval, num_threads, artifacts, trace_every, name, **deprecated)
         self.length_limit = length_limit
         self.grader = RubricGrader(lm=judge)
 
@@ -343,5 +343,5 @@ class PhysicianRubricReward(GroupReward):
         return out
 
     def __repr__(self) -> str:
-        return (f"PhysicianRubricReward(num_generations={self.num_generations}, "
+        return (f"PhysicianRubricReward(g={self.g}, "
                 f"judge={getattr(self.judge, 'model', None)!r})")

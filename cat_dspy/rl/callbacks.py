@@ -45,15 +45,15 @@ def reward_callback(reward: Any) -> Any:
     from transformers import TrainerCallback
 
     class CaTRewardCallback(TrainerCallback):
-        """Binds the CaT reward to the trainer's model, so it knows when TRL evaluates."""
+        """Binds the CaT reward to the trainer's model, so it knows when TRL evaluates, and to its G."""
 
         def on_init_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
             if model is not None:
-                reward.bind(model)
+                reward.bind(model, args)
 
         def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
             if model is not None:
-                reward.bind(model)
+                reward.bind(model, args)
 
     return CaTRewardCallback()
 

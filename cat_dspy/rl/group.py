@@ -4,7 +4,7 @@ that could not be scored, and counted metrics.
 :class:`GroupReward` is TRL's reward contract ``fn(prompts, completions, completion_ids, trainer_state, log_extra,
 log_metric, **columns) -> list[float | None]`` around one method a subclass writes, :meth:`GroupReward.score_group`
 (the rows of one group -> its rewards). The base class reads the rows, gathers every rank's slice, groups them in
-blocks of ``num_generations`` (:func:`cat_dspy.rl.inputs.group_completions`), scores each group on exactly one
+blocks of G (:func:`cat_dspy.rl.inputs.group_completions`), scores each group on exactly one
 rank, concurrently, gathers the results back and returns this rank's slice; it logs ``<prefix>/*`` metrics through
 TRL's ``log_metric`` (the same on every rank) and each call's groups as an MLflow artifact. The CaT reward
 (:class:`cat_dspy.rl.reward.CaTReward`) and the comparison arms (:mod:`cat_dspy.rl.baselines`) are its subclasses.
@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from cat_dspy.deprecation import renamed
 from cat_dspy.lm.usage import merge_usage
 from cat_dspy.rl.callbacks import mlflow_run_active, reward_callback, sampled_traces
 from cat_dspy.rl.inputs import completion_text, gold_text, group_completions, prompt_key, prompt_question
@@ -85,7 +86,7 @@ def rate(out: dict[str, float], name: str, values: Sequence[float]) -> None:
 
 
 class GroupReward:
-    r"""A TRL reward scored per group of ``num_generations`` completions of one prompt; subclasses write
+    r"""A TRL reward scored per group of G completions of one prompt; subclasses write
     :meth:`score_group`.
 
     On several processes (``torch.distributed`` initialised) the completions of all ranks are gathered, each group
@@ -107,13 +108,18 @@ class GroupReward:
         artifact_fields: Fields of :attr:`score_type` written to the MLflow artifact of each call.
         score_type: The :class:`GroupScore` subclass :meth:`score_group` returns (an invalid group is one too).
 
+    G comes from the trainer: :meth:`bind` (which :meth:`callback` calls when the trainer is built) reads TRL's
+    ``num_generations`` and ``num_generations_eval``. Given here, it must agree with the trainer's; unbound and not
+    given, completions are grouped by prompt text.
+
     Args:
-        num_generations: G, TRL's ``num_generations``.
-        num_generations_eval: TRL's ``num_generations_eval`` (default: ``num_generations``).
+        g: G, completions per prompt (default: the trainer's ``num_generations``).
+        g_eval: G while evaluating (default: the trainer's ``num_generations_eval``, else ``g``).
         num_threads: Groups scored concurrently per process (default: all of them).
         artifacts: Log each call's groups as an MLflow artifact when a run is active (rank 0).
         trace_every: Record the DSPy traces of every N-th call in MLflow (0: never).
         name: The name TRL logs the reward under (``rewards/<name>/mean``).
+        **deprecated: ``num_generations`` and ``num_generations_eval``, the former spellings of ``g`` and ``g_eval``.
     """
 
     prefix = "reward"
@@ -124,14 +130,20 @@ class GroupReward:
     artifact_fields: tuple[str, ...] = ()
     score_type: type[GroupScore] = GroupScore
 
-    def __init__(self, num_generations: int = 8, num_generations_eval: int | None = None,
+    def __init__(self, g: int | None = None, g_eval: int | None = None,
                  num_threads: int | None = None, artifacts: bool = True, trace_every: int = 0,
-                 name: str = "reward"):
-        if num_generations < 1:
-            raise ValueError(f"num_generations must be >= 1, got {num_generations}")
+                 name: str = "reward", **deprecated: int | None):
+        owner = type(self).__name__
+        if unknown := sorted(set(deprecated) - {"num_generations", "num_generations_eval"}):
+            raise TypeError(f"{owner} got unexpected keyword arguments {unknown}")
+        g = renamed(owner, "num_generations", "g", deprecated.get("num_generations"), g)
+        g_eval = renamed(owner, "num_generations_eval", "g_eval", deprecated.get("num_generations_eval"), g_eval)
+        for label, value in (("g", g), ("g_eval", g_eval)):
+            if value is not None and value < 1:
+                raise ValueError(f"{owner}: {label} must be >= 1, got {value}")
         self.__name__ = name
-        self.num_generations = num_generations
-        self.num_generations_eval = num_generations_eval
+        self.g = g
+        self.g_eval = g_eval
         self.num_threads = num_threads
         self.artifacts = artifacts
         self.trace_every = trace_every
@@ -160,14 +172,31 @@ class GroupReward:
 
     # -- evaluation state ------------------------------------------------------------------------------------
 
-    def bind(self, trainer_or_model: Any) -> GroupReward:
-        """Follow the train/eval state of a trainer's model (TRL's own test: ``model.training``).
+    def bind(self, trainer_or_model: Any, args: Any = None) -> GroupReward:
+        """Follow the train/eval state of a trainer's model (TRL's own test: ``model.training``), and take G from
+        the trainer's arguments (``num_generations``, ``num_generations_eval``).
 
         ``TrainerState`` carries no evaluation flag, so the reward reads it from the model; :meth:`callback`
         binds it automatically. Unbound, every call counts as training (no label metrics).
+
+        Args:
+            trainer_or_model: A trainer (its ``model`` and ``args`` are read) or a model.
+            args: The trainer's arguments, when a model is given.
+
+        Raises:
+            ValueError: ``g`` was given and differs from the trainer's ``num_generations``.
         """
         is_trainer = hasattr(trainer_or_model, "args") and hasattr(trainer_or_model, "model")
         self._model = trainer_or_model.model if is_trainer else trainer_or_model
+        args = trainer_or_model.args if is_trainer else args
+        for attr, field_name in (("g", "num_generations"), ("g_eval", "num_generations_eval")):
+            value = getattr(args, field_name, None)
+            if not isinstance(value, int):
+                continue
+            if getattr(self, attr) not in (None, value):
+                raise ValueError(f"{self.__name__}: {attr}={getattr(self, attr)} but the trainer's {field_name} is "
+                                 f"{value}; leave {attr} unset to take the trainer's")
+            setattr(self, attr, value)
         return self
 
     @property
@@ -204,14 +233,13 @@ class GroupReward:
         offset = sum(len(part) for part in parts[:rank])
         rows = [row for part in parts for row in part]
 
-        g = (self.num_generations_eval or self.num_generations) if evaluating else self.num_generations
-        groups, blocks_ok = group_completions([row.key for row in rows], g)
-        if not blocks_ok and not self._warned_grouping:
+        g = (self.g_eval or self.g) if evaluating else self.g
+        groups, blocks_ok = group_completions([row.key for row in rows], g or 0)
+        if g and not blocks_ok and not self._warned_grouping:
             self._warned_grouping = True
             logger.warning(
-                "%s: %d completions are not consecutive blocks of num_generations=%d with one prompt each; "
-                "grouping by prompt text instead (is num_generations set to TRL's value?)", self.__name__,
-                len(rows), g)
+                "%s: %d completions are not consecutive blocks of g=%d with one prompt each; "
+                "grouping by prompt text instead (is g TRL's num_generations?)", self.__name__, len(rows), g)
 
         mine = distributed.owned(len(groups), rank, world)
         traced = self.trace_every > 0 and rank == 0 and call % self.trace_every == 0 and mlflow_run_active()

@@ -78,8 +78,8 @@ def _content_text(content: Any) -> str:
     return str(content)
 
 
-def group_completions(keys: Sequence[str], num_generations: int) -> tuple[list[list[int]], bool]:
-    """Split completion indices into groups: consecutive blocks of ``num_generations`` (TRL's layout).
+def group_completions(keys: Sequence[str], g: int) -> tuple[list[list[int]], bool]:
+    """Split completion indices into groups: consecutive blocks of ``g`` (TRL's layout; 0: G unknown).
 
     The blocks are verified to hold one prompt each; when they do not (or the count is not a multiple), the
     completions are grouped by prompt instead, in order of first appearance.
@@ -94,8 +94,8 @@ def group_completions(keys: Sequence[str], num_generations: int) -> tuple[list[l
         ([[0, 2], [1, 3]], False)
     """
     n = len(keys)
-    if num_generations > 0 and n % num_generations == 0:
-        blocks = [list(range(start, start + num_generations)) for start in range(0, n, num_generations)]
+    if g > 0 and n % g == 0:
+        blocks = [list(range(start, start + g)) for start in range(0, n, g)]
         if all(keys[i] == keys[block[0]] for block in blocks for i in block):
             return blocks, True
     by_prompt: dict[str, list[int]] = {}

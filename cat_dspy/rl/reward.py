@@ -10,7 +10,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from cat_dspy.rl.config import DEFAULTS
+from cat_dspy.config import DEFAULTS
 from cat_dspy.rl.group import Completion, GroupReward, GroupScore, label_check, rate
 from cat_dspy.scoring.equivalence import EQUIVALENCE_FALLBACKS, equivalent
 from cat_dspy.scoring.rewards import majority_answer
@@ -59,7 +59,7 @@ class CaTReward(GroupReward):
 
     TRL calls it with ``(prompts, completions, completion_ids, trainer_state, log_extra, log_metric, **columns)``
     and gets one ``float | None`` per completion. Completions are grouped in consecutive blocks of
-    ``num_generations`` (verified: blocks that mix prompts fall back to grouping by prompt text, with a warning).
+    ``g`` (verified: blocks that mix prompts fall back to grouping by prompt text, with a warning).
     The frozen anchor synthesizes one reference per group, question-blind unless ``question_aware``; every group
     of the call is scored concurrently, so the local engine batches the syntheses into one ``generate``. Dataset
     columns (gold answers included) never reach the reward; a held-out ``answer`` column is read only while
@@ -78,8 +78,9 @@ class CaTReward(GroupReward):
             (``"local"`` is the embedded initial checkpoint). Never the model being trained, never TRL's vLLM.
         judge: The judge π_J (rubric mode): a ``dspy.LM`` or a model string.
         mode: ``"verifiable"`` (answer match) or ``"rubric"`` (fraction of self-proposed criteria satisfied).
-        num_generations: G, TRL's ``num_generations``.
-        num_generations_eval: TRL's ``num_generations_eval`` (default: ``num_generations``).
+        g: G, completions per prompt (default: the trainer's ``num_generations``; see
+            :class:`~cat_dspy.rl.group.GroupReward`).
+        g_eval: G while evaluating (default: the trainer's ``num_generations_eval``, else ``g``).
         question_aware: Show the anchor the question (the paper's ablation; default question-blind).
         per_criterion: Rubric mode: one judge call per (completion, criterion), the paper's form.
         min_criteria: Rubric mode: criteria a rubric must have to count as parsed.
@@ -91,10 +92,11 @@ class CaTReward(GroupReward):
         artifacts: Log each call's references and rubrics as an MLflow artifact when a run is active (rank 0).
         trace_every: Record the DSPy traces of every N-th call in MLflow (0: never).
         name: The name TRL logs the reward under (``rewards/<name>/mean``).
+        **deprecated: ``num_generations`` and ``num_generations_eval``, the former spellings of ``g`` and ``g_eval``.
 
     Examples:
         >>> from cat_dspy.testing import scripted_lm
-        >>> reward = CaTReward(scripted_lm(["# UNIFIED RESPONSE ... $\\boxed{4}$"]), num_generations=2)
+        >>> reward = CaTReward(scripted_lm(["# UNIFIED RESPONSE ... $\\boxed{4}$"]), g=2)
         >>> reward(prompts=["2+2?", "2+2?"], completions=["\\boxed{4}", "\\boxed{5}"])
         [1.0, 0.0]
         >>> reward.__name__, reward.last_metrics["cat/synthesis_extracted"]
@@ -112,8 +114,8 @@ class CaTReward(GroupReward):
         anchor: Any,
         judge: Any = None,
         mode: str = DEFAULTS["mode"],
-        num_generations: int = 8,
-        num_generations_eval: int | None = None,
+        g: int | None = None,
+        g_eval: int | None = None,
         question_aware: bool = DEFAULTS["question_aware"],
         per_criterion: bool = DEFAULTS["per_criterion"],
         min_criteria: int = DEFAULTS["min_criteria"],
@@ -125,6 +127,7 @@ class CaTReward(GroupReward):
         artifacts: bool = DEFAULTS["artifacts"],
         trace_every: int = DEFAULTS["trace_every"],
         name: str = "cat_reward",
+        **deprecated: int | None,
     ):
         from cat_dspy.lm.roles import role_lm
         from cat_dspy.modules.cat import CaT
@@ -137,13 +140,13 @@ class CaTReward(GroupReward):
             raise ValueError("CaTReward needs the frozen anchor LM (e.g. make_lm('local'))")
         if mode == "rubric" and judge is None:
             raise ValueError("rubric mode needs a judge LM")
-        super().__init__(num_generations, num_generations_eval, num_threads, artifacts, trace_every, name)
+        super().__init__(g, g_eval, num_threads, artifacts, trace_every, name, **deprecated)
         self.mode = mode
         self.length_limit = length_limit
         self.equivalence = equivalence
         self.skip_unparsed = skip_unparsed
         self.cat = CaT(
-            g=num_generations,
+            g=self.g or 8,  # unused: the rollouts come from the trainer
             mode=mode,
             anchor=anchor,
             judge=judge,
@@ -222,7 +225,7 @@ class CaTReward(GroupReward):
         return out
 
     def __repr__(self) -> str:
-        return (f"CaTReward(mode={self.mode!r}, num_generations={self.num_generations}, "
+        return (f"CaTReward(mode={self.mode!r}, g={self.g}, "
                 f"anchor={getattr(self.anchor, 'model', self.anchor)!r}, judge={getattr(self.judge, 'model', None)!r})")
 
 

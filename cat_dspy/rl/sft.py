@@ -13,7 +13,7 @@
    ``cat-dspy-sft``).
 
 The recipe is parsed by TRL's ``TrlParser`` over :class:`CaTSFTScriptArguments` (the data options of ``train``),
-:class:`CaTSFTConfig` (TRL's ``SFTConfig`` plus the anchor options of :class:`~cat_dspy.rl.config.CaTRewardConfig`
+:class:`CaTSFTConfig` (TRL's ``SFTConfig`` plus the anchor options of :class:`~cat_dspy.config.CaTRewardConfig`
 and the rollouts') and TRL's ``ModelConfig``.
 """
 
@@ -29,7 +29,7 @@ from typing import Any
 
 from trl import SFTConfig
 
-from cat_dspy.rl.config import CaTRewardConfig
+from cat_dspy.config import CaTRewardConfig
 from cat_dspy.rl.train import CaTScriptArguments
 
 logger = logging.getLogger(__name__)
@@ -37,9 +37,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_EXPERIMENT = "cat-dspy-sft"
 _UNIFIED = re.compile(r"^\s*#+\s*UNIFIED RESPONSE\s*:?\s*$", re.I | re.M)
 # CaTRewardConfig fields that only the RL reward reads (the judge, the rubric, the reward's shaping).
-_REWARD_ONLY = ("judge_model", "judge_api_base", "judge_temperature", "judge_max_tokens", "judge_lm_kwargs",
-                "per_criterion", "min_criteria", "length_limit", "equivalence", "cat_program", "cat_skip_unparsed",
-                "cat_artifacts", "cat_trace_every")
+_REWARD_ONLY = ("judge", "judge_api_base", "judge_temperature", "judge_max_tokens", "judge_lm_kwargs",
+                "per_criterion", "min_criteria", "length_limit", "equivalence", "program", "skip_unparsed",
+                "artifacts", "trace_every")
 
 
 @dataclass
@@ -60,7 +60,7 @@ class CaTSFTScriptArguments(CaTScriptArguments):
 
 @dataclass
 class CaTSFTConfig(SFTConfig, CaTRewardConfig):
-    """TRL's ``SFTConfig`` plus the anchor's options (:class:`~cat_dspy.rl.config.CaTRewardConfig`: ``cat_mode``
+    """TRL's ``SFTConfig`` plus the anchor's options (:class:`~cat_dspy.config.CaTRewardConfig`: ``mode``
     picks the reasoning or free-form synthesis; the judge and reward-shaping fields are unused here) and the
     initial policy's rollouts."""
 
@@ -75,10 +75,7 @@ class CaTSFTConfig(SFTConfig, CaTRewardConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if isinstance(self.anchor_lm_kwargs, str):
-            import json
-
-            self.anchor_lm_kwargs = json.loads(self.anchor_lm_kwargs) if self.anchor_lm_kwargs.strip() else None
+        CaTRewardConfig.__post_init__(self)
 
 
 def sft_target(reference: str, mode: str) -> str:
@@ -225,7 +222,7 @@ def main(script_args: Any, training_args: Any, model_args: Any) -> Any:
 
     from cat_dspy.jsonl_store import JsonlStore
     from cat_dspy.modules.cat import CaT
-    from cat_dspy.rewards import anchor_lm
+    from cat_dspy.rl.registry import anchor_lm
     from cat_dspy.rl.train import _MlflowRun, build_datasets, cat_fields, last_checkpoint
 
     transformers.set_seed(training_args.seed)
@@ -242,13 +239,13 @@ def main(script_args: Any, training_args: Any, model_args: Any) -> Any:
 
     options = {name: getattr(training_args, name) for name in cat_fields()}
     options["model_name_or_path"] = model_path
-    if (options.get("anchor_model") or "local").startswith("local") and options.get("anchor_device") is None:
+    if (options.get("anchor") or "local").startswith("local") and options.get("anchor_device") is None:
         options["anchor_device"] = str(training_args.device)
     anchor = anchor_lm(options)
-    policy_options = {**options, "anchor_model": training_args.rollout_model or options.get("anchor_model")}
+    policy_options = {**options, "anchor": training_args.rollout_model or options.get("anchor")}
     policy = anchor_lm(policy_options, role="policy", temperature=training_args.rollout_temperature,
                        max_tokens=training_args.rollout_max_tokens)  # top-p/top-k: the anchor's (family sampling)
-    cat = CaT(g=training_args.num_generations, mode=training_args.cat_mode, policy=policy, anchor=anchor,
+    cat = CaT(g=training_args.num_generations, mode=training_args.mode, policy=policy, anchor=anchor,
               question_aware=training_args.question_aware, extraction=training_args.extraction)
     store = JsonlStore(script_args.references_path or Path(training_args.output_dir) / "references.jsonl", key="key")
     peft, tuning = peft_config(model_args)
@@ -256,7 +253,7 @@ def main(script_args: Any, training_args: Any, model_args: Any) -> Any:
     prompts = list(train_dataset["prompt"]) + (list(eval_dataset["prompt"]) if eval_dataset is not None else [])
     ids = list(train_dataset["id"]) + (list(eval_dataset["id"]) if eval_dataset is not None else [])
     with training_args.main_process_first(desc="CaT references"):  # rank 0 synthesizes, the others reuse
-        made = synthesize_references(cat, prompts, store, num_threads=training_args.cat_num_threads or 8, ids=ids)
+        made = synthesize_references(cat, prompts, store, num_threads=training_args.num_threads or 8, ids=ids)
     train, train_counts = sft_dataset(list(train_dataset["prompt"]), made["records"])
     evaluation = sft_dataset(list(eval_dataset["prompt"]), made["records"])[0] if eval_dataset is not None else None
     if train is None:

@@ -8,7 +8,7 @@ be overridden on the command line, and an ``env:`` block sets environment variab
    ``answer`` is kept only in the evaluation set, for ``cat/label_accuracy``; the training set has no labels),
 2. builds the CaT reward (:class:`cat_dspy.rewards.CaTReward`) with the frozen anchor: by default the initial
    checkpoint (the embedded SmolLM2-135M when ``model_name_or_path`` is unset), loaded once in eval mode, apart from
-   the trained model; or a separate server (``anchor_model: hosted_vllm/...`` + ``anchor_api_base``),
+   the trained model; or a separate server (``anchor: hosted_vllm/...`` + ``anchor_api_base``),
 3. trains with ``GRPOTrainer``, resuming from the last checkpoint in ``output_dir`` when there is one, and
 4. reports to MLflow (``MLFLOW_TRACKING_URI``, default ``sqlite:///mlflow.db``): TRL's metrics, the ``cat/*``
    metrics and the references of every step land in the same run.
@@ -27,7 +27,7 @@ from typing import Any
 from transformers.trainer import TRAINER_STATE_NAME
 from trl import GRPOConfig, ScriptArguments
 
-from cat_dspy.rl.config import CaTRewardConfig
+from cat_dspy.config import TRL_FIELDS, CaTRewardConfig
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ REWARDS = ("cat", "majority", "judge", "physician_rubric", "gold")
 
 @dataclass
 class CaTGRPOConfig(GRPOConfig, CaTRewardConfig):
-    """TRL's ``GRPOConfig`` plus the CaT reward's options (:class:`cat_dspy.rl.config.CaTRewardConfig`) and the
+    """TRL's ``GRPOConfig`` plus the CaT reward's options (:class:`cat_dspy.config.CaTRewardConfig`) and the
     choice of reward (the CaT reward, or a comparison arm)."""
 
     reward: str = field(
@@ -105,10 +105,7 @@ class CaTGRPOConfig(GRPOConfig, CaTRewardConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("anchor_lm_kwargs", "judge_lm_kwargs"):
-            value = getattr(self, name)
-            if isinstance(value, str):
-                setattr(self, name, json.loads(value) if value.strip() else None)
+        CaTRewardConfig.__post_init__(self)
 
 
 def cat_fields() -> list[str]:
@@ -118,10 +115,10 @@ def cat_fields() -> list[str]:
 
 def reward_options(training_args: Any, model_path: str | None) -> dict[str, Any]:
     """The :func:`cat_dspy.rewards.build_reward` options of a recipe (its CaT fields and G)."""
-    options = {name: getattr(training_args, name) for name in (*cat_fields(), "num_generations",
-                                                               "num_generations_eval")}
+    options = {name: getattr(training_args, name) for name in cat_fields()}
+    options |= {option: getattr(training_args, name) for name, option in TRL_FIELDS.items()}
     options["model_name_or_path"] = model_path
-    if (options.get("anchor_model") or "local").startswith("local") and options.get("anchor_device") is None:
+    if (options.get("anchor") or "local").startswith("local") and options.get("anchor_device") is None:
         options["anchor_device"] = str(training_args.device)  # this process's device, not always cuda:0
     return options
 
@@ -154,7 +151,7 @@ def build_datasets(script_args: Any, training_args: Any) -> tuple[Any, Any]:
     from datasets import Dataset
 
     from cat_dspy.datasets import check_training_split, load_dataset
-    from cat_dspy.rewards import dataset_columns
+    from cat_dspy.rl.registry import dataset_columns
 
     reward = getattr(training_args, "reward", "cat")
     needed = dataset_columns(reward)
@@ -171,7 +168,7 @@ def build_datasets(script_args: Any, training_args: Any) -> tuple[Any, Any]:
         items, held = items[: -script_args.holdout], items[-script_args.holdout :]
     if script_args.dataset_limit is not None:
         items = items[: script_args.dataset_limit]
-    system = (default_system_prompt(training_args.cat_mode) if script_args.system_prompt is None
+    system = (default_system_prompt(training_args.mode) if script_args.system_prompt is None
               else script_args.system_prompt)
     prefix = script_args.prompt_prefix
 
@@ -306,7 +303,7 @@ def main(script_args: Any, training_args: Any, model_args: Any, callbacks: list[
     import transformers
     from trl import GRPOTrainer, get_peft_config
 
-    from cat_dspy.rewards import build_reward
+    from cat_dspy.rl.registry import build_reward
 
     transformers.set_seed(training_args.seed)
     model_path = model_args.model_name_or_path

@@ -62,7 +62,7 @@ def test_faulty_server_every_item_scored_or_failed(proxy_factory) -> None:
 
 def test_n_request_fault_fails_the_whole_group_after_bounded_retries(proxy_factory) -> None:
     proxy = proxy_factory(poison=POISON)
-    rollout = Rollout(n=3, strategy="n", lm=_faulty_lm(proxy.url))
+    rollout = Rollout(g=3, strategy="n", lm=_faulty_lm(proxy.url))
     pred = rollout(question=f"{POISON}: what is 2+2?")
     assert pred.strategy == "n" and pred.rollouts == ["", "", ""] and all(pred.failures)
     assert len(proxy.requests()) == 1 + RETRIES  # one n=3 request, retried RETRIES times

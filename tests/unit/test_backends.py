@@ -59,17 +59,17 @@ def test_samples_with_n_follows_the_route() -> None:
 
 
 def test_strategy_auto_and_refusals() -> None:
-    assert Rollout(n=4, lm=make_lm("hosted_vllm/m", api_base="http://h/v1")).resolved_strategy() == "n"
-    assert Rollout(n=4, lm=DummyLM([{"response": "x"}])).resolved_strategy() == "concurrent"
-    assert Rollout(n=1, strategy="n", lm=DummyLM([{"response": "x"}])).resolved_strategy() == "concurrent"
+    assert Rollout(g=4, lm=make_lm("hosted_vllm/m", api_base="http://h/v1")).resolved_strategy() == "n"
+    assert Rollout(g=4, lm=DummyLM([{"response": "x"}])).resolved_strategy() == "concurrent"
+    assert Rollout(g=1, strategy="n", lm=DummyLM([{"response": "x"}])).resolved_strategy() == "concurrent"
     with pytest.raises(ValueError, match="strategy"):
-        Rollout(n=2, strategy="batch")
+        Rollout(g=2, strategy="batch")
 
 
 def test_n_strategy_makes_one_call_with_dummy_lm() -> None:
     lm = DummyLM([{"response": f"so \\boxed{{{i}}}"} for i in range(3)])
     with dspy.track_usage():
-        pred = Rollout(n=3, strategy="n", lm=lm)(question="1+1?")
+        pred = Rollout(g=3, strategy="n", lm=lm)(question="1+1?")
     assert pred.strategy == "n" and len(pred.rollouts) == 3 and pred.failures == [None] * 3
     assert [u["calls"] for u in pred.usage] == [1, 0, 0]
     assert len(lm.history) == 1
@@ -78,7 +78,7 @@ def test_n_strategy_makes_one_call_with_dummy_lm() -> None:
 def test_auto_n_over_litellm(stub) -> None:
     """One request with n=4 where the server honours n; else the missing rollouts are topped up and remembered."""
     lm = make_lm("openai/stub", api_base=stub.url, max_tokens=16, num_retries=0)
-    rollout = Rollout(n=4, lm=lm)
+    rollout = Rollout(g=4, lm=lm)
     assert rollout.resolved_strategy() == "n"
     pred = rollout(question="1+1?")
     assert pred.strategy == "n" and len(pred.rollouts) == 4 and all(pred.rollouts) and pred.failures == [None] * 4
@@ -91,13 +91,13 @@ def test_auto_n_over_litellm(stub) -> None:
         assert len(stub.bodies) == 4 and all(b.get("n", 1) == 1 for b in stub.bodies[1:])
         assert [u["calls"] for u in pred.usage] == [1, 1, 1, 1]
         assert rollout.resolved_strategy() == "concurrent"
-        Rollout(n=2, lm=lm, first_rollout_id=10)(question="2+2?")
+        Rollout(g=2, lm=lm, first_rollout_id=10)(question="2+2?")
         assert len(stub.bodies) == 6 and all(b.get("n", 1) == 1 for b in stub.bodies[4:])
 
 
 def test_n_failure_fails_the_whole_group() -> None:
     lm = make_lm("openai/none", api_base="http://127.0.0.1:9/v1", num_retries=0, timeout=2)
-    pred = Rollout(n=3, strategy="n", lm=lm)(question="1+1?")
+    pred = Rollout(g=3, strategy="n", lm=lm)(question="1+1?")
     assert pred.rollouts == ["", "", ""] and all(pred.failures) and sum(u["calls"] for u in pred.usage) == 0
 
 
@@ -150,7 +150,7 @@ def test_seeded_concurrent_rollouts_get_distinct_seeds(json_server) -> None:
     """``rollout_id`` is never sent: a seeded LM must send a different seed per rollout, or G are identical."""
     server = chat_stub(json_server, honours_n=False)
     lm = make_lm("openai/stub", api_base=server.url, seed=5, num_retries=0)
-    Rollout(n=3, lm=lm, strategy="concurrent", first_rollout_id=10)(question="1+1?")
+    Rollout(g=3, lm=lm, strategy="concurrent", first_rollout_id=10)(question="1+1?")
     assert sorted(b["seed"] for b in server.bodies) == [15, 16, 17]
 
 

@@ -18,7 +18,7 @@ RUBRIC = "<rubric>" + "".join(f"<criterion>criterion {i}</criterion>" for i in r
 def test_rollout_samples_g_distinct_calls_and_records_usage():
     policy = scripted_lm([f"work \\boxed{{{i}}}" for i in range(4)])
     with dspy.track_usage() as usage:
-        pred = Rollout(n=4, lm=policy)(question="q")
+        pred = Rollout(g=4, lm=policy)(question="q")
     assert sorted(pred.rollouts) == [f"work \\boxed{{{i}}}" for i in range(4)]
     assert policy.engine_script.calls == 4
     assert sum(len(v) for v in usage.usage_data.values()) == 4
@@ -28,14 +28,14 @@ def test_rollout_failure_is_empty_and_counted():
     def flaky(prompt):
         raise ConnectionError("backend down")
 
-    pred = Rollout(n=2, lm=scripted_lm(flaky))(question="q")
+    pred = Rollout(g=2, lm=scripted_lm(flaky))(question="q")
     assert pred.rollouts == ["", ""]
     assert all("backend down" in f for f in pred.failures)
 
 
 def test_rollout_rejects_greedy_groups():
     with pytest.raises(ValueError, match="temperature"):
-        Rollout(n=4, temperature=0.0)
+        Rollout(g=4, temperature=0.0)
 
 
 def test_synthesis_is_question_blind_by_default():

@@ -170,7 +170,7 @@ def test_backends_without_prompt_logprobs_are_refused_naming_them(tiny_lm, tmp_p
     scripted = scripted_lm(lambda p: "x")
     lms = {"policy": scripted, "anchor": scripted, "judge": scripted}
     with pytest.raises(PromptLogprobsUnavailable):  # before any rollout is sampled
-        evaluate([Item("a", "q", "1")], lms, tmp_path, gs=[2], methods=["single", "mp"])
+        evaluate([Item("a", "q", "1")], lms, tmp_path, g=[2], methods=["single", "mp"])
     assert scripted.engine_script.calls == 0
 
 

@@ -14,7 +14,7 @@ from cat_dspy.cli import eval as eval_cli
 from cat_dspy.cli import optimize as optimize_cli
 from cat_dspy.cli import solve as solve_cli
 from cat_dspy.optimization.compile import OptimizeConfig
-from cat_dspy.rl.config import (
+from cat_dspy.config import (
     DEFAULTS,
     ENV_PREFIX,
     OPTION_FIELDS,

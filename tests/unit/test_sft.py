@@ -108,7 +108,7 @@ def parse(*overrides: str):
 def test_smoke_recipe_parses_with_the_anchor_options_and_lora():
     from trl import SFTConfig
 
-    from cat_dspy.rl.config import CaTRewardConfig
+    from cat_dspy.config import CaTRewardConfig
     from cat_dspy.rl.sft import CaTSFTConfig
 
     script_args, args, model_args = parse("--max_steps", "3")

@@ -15,7 +15,7 @@ import pytest
 
 from cat_dspy import rewards as rewards_module
 from cat_dspy.rewards import CaTReward, EnvCaTReward
-from cat_dspy.rl.config import normalize_reward_options, reward_options_from_env
+from cat_dspy.config import normalize_reward_options, reward_options_from_env
 from cat_dspy.rl.inputs import group_completions
 from cat_dspy.testing import scripted_lm
 
