@@ -97,7 +97,7 @@ def main() -> int:
         "groups_per_reward_call": (getattr(training_args, "generation_batch_size", None)
                                    or training_args.per_device_train_batch_size) // training_args.num_generations,
         "run_s": total,
-        "anchor_model": str(getattr(reward.anchor, "model", reward.anchor)),
+        "anchor": str(getattr(reward.anchor, "model", reward.anchor)),
         "anchor_runtime": engine.runtime if engine is not None else None,
         "target": 0.20,
     }
@@ -105,7 +105,7 @@ def main() -> int:
         print(json.dumps(result))
         return 0
     print(f"CaT reward time ÷ GRPO step time ({result['config']}, {n} steps, CPU threads: {os_threads()}, "
-          f"anchor {result['anchor_model']} on {result['anchor_runtime']})")
+          f"anchor {result['anchor']} on {result['anchor_runtime']})")
     for s in per_step:
         print(f"  step {s['step']}: step {s['step_s']:6.1f} s   reward {s['reward_s']:5.1f} s   ratio {s['ratio']:.3f}")
     print(f"  all steps: ratio {result['ratio_all']:.3f}   after step 1: {result['ratio_after_first']:.3f}   "

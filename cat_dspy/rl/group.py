@@ -110,7 +110,7 @@ class GroupReward:
 
     G comes from the trainer: :meth:`bind` (which :meth:`callback` calls when the trainer is built) reads TRL's
     ``num_generations`` and ``num_generations_eval``. Given here, it must agree with the trainer's; unbound and not
-    given, completions are grouped by prompt text.
+    given, each run of consecutive completions of one prompt is a group (TRL's layout).
 
     Args:
         g: G, completions per prompt (default: the trainer's ``num_generations``).

@@ -82,7 +82,9 @@ def group_completions(keys: Sequence[str], g: int) -> tuple[list[list[int]], boo
     """Split completion indices into groups: consecutive blocks of ``g`` (TRL's layout; 0: G unknown).
 
     The blocks are verified to hold one prompt each; when they do not (or the count is not a multiple), the
-    completions are grouped by prompt instead, in order of first appearance.
+    completions are grouped by prompt instead, in order of first appearance. With G unknown (``g=0``: no trainer
+    bound the reward), each run of consecutive completions of one prompt is a group: TRL's sampler repeats a
+    prompt G times in a row.
 
     Returns:
         ``(groups, blocks_ok)``.
@@ -92,8 +94,18 @@ def group_completions(keys: Sequence[str], g: int) -> tuple[list[list[int]], boo
         ([[0, 1], [2, 3]], True)
         >>> group_completions(["a", "b", "a", "b"], 2)
         ([[0, 2], [1, 3]], False)
+        >>> group_completions(["a", "a", "a", "b", "b", "b"], 0)
+        ([[0, 1, 2], [3, 4, 5]], True)
     """
     n = len(keys)
+    if g == 0:
+        runs: list[list[int]] = []
+        for i, key in enumerate(keys):
+            if runs and keys[runs[-1][0]] == key:
+                runs[-1].append(i)
+            else:
+                runs.append([i])
+        return runs, True
     if g > 0 and n % g == 0:
         blocks = [list(range(start, start + g)) for start in range(0, n, g)]
         if all(keys[i] == keys[block[0]] for block in blocks for i in block):

@@ -57,13 +57,13 @@ def global_batch() -> tuple[list, list, list]:
 def make_reward(anchor):
     from cat_dspy.rewards import CaTReward
 
-    return CaTReward(anchor, num_generations=NUM_GENERATIONS, length_limit=LENGTH_LIMIT)
+    return CaTReward(anchor, g=NUM_GENERATIONS, length_limit=LENGTH_LIMIT)
 
 
 def make_majority():
     from cat_dspy.rewards import MajorityReward
 
-    return MajorityReward(num_generations=NUM_GENERATIONS, length_limit=LENGTH_LIMIT)
+    return MajorityReward(g=NUM_GENERATIONS, length_limit=LENGTH_LIMIT)
 
 
 def main(out_dir: str) -> None:

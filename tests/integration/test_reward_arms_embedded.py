@@ -26,7 +26,7 @@ def test_judge_and_physician_rubric_rewards_on_the_embedded_model():
     judge = make_lm("local", temperature=0.0, max_tokens=8)
     prompts = [[{"role": "user", "content": f"What is {q}?"}] for q in ("3 + 4", "3 + 4", "5 + 5", "5 + 5")]
     completions = ["3 + 4 = 7.", "3 + 4 = 8.", "5 + 5 = 10.", "The answer is 10."]
-    reward = JudgeReward(anchor, judge, num_generations=2)
+    reward = JudgeReward(anchor, judge, g=2)
     out = reward(prompts=prompts, completions=completions)
     assert len(out) == 4 and all(r in (0.0, 1.0) for r in out)  # binary; no group failed on the local model
     m = reward.last_metrics
@@ -35,7 +35,7 @@ def test_judge_and_physician_rubric_rewards_on_the_embedded_model():
 
     rubric = json.dumps([{"criterion": "Says to rest the ankle.", "points": 5},
                          {"criterion": "Recommends surgery right away.", "points": -5}])
-    grader = PhysicianRubricReward(judge, num_generations=2)
+    grader = PhysicianRubricReward(judge, g=2)
     sprain = [{"role": "user", "content": "I sprained my ankle. What should I do?"}]
     out = grader(prompts=[sprain] * 2, completions=["Rest it and use ice.", "Get surgery now."], rubrics=[rubric] * 2)
     assert len(out) == 2 and all(r is not None and 0.0 <= r <= 1.0 for r in out)

@@ -48,7 +48,7 @@ def test_cpu_smoke_recipe_trains_checkpoints_logs_and_resumes(tmp_path, tiny_gsm
                  "cat/length_penalty_hits", "cat/reward_seconds"):
         assert name in metrics, name
         assert len(client.get_metric_history(first.info.run_id, name)) == 2  # logged at both steps
-    assert first.data.params["cat_mode"] == "verifiable" and first.data.params["anchor_model"] == "local"
+    assert first.data.params["mode"] == "verifiable" and first.data.params["anchor"] == "local"
     artifacts = [a.path for a in client.list_artifacts(first.info.run_id, "cat/train")]
     assert len(artifacts) == 2  # the references of each step
 
@@ -75,7 +75,7 @@ def test_trl_cli_uses_the_env_configured_cat_reward(tmp_path):
          "--per_device_train_batch_size", "4", "--max_completion_length", "16", "--max_steps", "1",
          "--use_cpu", "true", "--bf16", "false", "--gradient_checkpointing", "false", "--report_to", "none",
          "--logging_steps", "1", "--save_strategy", "no", "--output_dir", str(tmp_path / "out")],
-        cwd=tmp_path, CAT_ANCHOR="local", CAT_NUM_GENERATIONS="4", CAT_ANCHOR_MAX_TOKENS="16",
+        cwd=tmp_path, CAT_ANCHOR="local", CAT_ANCHOR_MAX_TOKENS="16",
         PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
     )
     logs = done.stdout + done.stderr

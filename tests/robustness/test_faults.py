@@ -151,7 +151,7 @@ def test_training_reward_under_faults():
     retries, g, groups_per_step = 1, 4, 6
     anchor = faulty_lm(scripted_lm(lambda p: "# UNIFIED RESPONSE " + _policy_answer(p)), rate=RATE, seed=31,
                        stall_s=0.01, num_retries=retries)
-    reward = CaTReward(anchor, num_generations=g, equivalence="string", artifacts=False)
+    reward = CaTReward(anchor, g=g, equivalence="string", artifacts=False)
     invalid = none = anchor_errors = 0
     for step in range(8):
         prompts = [f"Q{step * 10 + k}: what is it?" for k in range(groups_per_step) for _ in range(g)]

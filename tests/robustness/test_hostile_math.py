@@ -106,7 +106,7 @@ def test_async_reward_on_an_event_loop_in_a_worker_thread():
 
 def test_cat_reward_with_hostile_completions_from_an_async_caller():
     """TRL's CaT reward (CaT.score underneath) on a group with an explosive completion: defined rewards, counted."""
-    reward = CaTReward(scripted_lm(["# UNIFIED RESPONSE $\\boxed{2}$"]), num_generations=3)
+    reward = CaTReward(scripted_lm(["# UNIFIED RESPONSE $\\boxed{2}$"]), g=3)
 
     async def score() -> list[float | None]:
         completions = [f"\\boxed{{{EXPLOSIVE[1]}}}", "\\boxed{2}", "no answer"]

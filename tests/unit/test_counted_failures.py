@@ -133,7 +133,7 @@ def test_cat_and_trl_reward_count_equivalence_fallbacks(worker_program, short_ti
     assert pred.parsed["equivalence_fallbacks"] == {"timeout_fallback": 1}
     assert "equivalence_fallback: timeout_fallback" in pred.failures and pred.valid
 
-    reward = CaTReward(anchor, num_generations=2, artifacts=False)
+    reward = CaTReward(anchor, g=2, artifacts=False)
     reward.cat.equivalence = "symbolic"
     logged = {}
     before = equivalence_stats()
@@ -149,7 +149,7 @@ def test_trl_reward_counts_anchor_errors():
     def down(prompt):
         raise ConnectionError("anchor down")
 
-    reward = CaTReward(scripted_lm(down), num_generations=2, artifacts=False)
+    reward = CaTReward(scripted_lm(down), g=2, artifacts=False)
     logged = {}
     assert reward(prompts=["q"] * 4, completions=["\\boxed{1}"] * 4,
                   log_metric=lambda k, v: logged.__setitem__(k, v)) == [None] * 4

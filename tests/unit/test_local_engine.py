@@ -426,14 +426,14 @@ def test_the_cat_reward_batches_all_groups_of_a_step_into_one_generate(tiny_dir:
     engine.reset_stats()
     engine.batch_window_s = 0.3  # a scored-one-after-the-other reward would still make 4 calls
     try:
-        rewards = CaTReward(anchor, num_generations=2)(prompts=prompts, completions=completions)
+        rewards = CaTReward(anchor, g=2)(prompts=prompts, completions=completions)
         assert len(rewards) == 8 and engine.stats["generate_calls"] == 1 and engine.stats["requests"] == 4
         # Rubric mode: each group proposes its rubric (scripted anchor), then every group's judge calls share one
         # generate of the local judge (greedy: identical prompts are computed once).
         rubric = "<rubric>" + "".join(f"<criterion>criterion {i}</criterion>" for i in range(5)) + "</rubric>"
         judge = make_lm(f"local:{tiny_dir}", temperature=0.0, max_tokens=4, cache=False)
         reward = CaTReward(scripted_lm(lambda p: rubric if "criterion" in p else "Combined advice."), judge=judge,
-                           mode="rubric", num_generations=2)
+                           mode="rubric", g=2)
         engine.reset_stats()
         reward(prompts=prompts, completions=completions)
         assert engine.stats["generate_calls"] == 1 and engine.stats["requests"] == 8

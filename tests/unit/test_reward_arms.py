@@ -59,7 +59,7 @@ class FakeModel:
 
 
 def test_majority_rewards_the_majority_cluster_and_counts():
-    reward = MajorityReward(num_generations=4)
+    reward = MajorityReward(g=4)
     prompts, completions = batch({"g0": ["3", "3.0", "4", "3"], "g1": ["7", "8", "8", "9"]})
     completions[7] = [{"role": "assistant", "content": "[g1] no answer"}]
     completions += [[{"role": "assistant", "content": "none"}]] * 4
@@ -77,7 +77,7 @@ def test_majority_rewards_the_majority_cluster_and_counts():
 
 
 def test_majority_label_metrics_only_while_evaluating_and_string_equivalence():
-    reward = MajorityReward(num_generations=2, equivalence="string").bind(FakeModel())
+    reward = MajorityReward(g=2, equivalence="string").bind(FakeModel())
     prompts, completions = batch({"g0": ["1/2", "0.5"], "g1": ["6", "6"]})
     gold = ["0.5", "0.5", "6", "6"]
     log = Log()
@@ -91,7 +91,7 @@ def test_majority_label_metrics_only_while_evaluating_and_string_equivalence():
 
 
 def test_majority_length_penalty_uses_completion_ids():
-    reward = MajorityReward(num_generations=3, length_limit=4)
+    reward = MajorityReward(g=3, length_limit=4)
     prompts, completions = batch({"g0": ["5", "5", "6"]})
     log = Log()
     out = reward(prompts=prompts, completions=completions, completion_ids=[[0] * 3, [0] * 9, [0] * 2], **log.kwargs())
@@ -103,7 +103,7 @@ def test_majority_length_penalty_uses_completion_ids():
 
 
 def test_gold_rewards_against_the_answer_column_and_missing_labels_are_none():
-    reward = GoldReward(num_generations=2)
+    reward = GoldReward(g=2)
     prompts, completions = batch({"g0": ["12", "13"], "g1": ["4", "4"]})
     log = Log()
     out = reward(prompts=prompts, completions=completions, answer=["12", "12", None, None], **log.kwargs())
@@ -153,7 +153,7 @@ def answer_judge(fail: bool = False, unreadable: str | None = None):
 
 def test_judge_reward_one_synthesis_per_group_binary_verdicts_metrics():
     anchor = tagged_anchor()
-    reward = JudgeReward(anchor, answer_judge(unreadable="5"), num_generations=3)
+    reward = JudgeReward(anchor, answer_judge(unreadable="5"), g=3)
     prompts, completions = batch({"g0": ["3", "4", "5"], "g1": ["7", "7", "7"]})
     log = Log()
     out = reward(prompts=prompts, completions=completions, **log.kwargs())
@@ -169,13 +169,13 @@ def test_judge_reward_one_synthesis_per_group_binary_verdicts_metrics():
 
 
 def test_judge_reward_failed_calls_make_the_group_none():
-    reward = JudgeReward(tagged_anchor(fail={"g1"}), answer_judge(), num_generations=2)
+    reward = JudgeReward(tagged_anchor(fail={"g1"}), answer_judge(), g=2)
     prompts, completions = batch({"g0": ["3", "4"], "g1": ["7", "7"]})
     log = Log()
     assert reward(prompts=prompts, completions=completions, **log.kwargs()) == [1.0, 0.0, None, None]
     assert log.metrics["judge/anchor_errors"] == 1.0 and log.metrics["judge/invalid_groups"] == 1.0
 
-    reward = JudgeReward(tagged_anchor(), answer_judge(fail=True), num_generations=2)
+    reward = JudgeReward(tagged_anchor(), answer_judge(fail=True), g=2)
     log = Log()
     assert reward(prompts=prompts, completions=completions, **log.kwargs()) == [None] * 4
     assert log.metrics["judge/judge_errors"] >= 2 and log.metrics["judge/invalid_groups"] == 2.0
@@ -184,11 +184,11 @@ def test_judge_reward_failed_calls_make_the_group_none():
 def test_judge_reward_empty_reference_is_zero_or_skipped():
     prompts, completions = batch({"g0": ["3", "4"]})
     judge = answer_judge()
-    assert JudgeReward(tagged_anchor(empty={"g0"}), judge, num_generations=2)(
+    assert JudgeReward(tagged_anchor(empty={"g0"}), judge, g=2)(
         prompts=prompts, completions=completions) == [0.0, 0.0]
     assert judge.engine_script.calls == 0  # nothing to compare with: no judge call
     log = Log()
-    skip = JudgeReward(tagged_anchor(empty={"g0"}), judge, num_generations=2, skip_unparsed=True)
+    skip = JudgeReward(tagged_anchor(empty={"g0"}), judge, g=2, skip_unparsed=True)
     assert skip(prompts=prompts, completions=completions, **log.kwargs()) == [None, None]
     assert log.metrics["judge/skipped_groups"] == 1.0 and log.metrics["judge/invalid_groups"] == 0.0
 
@@ -215,7 +215,7 @@ def rubric_judge(fail: bool = False):
 
 def test_physician_rubric_reward_is_the_clipped_simple_evals_score():
     judge = rubric_judge()
-    reward = PhysicianRubricReward(judge, num_generations=4)
+    reward = PhysicianRubricReward(judge, g=4)
     prompt = [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "I sprained my ankle."},
               {"role": "assistant", "content": "Ouch."}, {"role": "user", "content": "What now?"}]
     replies = ["Rest and ice.", "Rest.", "Surgery, no rest.", "Surgery."]
@@ -233,13 +233,13 @@ def test_physician_rubric_reward_is_the_clipped_simple_evals_score():
 def test_physician_rubric_failures_are_none_and_counted():
     prompts, replies = ["q"] * 2, ["Rest.", "Ice."]
     log = Log()
-    out = PhysicianRubricReward(rubric_judge(fail=True), num_generations=2)(
+    out = PhysicianRubricReward(rubric_judge(fail=True), g=2)(
         prompts=prompts, completions=replies, rubrics=[RUBRIC] * 2, **log.kwargs())
     assert out == [None, None] and log.metrics["physician_rubric/judge_errors"] >= 1
 
     log = Log()
     negative_only = [{"criterion": "Recommends surgery.", "points": -1}]
-    reward = PhysicianRubricReward(rubric_judge(), num_generations=2)
+    reward = PhysicianRubricReward(rubric_judge(), g=2)
     assert reward(prompts=prompts, completions=replies, rubrics=[negative_only] * 2, **log.kwargs()) == [None, None]
     assert log.metrics["physician_rubric/unscorable_rubrics"] == 1.0
 
@@ -299,13 +299,13 @@ def test_a_group_straddling_two_ranks_is_scored_once_and_matches_one_process(mon
 
     def make():
         if arm == "majority":
-            return MajorityReward(num_generations=4)
+            return MajorityReward(g=4)
         if arm == "gold":
-            return GoldReward(num_generations=4)
+            return GoldReward(g=4)
         if arm == "judge":
             anchors.append(tagged_anchor())
-            return JudgeReward(anchors[-1], answer_judge(), num_generations=4)
-        return PhysicianRubricReward(rubric_judge(), num_generations=4)
+            return JudgeReward(anchors[-1], answer_judge(), g=4)
+        return PhysicianRubricReward(rubric_judge(), g=4)
 
     expected = make()(prompts=prompts, completions=completions, **columns)
     anchors.clear()
@@ -324,23 +324,23 @@ def test_build_reward_by_name_builds_only_the_lms_an_arm_calls(monkeypatch, capl
     made = []
     monkeypatch.setattr("cat_dspy.lm.models.make_lm", lambda model, **kw: made.append(model) or scripted_lm(["x"]))
     for arm in ("majority", "gold"):
-        reward = build_reward({"anchor_model": "hosted_vllm/x", "num_generations": 4}, reward=arm)
+        reward = build_reward({"anchor": "hosted_vllm/x", "g": 4}, reward=arm)
         assert type(reward) is REWARD_FUNCS[arm] and reward.__name__ == f"{arm}_reward" and reward.anchor is None
     assert made == []  # no LM for the label-free vote or the gold answers
     with caplog.at_level(logging.WARNING):
-        judge = build_reward({"anchor_model": "hosted_vllm/x", "anchor_api_base": "http://a/v1"}, reward="judge")
+        judge = build_reward({"anchor": "hosted_vllm/x", "anchor_api_base": "http://a/v1"}, reward="judge")
     assert made == ["hosted_vllm/x"] and judge.judge is judge.anchor and "no judge configured" in caplog.text
-    physician = build_reward({"judge_model": "openai/gpt-4o", "length_limit": 750}, reward="physician_rubric")
+    physician = build_reward({"judge": "openai/gpt-4o", "length_limit": 750}, reward="physician_rubric")
     assert made[-1] == "openai/gpt-4o" and physician.length_limit == 750 and physician.anchor is None
     with pytest.raises(ValueError, match="unknown reward 'vote'"):
         build_reward({}, reward="vote")
-    with pytest.raises(ValueError, match="cat_program"):
-        build_reward({"cat_program": "p.json"}, reward="majority")
+    with pytest.raises(ValueError, match="program"):
+        build_reward({"program": "p.json"}, reward="majority")
     assert dataset_columns("gold_reward") == ("answer",) and dataset_columns("judge") == ()
 
 
 def test_env_configured_arms_resolve_like_trl(monkeypatch):
-    monkeypatch.setenv("CAT_NUM_GENERATIONS", "2")
+    monkeypatch.setenv("CAT_G", "2")
     monkeypatch.setenv("CAT_EXTRACTION", "flexible")
     from trl.trainer.utils import get_callable_name
 
@@ -365,8 +365,8 @@ ARM_RECIPES = {
     "qwen3_4b_healthbench_judge": "qwen3_4b_healthbench",
     "qwen3_4b_healthbench_physician_rubric": "qwen3_4b_healthbench",
 }
-REWARD_FIELDS = {"reward", "cat_mode", "anchor_model", "anchor_api_base", "anchor_temperature", "anchor_top_k",
-                 "anchor_top_p", "anchor_max_tokens", "judge_model", "judge_temperature", "judge_max_tokens",
+REWARD_FIELDS = {"reward", "mode", "anchor", "anchor_api_base", "anchor_temperature", "anchor_top_k",
+                 "anchor_top_p", "anchor_max_tokens", "judge", "judge_temperature", "judge_max_tokens",
                  "per_criterion", "min_criteria", "equivalence", "extraction", "output_dir", "run_name"}
 
 
@@ -385,9 +385,9 @@ def test_arm_recipes_parse_and_differ_from_their_cat_recipe_only_in_the_reward(n
     _, args, _ = make_parser().parse_args_and_config(argv)
     assert args.reward in REWARD_FUNCS and name.endswith(f"_{args.reward}")
     if args.reward in ("judge", "physician_rubric"):
-        assert args.judge_model == "openai/gpt-4o"  # the paper's judge
+        assert args.judge == "openai/gpt-4o"  # the paper's judge
     if args.reward == "judge":
-        assert args.anchor_model == cat["anchor_model"]  # the same frozen anchor synthesizes the reference
+        assert args.anchor == cat["anchor"]  # the same frozen anchor synthesizes the reference
 
 
 def test_training_set_carries_the_columns_the_arm_reads(tmp_path, tiny_gsm8k):
@@ -406,10 +406,10 @@ def test_training_set_carries_the_columns_the_arm_reads(tmp_path, tiny_gsm8k):
     conv = tmp_path / "conv.jsonl"
     rows = [{"prompt": [{"role": "user", "content": f"Pain {i}?"}], "rubrics": RUBRIC} for i in range(3)]
     conv.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    train, _ = datasets(["--dataset_name", str(conv), "--question_field", "prompt", "--cat_mode", "rubric"],
+    train, _ = datasets(["--dataset_name", str(conv), "--question_field", "prompt", "--mode", "rubric"],
                         "--reward", "physician_rubric")
     assert json.loads(train[0]["rubrics"]) == [{**item, "tags": []} for item in RUBRIC]  # as the loader reads them
-    reward = PhysicianRubricReward(rubric_judge(), num_generations=1)
+    reward = PhysicianRubricReward(rubric_judge(), g=1)
     assert reward(prompts=train["prompt"][:1], completions=["Rest and ice."], rubrics=train["rubrics"][:1]) == [1.0]
     with pytest.raises(ValueError, match="needs the 'rubrics' of every question"):
         datasets(["--data_dir", str(tiny_gsm8k)], "--reward", "physician_rubric")
@@ -420,8 +420,8 @@ def test_lengths_in_words_are_warned_once_per_process_across_cat_and_the_trainin
 
     long = "many words " * 10 + "\\boxed{4}"
     cat = CaT(g=2, anchor=scripted_lm(["# UNIFIED RESPONSE \\boxed{4}"]), length_limit=5)
-    majority = MajorityReward(num_generations=2, length_limit=5)
-    gold = GoldReward(num_generations=2, length_limit=5)
+    majority = MajorityReward(g=2, length_limit=5)
+    gold = GoldReward(g=2, length_limit=5)
     with caplog.at_level(logging.WARNING):
         assert cat.score(["\\boxed{4}", long]).rewards == [1.0, -1.0]
         assert majority(prompts=["2+2?"] * 2, completions=["\\boxed{4}", long]) == [1.0, -1.0]
@@ -449,7 +449,7 @@ def test_each_reward_scores_into_its_own_frozen_group_score(name):
 
 
 def test_a_reward_that_raises_on_one_group_keeps_its_metrics_typed(monkeypatch):
-    reward = MajorityReward(num_generations=2)
+    reward = MajorityReward(g=2)
     score = reward.score_group
     monkeypatch.setattr(reward, "score_group",
                         lambda rows: 1 / 0 if rows[0].question == "bad?" else score(rows))

@@ -13,16 +13,17 @@ import pytest
 from cat_dspy.cli import eval as eval_cli
 from cat_dspy.cli import optimize as optimize_cli
 from cat_dspy.cli import solve as solve_cli
-from cat_dspy.optimization.compile import OptimizeConfig
 from cat_dspy.config import (
     DEFAULTS,
     ENV_PREFIX,
     OPTION_FIELDS,
+    RENAMED,
     REWARD_OPTIONS,
     CaTRewardConfig,
     normalize_reward_options,
     reward_options_from_env,
 )
+from cat_dspy.optimization.compile import OptimizeConfig
 from cat_dspy.rl.reward import CaTReward
 
 
@@ -39,12 +40,31 @@ def _value_for(kind: type) -> tuple[str, object]:
 
 
 def test_every_option_is_read_from_its_environment_variable_and_recipe_field():
-    for name, (kind, aliases) in REWARD_OPTIONS.items():
+    for name, kind in REWARD_OPTIONS.items():
         text, value = _value_for(kind)
         assert reward_options_from_env({ENV_PREFIX + name.upper(): text}) == {name: value}, name
-        for alias in aliases:  # the recipe field name (anchor_model, cat_mode, ...) is accepted too
-            assert normalize_reward_options({alias: text}) == {name: value}, alias
+        assert normalize_reward_options({name: text}) == {name: value}, name  # one spelling: the recipe field's
     assert set(OPTION_FIELDS) <= set(REWARD_OPTIONS)
+
+
+@pytest.mark.parametrize("old", sorted(RENAMED))
+def test_a_former_spelling_is_read_with_a_warning_naming_the_new_one(old):
+    new = RENAMED[old]
+    text, value = _value_for(REWARD_OPTIONS[new])
+    with pytest.warns(FutureWarning, match=repr(new)):
+        assert normalize_reward_options({old: text}) == {new: value}
+
+
+def test_g_is_read_from_a_recipe_as_trl_spells_it_and_from_its_former_variable():
+    assert normalize_reward_options({"num_generations": "4", "num_generations_eval": "2"}, recipe=True) == {
+        "g": 4, "g_eval": 2}
+    with pytest.warns(FutureWarning, match="CAT_G"):
+        assert reward_options_from_env({"CAT_NUM_GENERATIONS": "4"}) == {"g": 4}
+
+
+def test_unknown_options_are_refused_by_name():
+    with pytest.raises(ValueError, match="'anchor_modle'"):
+        normalize_reward_options({"anchor_modle": "local"})
     assert {f.name for f in dataclasses.fields(CaTRewardConfig)} == {f.name for f in OPTION_FIELDS.values()}
 
 

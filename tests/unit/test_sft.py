@@ -113,7 +113,7 @@ def test_smoke_recipe_parses_with_the_anchor_options_and_lora():
 
     script_args, args, model_args = parse("--max_steps", "3")
     assert isinstance(args, CaTSFTConfig) and isinstance(args, SFTConfig) and isinstance(args, CaTRewardConfig)
-    assert (args.num_generations, args.rollout_max_tokens, args.anchor_model, args.cat_mode) == (
+    assert (args.num_generations, args.rollout_max_tokens, args.anchor, args.mode) == (
         2, 24, "local", "verifiable")
     assert args.max_steps == 3 and args.use_cpu and args.report_to == ["mlflow"] and args.lr_scheduler_type == "cosine"
     assert model_args.use_peft and model_args.lora_r == 32  # the paper's LoRA rank
@@ -170,5 +170,5 @@ def test_paper_sft_recipe_parses_with_the_papers_settings():
          "--bf16", "false", "--gradient_checkpointing", "false"])
     assert (args.num_generations, args.learning_rate, args.lr_scheduler_type, model_args.lora_r) == (
         8, 5e-5, "cosine", 32)  # cat-paper.md §2.2
-    assert args.per_device_train_batch_size * 4 == 32 and args.cat_mode == "rubric" and args.anchor_api_base
+    assert args.per_device_train_batch_size * 4 == 32 and args.mode == "rubric" and args.anchor_api_base
     assert script_args.early_stopping_patience == 3 and args.metric_for_best_model == "eval_loss"

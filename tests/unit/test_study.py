@@ -190,7 +190,7 @@ def test_study_files_name_their_arms_recipes_and_a_reward_each(tmp_path, monkeyp
                 cat_rl = yaml.safe_load((ROOT / spec["arms"]["cat_rl"]["recipe"]).read_text())
                 assert (args.num_generations, args.rollout_temperature, args.rollout_max_tokens) == (
                     cat_rl["num_generations"], cat_rl["temperature"], cat_rl["max_completion_length"])
-                assert (args.anchor_temperature, args.anchor_max_tokens, args.extraction, args.cat_mode) == (
+                assert (args.anchor_temperature, args.anchor_max_tokens, args.extraction, args.mode) == (
                     cat_rl["anchor_temperature"], cat_rl["anchor_max_tokens"], cat_rl["extraction"], "verifiable")
             else:
                 assert args.reward == arm.removesuffix("_rl"), arm

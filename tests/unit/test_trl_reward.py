@@ -14,8 +14,8 @@ import dspy
 import pytest
 
 from cat_dspy import rewards as rewards_module
-from cat_dspy.rewards import CaTReward, EnvCaTReward
 from cat_dspy.config import normalize_reward_options, reward_options_from_env
+from cat_dspy.rewards import CaTReward, EnvCaTReward
 from cat_dspy.rl.inputs import group_completions
 from cat_dspy.testing import scripted_lm
 
@@ -78,7 +78,7 @@ class Log:
 
 def test_one_synthesis_per_group_all_groups_concurrently():
     anchor = group_anchor({"g0": "3", "g1": "7", "g2": "1"}, barrier=threading.Barrier(3))
-    reward = CaTReward(anchor, num_generations=4)
+    reward = CaTReward(anchor, g=4)
     prompts, completions = batch({"g0": ["3", "3", "4", "3"], "g1": ["7", "8", "8", "8"], "g2": ["1", "1", "1", "1"]})
     log = Log()
     out = reward(prompts=prompts, completions=completions, **log.kwargs())
@@ -98,20 +98,20 @@ def test_one_synthesis_per_group_all_groups_concurrently():
 
 def test_conversational_inputs_and_question_blind_anchor():
     anchor = group_anchor({"g0": "5"})
-    reward = CaTReward(anchor, num_generations=2)
+    reward = CaTReward(anchor, g=2)
     prompts, completions = batch({"g0": ["5", "6"]}, conversational=True)
     assert reward(prompts=prompts, completions=completions) == [1.0, 0.0]
     assert "Question g0?" not in anchor.engine_script.prompts[0]
 
     aware_anchor = group_anchor({"g0": "5"})
-    CaTReward(aware_anchor, num_generations=2, question_aware=True)(prompts=prompts, completions=completions)
+    CaTReward(aware_anchor, g=2, question_aware=True)(prompts=prompts, completions=completions)
     prompt = aware_anchor.engine_script.prompts[0]
     assert "Question g0?" in prompt and "Solve." not in prompt  # the last user message, not the system prompt
 
 
 def test_blocks_that_mix_prompts_are_regrouped_by_prompt(caplog):
     anchor = group_anchor({"g0": "1", "g1": "2"})
-    reward = CaTReward(anchor, num_generations=2)
+    reward = CaTReward(anchor, g=2)
     prompts, completions = batch({"g0": ["1", "9"], "g1": ["2", "9"]})
     order = [0, 2, 1, 3]  # interleaved: every block of 2 mixes the prompts
     with caplog.at_level(logging.WARNING, logger="cat_dspy.rl.reward"):
@@ -124,7 +124,7 @@ def test_blocks_that_mix_prompts_are_regrouped_by_prompt(caplog):
 
 def test_failed_anchor_gives_none_for_its_group_only():
     anchor = group_anchor({"g0": "1", "g1": "2"}, fail={"g1"})
-    reward = CaTReward(anchor, num_generations=2)
+    reward = CaTReward(anchor, g=2)
     prompts, completions = batch({"g0": ["1", "0"], "g1": ["2", "2"]})
     log = Log()
     out = reward(prompts=prompts, completions=completions, **log.kwargs())
@@ -136,9 +136,9 @@ def test_failed_anchor_gives_none_for_its_group_only():
 def test_unparsed_reference_is_zero_or_skipped():
     anchor = scripted_lm(["I cannot decide."])
     prompts, completions = batch({"g0": ["1", "2"]})
-    assert CaTReward(anchor, num_generations=2)(prompts=prompts, completions=completions) == [0.0, 0.0]
+    assert CaTReward(anchor, g=2)(prompts=prompts, completions=completions) == [0.0, 0.0]
     log = Log()
-    skip = CaTReward(anchor, num_generations=2, skip_unparsed=True)
+    skip = CaTReward(anchor, g=2, skip_unparsed=True)
     assert skip(prompts=prompts, completions=completions, **log.kwargs()) == [None, None]
     assert log.metrics["cat/skipped_groups"] == [1.0] and log.metrics["cat/invalid_groups"] == [0.0]
 
@@ -157,7 +157,7 @@ def rubric_anchor():
 
 
 def test_rubric_mode_rewards_and_metrics():
-    reward = CaTReward(rubric_anchor(), judge=rubric_judge(), mode="rubric", num_generations=3)
+    reward = CaTReward(rubric_anchor(), judge=rubric_judge(), mode="rubric", g=3)
     prompt = [{"role": "user", "content": "How do I treat a sprain?"}]
     completions = [[{"role": "assistant", "content": c}] for c in ("covers 1 2 3", "covers 1", "covers nothing")]
     log = Log()
@@ -174,7 +174,7 @@ def test_rubric_mode_judge_failure_gives_none():
     def broken(prompt):
         raise TimeoutError("judge timed out")
 
-    reward = CaTReward(rubric_anchor(), judge=scripted_lm(broken), mode="rubric", num_generations=2)
+    reward = CaTReward(rubric_anchor(), judge=scripted_lm(broken), mode="rubric", g=2)
     log = Log()
     assert reward(prompts=["q", "q"], completions=["a", "b"], **log.kwargs()) == [None, None]
     assert log.metrics["cat/judge_errors"][-1] >= 1 and log.metrics["cat/invalid_groups"] == [1.0]
@@ -196,14 +196,14 @@ def test_num_threads_bounds_the_groups_in_flight_and_keeps_their_order(num_threa
         tag = re.search(r"\[(g\d+)\]", prompt).group(1)
         return f"# UNIFIED RESPONSE $\\boxed{{{answers[tag]}}}$"
 
-    reward = CaTReward(scripted_lm(fn), num_generations=2, num_threads=num_threads)
+    reward = CaTReward(scripted_lm(fn), g=2, num_threads=num_threads)
     prompts, completions = batch({"g0": ["3", "4"], "g1": ["8", "7"], "g2": ["1", "1"], "g3": ["2", "5"]})
     assert reward(prompts=prompts, completions=completions) == [1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 1.0]
     assert peak[0] == num_threads
 
 
 def test_a_group_that_raises_is_invalid_and_the_others_are_scored(monkeypatch):
-    reward = CaTReward(group_anchor({"g0": "3", "g1": "7"}), num_generations=2)
+    reward = CaTReward(group_anchor({"g0": "3", "g1": "7"}), g=2)
     score = reward.cat.score
 
     def flaky(rollouts, **kwargs):
@@ -225,7 +225,7 @@ def test_length_penalty_counts_completion_ids(monkeypatch):
     check = cat_module.verifiable_reward
     monkeypatch.setattr(cat_module, "verifiable_reward", lambda a, ref, **kw: checked.append(a) or check(a, ref, **kw))
     anchor = group_anchor({"g0": "3"})
-    reward = CaTReward(anchor, num_generations=3, length_limit=5)
+    reward = CaTReward(anchor, g=3, length_limit=5)
     prompts, completions = batch({"g0": ["3", "3", "4"]})
     log = Log()
     out = reward(prompts=prompts, completions=completions, completion_ids=[[1] * 5, [1] * 6, [1] * 2], **log.kwargs())
@@ -246,7 +246,7 @@ def test_without_completion_ids_each_rollout_is_tokenized_once_per_call():
     policy.engine.count_tokens = count_tokens
     completions = ["[g0] \\boxed{3}", "[g0] a long way to \\boxed{3}", "[g1] \\boxed{7}", "[g1] \\boxed{8}"]
     prompts = ["Question g0?"] * 2 + ["Question g1?"] * 2
-    limited = CaTReward(group_anchor({"g0": "3", "g1": "7"}), num_generations=2, length_limit=3)
+    limited = CaTReward(group_anchor({"g0": "3", "g1": "7"}), g=2, length_limit=3)
     log = Log()
     with dspy.context(lm=policy):
         for _ in range(2):
@@ -254,7 +254,7 @@ def test_without_completion_ids_each_rollout_is_tokenized_once_per_call():
     assert counted == {text: 2 for text in completions}  # two calls: each rollout counted once per call
     assert log.metrics["cat/length_penalty_hits"] == [0.25, 0.25]
     counted.clear()
-    unlimited = CaTReward(group_anchor({"g0": "3", "g1": "7"}), num_generations=2)
+    unlimited = CaTReward(group_anchor({"g0": "3", "g1": "7"}), g=2)
     with dspy.context(lm=policy):
         assert unlimited(prompts=prompts, completions=completions) == [1.0, 1.0, 1.0, 0.0]
     assert not counted  # no length limit: nothing to count
@@ -266,7 +266,7 @@ class FakeModel:
 
 def test_labels_only_feed_eval_metrics():
     anchor = group_anchor({"g0": "3", "g1": "7"})
-    reward = CaTReward(anchor, num_generations=2)
+    reward = CaTReward(anchor, g=2)
     model = FakeModel()
     reward.bind(model)
     prompts, completions = batch({"g0": ["3", "4"], "g1": ["7", "8"]})
@@ -286,9 +286,9 @@ def test_labels_only_feed_eval_metrics():
     assert log.metrics["cat/reward_accuracy"] == [0.5]  # CaT reward = gold reward for 2 of 4 completions
 
 
-def test_eval_uses_num_generations_eval():
+def test_eval_uses_g_eval():
     anchor = group_anchor({"g0": "1", "g1": "2"})
-    reward = CaTReward(anchor, num_generations=4, num_generations_eval=2).bind(FakeModel())
+    reward = CaTReward(anchor, g=4, g_eval=2).bind(FakeModel())
     reward._model.training = False
     prompts, completions = batch({"g0": ["1", "0"], "g1": ["2", "2"]})
     assert reward(prompts=prompts, completions=completions) == [1.0, 0.0, 1.0, 1.0]
@@ -299,7 +299,7 @@ def test_references_as_artifacts_and_sampled_traces_in_the_active_mlflow_run():
     import mlflow
 
     anchor = group_anchor({"g0": "3", "g1": "5"})
-    reward = CaTReward(anchor, num_generations=2, trace_every=2)
+    reward = CaTReward(anchor, g=2, trace_every=2)
     prompts, completions = batch({"g0": ["3", "4"], "g1": ["5", "5"]})
 
     class State:
@@ -344,7 +344,7 @@ def test_env_configured_cat_reward_resolves_like_trl(monkeypatch):
     monkeypatch.setenv("CAT_ANCHOR", "hosted_vllm/base-model")
     monkeypatch.setenv("CAT_ANCHOR_API_BASE", "http://anchor:8001/v1")
     monkeypatch.setenv("CAT_ANCHOR_MAX_TOKENS", "64")
-    monkeypatch.setenv("CAT_NUM_GENERATIONS", "2")
+    monkeypatch.setenv("CAT_G", "2")
     monkeypatch.setenv("CAT_LENGTH_LIMIT", "100")
     monkeypatch.setenv("CAT_EXTRACTION", "flexible")
     reward = resolve_like_trl("cat_dspy.rewards.cat_reward")
@@ -359,14 +359,14 @@ def test_env_configured_cat_reward_resolves_like_trl(monkeypatch):
     assert reward(prompts=prompts, completions=completions, completion_ids=[[1], [2]]) == [1.0, 0.0]
     assert made == [("hosted_vllm/base-model",
                      {"temperature": 0.7, "max_tokens": 64, "api_base": "http://anchor:8001/v1"})]
-    assert reward.reward.num_generations == 2 and reward.reward.length_limit == 100
+    assert reward.reward.g == 2 and reward.reward.length_limit == 100
     assert reward.reward.cat.extraction == "flexible"
 
 
 def test_reward_config_file_accepts_a_training_recipe(monkeypatch):
     recipe = REPO / "experiments" / "recipes" / "cpu_smoke.yaml"
     options = reward_options_from_env({"CAT_REWARD_CONFIG": str(recipe), "CAT_MODE": "verifiable"})
-    assert options["anchor"] == "local" and options["num_generations"] == 4 and options["anchor_max_tokens"] == 48
+    assert options["anchor"] == "local" and options["g"] == 4 and options["anchor_max_tokens"] == 48
     with pytest.raises(ValueError, match="unknown CaT reward option"):
         normalize_reward_options({"anchr": "local"})
     with pytest.raises(ValueError, match="boolean"):
@@ -375,7 +375,7 @@ def test_reward_config_file_accepts_a_training_recipe(monkeypatch):
 
 def test_cat_reward_configure_and_reset():
     reward = EnvCaTReward()
-    configured = reward.configure(anchor=group_anchor({"g0": "1"}), num_generations=2, cat_mode="verifiable")
+    configured = reward.configure(anchor=group_anchor({"g0": "1"}), g=2, mode="verifiable")
     assert reward.reward is configured and configured.__name__ == "cat_reward"
     reward.reset()
     assert reward._reward is None
@@ -403,8 +403,8 @@ def test_smoke_recipe_parses_into_the_three_dataclasses():
     assert script_args.dataset_name == "gsm8k" and script_args.dataset_limit == 8
     assert model_args.model_name_or_path is None  # the embedded model
     options = reward_options(training_args, "/models/init")
-    assert options["anchor_model"] == "local" and options["anchor_max_tokens"] == 48
-    assert options["length_limit"] == 750 and options["num_generations"] == 4 and options["anchor_device"] == "cpu"
+    assert options["anchor"] == "local" and options["anchor_max_tokens"] == 48
+    assert options["length_limit"] == 750 and options["g"] == 4 and options["anchor_device"] == "cpu"
 
 
 PAPER_MODELS = ("qwen3_4b", "gemma3_4b", "llama31_8b")
@@ -420,7 +420,7 @@ def test_training_recipes_parse(name):
     if name != "cpu_smoke":  # GPU recipes: parse them here without a GPU
         argv += ["--use_cpu", "true", "--bf16", "false", "--use_vllm", "false", "--gradient_checkpointing", "false"]
     script_args, args, _ = make_parser().parse_args_and_config(argv)
-    assert args.cat_mode in ("verifiable", "rubric")
+    assert args.mode in ("verifiable", "rubric")
     assert args.generation_batch_size % args.num_generations == 0
     if name.endswith(("math500", "healthbench")):  # the paper's settings (cat-paper.md §2.1, §2.3)
         assert (args.num_generations, args.learning_rate, args.beta, args.loss_type) == (8, 5e-7, 1e-3, "grpo")
@@ -431,9 +431,9 @@ def test_training_recipes_parse(name):
         assert (args.anchor_temperature, args.anchor_top_k, args.anchor_top_p) == sampling
         assert (script_args.prompt_prefix == "/no_think ") == name.startswith("qwen3")
         if name.endswith("healthbench"):
-            assert (args.max_completion_length, args.length_limit, args.cat_mode) == (1024, 750, "rubric")
+            assert (args.max_completion_length, args.length_limit, args.mode) == (1024, 750, "rubric")
         else:
-            assert (args.max_completion_length, args.cat_mode) == (1536, "verifiable")
+            assert (args.max_completion_length, args.mode) == (1536, "verifiable")
 
 
 def test_training_prompts_carry_no_labels_and_eval_keeps_gold(tiny_gsm8k):
@@ -511,7 +511,7 @@ def test_cli_hands_every_argument_to_trl(monkeypatch):
 
 def test_extraction_option_reaches_the_reward():
     reward = rewards_module.build_reward({"anchor": scripted_lm(["so 3 + 4 = 7"]), "extraction": "flexible",
-                                          "num_generations": 2})
+                                          "g": 2})
     assert reward.cat.extraction == "flexible"
     assert reward(prompts=["3 + 4?", "3 + 4?"], completions=["7", "it is 8"]) == [1.0, 0.0]
 
@@ -525,7 +525,7 @@ def test_reward_loads_an_optimized_program(tmp_path, caplog):
     path = save_program(tuned, tmp_path / "synth.json", {"mode": "verifiable", "extraction": "flexible"})
     seen = []
     anchor = scripted_lm(lambda prompt: seen.append(prompt) or "so 3 + 4 = 7")
-    reward = rewards_module.build_reward({"anchor": anchor, "num_generations": 2, "cat_program": str(path)})
+    reward = rewards_module.build_reward({"anchor": anchor, "g": 2, "program": str(path)})
     assert reward.cat.synthesize.synthesize.signature.instructions == "Reconcile: X"
     assert "extraction=flexible" in caplog.text  # the file was tuned for flexible answers, the reward reads strict
     assert reward(prompts=["q", "q"], completions=["\\boxed{7}", "\\boxed{8}"]) == [0.0, 0.0]  # strict: no answer
