@@ -1,21 +1,49 @@
 r"""Hand-written answer-checking cases: does a response state the reference answer?
 
-Each case is ``(category, reference, response, expected)``, optionally with a fifth item, the equivalence mode
-(``"symbolic"`` unless given). ``expected`` is what a careful human grader decides: whether the answer the
-response states is the reference. The cases were written for this project (not copied from a peer's test suite);
-they cover the ways peer graders (Math-Verify, Qwen2.5-Math, lm-evaluation-harness' minerva_math, hendrycks MATH)
-are known to differ. Read by ``benchmarks/equivalence.py`` and ``tests/unit/test_equivalence_cases.py``.
+Each case is a :class:`Case`: ``category``, ``reference``, ``response``, ``expected``, the equivalence ``mode``
+(``"symbolic"`` unless given) and ``written``, when the case was written relative to the rule that decides it.
+``expected`` is what a careful human grader decides: whether the answer the response states is the reference. The
+cases were written for this project (not copied from a peer's test suite); they cover the ways peer graders
+(Math-Verify, Qwen2.5-Math, lm-evaluation-harness' minerva_math, hendrycks MATH) are known to differ. Read by
+``benchmarks/equivalence.py`` and ``tests/unit/test_equivalence_cases.py``.
 
-The categories up to "text answers" were written together with the extraction and comparison rules; the
-"responses" group was written afterwards as a check on whole typical responses, and found two bugs (an escaped
-``\$`` inside ``$...$``, and "i.e." after an answer) that were then fixed.
+``written`` keeps the agreement honest, since a case the rules were fitted to says little about cases they were not:
+
+* ``"after"``: written together with, or after, the rule it tests, by the rule's author, and the rule was adjusted
+  until the case passed. The categories up to "text answers" (written with the extraction and comparison rules),
+  and the cases written with the fixes of the held-out regressions (more instances of each shape).
+* ``"before"``: written before being run against the rules, which had not seen them: the "responses" group, whole
+  typical responses written as a check afterwards. On the rules as they stood before the group was written, 17 of
+  its 19 cases agree; the two others (an escaped ``\$`` inside ``$...$``, and "i.e." after an answer) got the rules
+  that decide them afterwards.
+* ``"held-out"``: regressions a held-out peer table found, in the shape it found them, added before their fix; none
+  of them agreed before it (a signed interval read as a number, a final-answer line holding only an escaped
+  quotation mark overriding a right box, ``45,\! 678`` read as two numbers, doubled-backslash boxes giving the
+  first box).
 """
 
 from __future__ import annotations
 
-B = r"\boxed"
+from typing import NamedTuple
 
-CASES: list[tuple] = [
+B = r"\boxed"
+BB = r"\\boxed"  # as written in JSON-escaped text
+WRITTEN = ("after", "before", "held-out")
+"""The values of :attr:`Case.written` (see the module docstring)."""
+
+
+class Case(NamedTuple):
+    """One answer-checking case."""
+
+    category: str
+    reference: str
+    response: str
+    expected: bool
+    mode: str = "symbolic"
+    written: str = "after"
+
+
+_AFTER: list[tuple] = [
     # ------------------------------------------------------------------ thousands separators
     ("thousands", "1000", "The answer is 1,000.", True),
     ("thousands", "12345678", B + "{12,345,678}", True),
@@ -182,6 +210,24 @@ CASES: list[tuple] = [
     ("text answers", r"\text{Monday}", B + r"{\text{Tuesday}}", False),
     ("text answers", r"\text{Yes}", B + r"{\text{Yes}}", True),
     ("text answers", "(A)", r"The answer is: $" + B + r"{\text{(A)}}$", True),
+    # ------------------------------------------------------------------ written with the held-out regressions' fixes
+    ("sets", "[1,2)", B + "{[1, 2)}", True),
+    ("sets", "(3,500)", B + "{(3, 500)}", True),
+    ("sets", "3", B + "{1, -(2, 3)}", False),
+    ("sets", "2", B + r"{2 \cdot [1, 2)}", False),
+    ("final phrases", "5", B + "{5}\nFinal answer: (", True),
+    ("final phrases", "5", B + "{5}\nFinal answer: .", True),
+    ("final phrases", "5", B + '{3}\nFinal answer: \\"5\\"', True),
+    ("thousands", "45678", B + r"{45,\!678}", True),
+    ("thousands", "1000", r"The answer is 1,\! 000.", True),
+    ("thousands", "12", B + r"{1,\! 2}", False),
+    ("thousands", "12", B + "{1, 2}", False),
+    ("multiple boxes", r"\frac{1}{2}", BB + r"{\\frac{1}{2}}", True),
+    ("multiple boxes", "1, 2", BB + "{1}, " + BB + "{2}", True),
+    ("multiple boxes", "4", r"The answer is \\boxed{4", True),
+]
+
+_BEFORE: list[tuple] = [
     # ------------------------------------------------------------------ typical full responses
     ("responses", "18", "She earns 9 * 2 = 18. The answer is $\\$18$.", True),
     ("responses", "18", "**Final Answer**\n\\[\n" + B + "{18}\n\\]", True),
@@ -203,3 +249,23 @@ CASES: list[tuple] = [
     ("responses", "3, 4", B + r"{3} \quad " + B + "{4}", True),
     ("responses", "6", "Let me compute: 2 * 3 = 6.\n\nFinal answer: 6 \n\nQuestion: What is 2 * 4?", True),
 ]
+
+_HELD_OUT: list[tuple] = [
+    ("sets", "2", B + "{-[1, 2)}", False),
+    ("sets", "2", B + "{-(1, 2)}", False),
+    ("sets", "4", B + "{-(3, 4]}", False),
+    ("sets", "2", B + r"{-\{1, 2\}}", False),
+    ("final phrases", "5", B + '{5}\nFinal answer: \\"', True),
+    ("final phrases", "5", "Therefore the final answer is $" + B + '{5}$.\nThe final answer is \\"', True),
+    ("thousands", "45678", B + r"{45,\! 678}", True),
+    ("thousands", "1234567", B + r"{1,\! 234,\! 567}", True),
+    ("multiple boxes", "2", BB + "{1} then " + BB + "{2}", True),
+    ("multiple boxes", "3", "First " + BB + "{1}, then " + BB + "{2}, finally " + BB + "{3}.", True),
+]
+
+CASES: list[Case] = [
+    Case(*case[:4], case[4] if len(case) > 4 else "symbolic", written)
+    for written, group in (("after", _AFTER), ("before", _BEFORE), ("held-out", _HELD_OUT))
+    for case in group
+]
+"""Every case, each with its ``written`` group."""

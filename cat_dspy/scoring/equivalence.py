@@ -35,6 +35,9 @@ from cat_dspy.scoring.extraction import extract_answer  # noqa: E402 - re-export
 _WRAPPER = re.compile(r"\\(?:text|textbf|textit|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
 _LEFT_RIGHT = re.compile(r"\\(?:left|right|displaystyle)(?![A-Za-z])")
 _SPACING = re.compile(r"\\[,;:! ]|\{,\}")
+# A comma pulled tight to the next digits by a negative thin space ("45,\! 678"): a thousands separator, whatever
+# space follows (math mode does not show it), so the space goes before the thousands rule reads the groups.
+_TIGHT_COMMA = re.compile(r",[ \t]*\\![ \t]*(?=\d)")
 # Thousands separators: groups of exactly three digits after a comma, no space after it ("1,000", "12,345,678").
 _THOUSANDS = re.compile(r"(?<![\d.,])\d{1,3}(?:,\d{3})+(?![\d,])")
 _OPENERS, _CLOSERS = ("(", "[", "\\{"), (")", "]", "\\}")
@@ -85,8 +88,9 @@ def normalize_answer(ans: str) -> str:
     Strips whitespace, ``$``, ``\\text{}``/``\\mathrm{}`` wrappers, ``\\left``/``\\right``, a trailing ``.``, a
     leading ``+`` and thousands separators; maps ``\\dfrac``/``\\tfrac`` to ``\\frac``, ``72.0`` to ``72`` and
     ``\\%``/"percent"/"pct" after a number to ``%``. A thousands separator is a comma followed by exactly three
-    digits and no space (``1,000``, ``12,345,678``); ``32, 349`` stays two numbers, and so does ``(3,500)``, a bracket
-    holding nothing but the group (a pair, as math-verify reads it).
+    digits and no space (``1,000``, ``12,345,678``), or by a negative thin space and then the digits, whatever space
+    follows it (``45,\\! 678``, ``1,\\! 234,\\! 567``: the ``\\!`` pulls the group to the comma); ``32, 349`` stays
+    two numbers, and so does ``(3,500)``, a bracket holding nothing but the group (a pair, as math-verify reads it).
 
     Args:
         ans: An extracted answer.
@@ -101,6 +105,8 @@ def normalize_answer(ans: str) -> str:
         ('1000', '72', '0.5')
         >>> normalize_answer(r"10\\text{ cm}"), normalize_answer("28 percent"), normalize_answer("32, 349")
         ('10cm', '28%', '32,349')
+        >>> normalize_answer(r"45,\\! 678"), normalize_answer(r"1,\\! 234,\\! 567"), normalize_answer(r"1,\\! 2")
+        ('45678', '1234567', '1,2')
     """
     if ans is None:
         return ""
@@ -112,6 +118,7 @@ def normalize_answer(ans: str) -> str:
             break
     s = _LEFT_RIGHT.sub("", s)
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\%", "%")
+    s = _TIGHT_COMMA.sub(",", s)  # before the spacing commands go: "45,\! 678" is one number, "1, 2" two
     s = _SPACING.sub("", s)
     s = _PERCENT.sub("%", s)  # "28 percent", "28 \\%" -> "28%"
     s = _THOUSANDS.sub(_merge_thousands, s)  # before spaces go: "32, 349" is two numbers, "1,000" one
@@ -183,7 +190,8 @@ for line in sys.stdin:
             hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
             soft = int(ru.ru_utime + ru.ru_stime + req["t"] + 5)
             resource.setrlimit(resource.RLIMIT_CPU, (soft if hard < 0 or soft < hard else hard, hard))
-        ga, pb = (parse("$" + req[k] + "$", parsing_timeout=None) for k in "ab")
+        # first_match: the answer is read whole or not at all (no number picked out of a form it cannot parse)
+        ga, pb = (parse("$" + req[k] + "$", parsing_timeout=None, extraction_mode="first_match") for k in "ab")
         resp = {"r": bool(ga) and bool(pb) and bool(verify(ga, pb, timeout_seconds=None))}
     except BaseException as e:
         resp = {"e": repr(e)[:300]}
@@ -371,8 +379,10 @@ def _same_number(a: tuple[float, bool], b: tuple[float, bool]) -> bool:
 
 def _symbolic_form(s: str) -> str:
     """What math-verify reads: a comma that survived normalization separates elements (thousands separators are
-    gone by now), so it gets a space, or math-verify would read ``3,500`` in ``(3,500)`` as three thousand five
-    hundred."""
+    gone by now), so it gets a space, or math-verify would read ``32,349`` as one number. The worker asks math-verify
+    to read each side whole (``extraction_mode="first_match"``): by default, when it cannot parse a form such as
+    ``-[1, 2)``, it falls back to a number that a space sets apart inside it (``2``), and the space added here would
+    make that a false match."""
     return s.replace(",", ", ")
 
 
@@ -385,7 +395,8 @@ def equivalent(a: str | None, b: str | None, *, mode: str = "symbolic", timeout:
     equal within ``1e-9`` relative (``28%`` also equals ``0.28``, as in math-verify), then asks math-verify (``a`` is
     the reference side) in a worker process under a wall-clock ``timeout`` that holds in any thread; on timeout or
     error the string result (False) is returned. A comma that survived normalization reaches math-verify as an
-    element separator, so ``(3, 500)`` is a pair, never ``3500``.
+    element separator, so ``(3, 500)`` is a pair, never ``3500``; math-verify reads each answer whole or not at all,
+    so a form it cannot parse (``-[1, 2)``) matches nothing but itself, never a number inside it.
 
     Args:
         a: Reference answer (or None).
@@ -406,6 +417,8 @@ def equivalent(a: str | None, b: str | None, *, mode: str = "symbolic", timeout:
         (False, True)
         >>> equivalent("3500", "(3, 500)"), equivalent("32349", "32, 349"), equivalent(r"\\{1,2\\}", "2, 1")
         (False, False, True)
+        >>> equivalent("2", "-[1, 2)"), equivalent("[1,2)", "[1, 2)"), equivalent("45678", r"45,\\! 678")
+        (False, True, True)
     """
     if mode not in ("symbolic", "string"):
         raise ValueError(f"unknown equivalence mode {mode!r} (expected 'symbolic' or 'string')")

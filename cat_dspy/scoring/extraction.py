@@ -3,28 +3,45 @@
 ``"strict"`` reads only explicit answer forms (a box, GSM8K's ``####``, "the answer is"), as in the paper;
 ``"flexible"`` falls back to the last number, for models too small to follow an answer format.
 
-Rules, and how the peer graders decide the same cases (Math-Verify 0.9, Qwen2.5-Math ``grader.py``,
-lm-evaluation-harness ``minerva_math``, hendrycks MATH):
+Rules, and how peer graders decide the same cases. What is said of Math-Verify was checked in its installed source
+(math-verify 0.9.0 ``math_verify/parser.py``, with latex2sympy2_extended 1.11.0 ``math_normalization.py``) and on
+the examples given; Qwen2.5-Math's ``grader.py``, lm-evaluation-harness' ``minerva_math`` and hendrycks MATH are not
+installed here, and the notes on them were not rechecked.
 
 * **Boxes.** The last complete ``\\boxed{...}``/``\\fbox{...}`` is the answer. Boxes that follow each other with only
   separators between them (spaces, ``$``, ``,``, ``;``, "and", "or") state one answer together: ``\\boxed{1},
-  \\boxed{2}`` gives ``1, 2``, which math-verify compares as the set {1, 2} (Math-Verify joins close boxes too; a
-  box after prose such as "then" or "finally" replaces the earlier ones, as in every peer).
+  \\boxed{2}`` gives ``1, 2``, which math-verify compares as the set {1, 2}. A box after prose replaces the earlier
+  ones: ``first \\boxed{1}, then \\boxed{2}`` gives ``2``, and so does ``I guessed \\boxed{1} at first. After
+  checking the units, \\boxed{2}.`` Math-Verify joins more: it matches ``\\boxed{.+}`` from the first box to the
+  last ``}`` and, reading the boxes from the right (``extract_boxed_content(mode="last")``), joins a box to the one
+  after it when fewer than 10 characters divide them, or fewer than 70 that hold "and", "or", ``,`` or ``;`` and the
+  two contents differ; it reads both examples, and ``\\boxed{1} then \\boxed{2}``, as the set {1, 2}. It keeps
+  only the last box when more prose divides them (``\\boxed{1}. Therefore the final answer is $\\boxed{2}$.`` gives
+  2). We keep the last box by choice: the paper's responses end with one final answer, "Therefore the final answer
+  is $\\boxed{...}$", and a box earlier in the prose is a step or an attempt the response went on to correct, so
+  joining it would turn a corrected right answer into a set that equals neither value. A command written with two
+  backslashes (``\\\\boxed{``, JSON-escaped text) is a box read by the same rules, its content with the backslashes
+  un-doubled (``\\\\frac`` is ``\\frac``).
 * **A final-answer statement after the box wins.** "The final answer is X", "Final answer: X", or a line that
   opens with "The answer is X"/"Answer: X" (optionally after "So,"/"Thus,"/"Therefore,") that comes *after* the
-  last box replaces it when X reads as an answer (starts like math, or is a single choice letter). A "the answer
-  is" in the middle of a sentence after a box does not (Math-Verify ranks "final answer is" with the box, the later
-  one winning, and a bare "answer" below the box; Qwen2.5-Math ranks only Minerva's "final answer is $X$. I hope"
-  above the box, hendrycks MATH always takes the box).
+  last box replaces it when X reads as an answer: it starts like math or is a single choice letter, and it holds a
+  digit or a letter (command names count: ``\\pi``) or is the empty set, so a line that states nothing
+  (``Final answer: \\"``, ``The final answer is (``) keeps the box. Quotation marks around X (``"``, ``\\"``, “”)
+  are not part of it. A "the answer is" in the middle of a sentence after a box does not replace it (Math-Verify
+  ranks Minerva's "final answer is X. I hope" above the box, "final answer ... is X" level with it, the match that
+  ends later winning, and "answer: X" or "answer ... X" below it; not rechecked: Qwen2.5-Math ranks only the
+  Minerva form above the box, hendrycks MATH always takes the box).
 * **GSM8K** ``#### N`` comes next (what follows it is taken as a continuation), then the last "the (final) answer
   is X". After such a phrase, an answer that starts like math ends where prose starts: "the answer is 2 What
   does..." gives ``2``, "28 percent of them" gives ``28 percent``, ``$3$ and $4$`` gives ``3, 4``.
-* **A truncated box** (the text ends inside ``\\boxed{``) yields its content up to the end, as Qwen2.5-Math does,
-  when nothing above was found (a complete answer anywhere beats a truncated one) and it holds a digit or a letter
-  outside command names (``\\boxed{\\sqrt{`` yields nothing).
+* **A truncated box** (the text ends inside ``\\boxed{``) yields its content up to the end (as Qwen2.5-Math does;
+  not rechecked), when nothing above was found (a complete answer anywhere beats a truncated one) and it holds a
+  digit or a letter outside command names (``\\boxed{\\sqrt{`` yields nothing).
 * **A new exchange after the answer** (a line opening with "Question:", "Problem 2:", "Q:") is a few-shot
-  continuation, cut off when an answer stands before it (lm-evaluation-harness stops generating at "Question:").
-* ``"flexible"``: then the last number in the text (lm-evaluation-harness' GSM8K *flexible-extract*).
+  continuation, cut off when an answer stands before it (lm-evaluation-harness stops generating at "Question:";
+  not rechecked).
+* ``"flexible"``: then the last number in the text (as lm-evaluation-harness' GSM8K *flexible-extract*; not
+  rechecked).
 """
 
 from __future__ import annotations
@@ -38,7 +55,9 @@ __all__ = ["EXTRACTIONS", "extract_answer"]
 EXTRACTIONS = ("strict", "flexible")
 
 _BOX_CMD = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
-_BOX_TOKENS = re.compile(r"\\(?:boxed|fbox)\s*\{|\\[\\{}]|[{}]")
+# A box opener (its command written with one backslash, or two as in JSON-escaped text), an escaped backslash or
+# brace (no group), or a group brace.
+_BOX_TOKENS = re.compile(r"\\\\?(?:boxed|fbox)\s*\{|\\[\\{}]|[{}]")
 # Text allowed between boxes that state one answer together: spaces, math delimiters, commas, "and"/"or".
 _BOX_GAP = re.compile(r"(?:\s|\$|\\[()\[\]]|[,;]|\\q?quad\b|\band\b|\bor\b|\\text\s*\{\s*(?:,|and|or)?\s*\})*", re.I)
 _PHRASE = re.compile(
@@ -66,6 +85,10 @@ _PERCENT_WORDS = {"percent", "percentage", "pct"}
 _CONTINUATION = re.compile(r"^[ \t*#]*(?:question|problem|q)[ \t]*\d*[ \t]*[:.][ \t]", re.I | re.M)
 _COMMAND = re.compile(r"\\[A-Za-z]+")
 _HOLDS_SOMETHING = re.compile(r"[^\W_]")  # a digit or a letter outside command names: "\\sqrt{" holds nothing
+# A stated answer holds a digit or a letter (command names count: "\\pi"), or is the empty set; "(", "-" or an
+# escaped quotation mark alone is no answer.
+_HOLDS_ANSWER = re.compile(r"[^\W_]|∅|\\\{\s*\\\}")
+_QUOTES = ('\\"', '"', "“", "”")  # quotation marks around a stated answer (escaped, as in JSON text, or not)
 _MAX_TAIL = 2000  # characters of a line read after an answer phrase
 
 
@@ -74,15 +97,23 @@ def _clean_tail(ans: str) -> str:
     while ans != prev:
         prev = ans
         ans = ans.strip().removesuffix("**").removeprefix("**").strip(" \t$").rstrip(".").strip()
+        for quote in _QUOTES:  # "Final answer: \"5\"" (JSON-escaped text) states 5
+            ans = ans.removeprefix(quote).removesuffix(quote)
     return ans
 
 
-def _scan_boxes(text: str) -> tuple[list[tuple[int, int, int]], int | None]:
-    """All complete boxes as (command start, content start, content end) in closing order, and the content start of
-    the innermost box still open at the end of the text (None if none); one linear pass."""
+def _scan_boxes(text: str) -> tuple[list[tuple[int, int, int]], tuple[int, int] | None]:
+    """All complete boxes as (command start, content start, content end) in closing order, and (command start,
+    content start) of the innermost box still open at the end of the text (None if none); one linear pass.
+
+    A command written with two backslashes (``\\\\boxed{``, JSON-escaped text) opens a box like ``\\boxed{``; a run of
+    backslashes is read in pairs from its start, so ``\\\\\\boxed{`` is a line break, then a box.
+    """
     first = min((i for i in (text.find("\\boxed"), text.find("\\fbox")) if i >= 0), default=-1)
     if first < 0:
         return [], None
+    while first > 0 and text[first - 1] == "\\":  # start at the run of backslashes before the first command
+        first -= 1
     stack: list[tuple[int, int]] = []  # (command start, content start) for a box opener, (-1, -1) for a brace
     done: list[tuple[int, int, int]] = []
     for m in _BOX_TOKENS.finditer(text, first):
@@ -94,10 +125,17 @@ def _scan_boxes(text: str) -> tuple[list[tuple[int, int, int]], int | None]:
                 cmd, start = stack.pop()
                 if start >= 0:
                     done.append((cmd, start, m.start()))
-        elif tok[-1] == "{" and tok[1] in "bf":
+        elif len(tok) > 2:  # a box opener (the other tokens are one or two characters)
             stack.append((m.start(), m.end()))
-    still_open = next((start for _, start in reversed(stack) if start >= 0), None)
+    still_open = next(((cmd, start) for cmd, start in reversed(stack) if start >= 0), None)
     return done, still_open
+
+
+def _box_content(text: str, cmd: int, start: int, end: int) -> str:
+    """The content of the box whose command starts at ``cmd``; a box written ``\\\\boxed{`` is JSON-escaped text, so
+    its content is read with backslashes un-doubled (``\\\\frac`` -> ``\\frac``), as the text means it."""
+    inner = text[start:end].strip()
+    return inner.replace("\\\\", "\\") if text.startswith("\\\\", cmd) else inner
 
 
 def last_box_span(text: str) -> tuple[int, int] | None:
@@ -134,7 +172,7 @@ def _last_box_group(text: str) -> tuple[str, int] | None:
     for cmd, start, stop in reversed(done):  # outer boxes close after their inner ones: skip nested ones
         if cmd >= kept_cmd:
             continue
-        inner = text[start:stop].strip()
+        inner = _box_content(text, cmd, start, stop)
         if not inner:
             if group:
                 break
@@ -225,7 +263,12 @@ _MAX_WORDS_STATED = 3
 
 
 def _answer_like(ans: str) -> bool:
-    return bool(ans) and not _BOX_CMD.search(ans) and bool(_MATH_START.match(ans) or _CHOICE.fullmatch(ans))
+    return _holds_answer(ans) and bool(_MATH_START.match(ans) or _CHOICE.fullmatch(ans))
+
+
+def _holds_answer(ans: str) -> bool:
+    """Something a stated answer can be: not empty, no box command, not punctuation alone (``\\"``, ``(``)."""
+    return bool(ans) and not _BOX_CMD.search(ans) and _HOLDS_ANSWER.search(ans) is not None
 
 
 def _opens_line(text: str, start: int) -> bool:
@@ -244,9 +287,9 @@ def extract_answer(text: str | None, extraction: str = "strict") -> str | None:
     """Extract the final answer of a response (the rules and their peers: see the module docstring).
 
     Priority: the last complete ``\\boxed{...}``/``\\fbox{...}`` (with the boxes that only separators divide from it),
-    unless a final-answer statement follows it; then the last GSM8K ``#### N``; then the last "the (final) answer is
-    X"/"Final answer: X"; then the content of a box the text ends inside; with ``extraction="flexible"``, then the
-    last number in the text. Linear time, never raises.
+    unless a final-answer statement that states an answer follows it; then the last GSM8K ``#### N``; then the last
+    "the (final) answer is X"/"Final answer: X"; then the content of a box the text ends inside; with
+    ``extraction="flexible"``, then the last number in the text. Linear time, never raises.
 
     Args:
         text: A model response (may be None or malformed).
@@ -266,6 +309,8 @@ def extract_answer(text: str | None, extraction: str = "strict") -> str | None:
         '5'
         >>> extract_answer(r"\\boxed{3}, as the answer is 5"), extract_answer("\\\\boxed{3}\\nAnswer: 5")
         ('3', '5')
+        >>> extract_answer('\\\\boxed{3}\\nFinal answer: \\\\"'), extract_answer(r"\\\\boxed{1} then \\\\boxed{2}")
+        ('3', '2')
         >>> extract_answer(r"\\boxed{3} and \\boxed{\\frac{4") , extract_answer("   ")
         ('3', None)
         >>> extract_answer(r"The answer is \\boxed{4"), extract_answer(r"The answer is \\boxed{}.")
@@ -320,7 +365,7 @@ def _extract(text: str) -> str | None:
         pass
     if last_gsm8k is not None:
         ans = _statement_value(_tail(text, last_gsm8k.end()))
-        if ans and not _BOX_CMD.search(ans):
+        if _holds_answer(ans):
             return ans
     # A label ("Answer: ...") counts when what follows reads as an answer (GSM8K few-shot "Answer:" opens prose).
     label = _statement_value(_tail(text, last_label.end())) if last_label is not None else ""
@@ -329,13 +374,13 @@ def _extract(text: str) -> str | None:
         ans = _statement_value(_tail(text, last_is.end()))
         # A box here is truncated or empty: no answer, not its text. Prose is no answer either ("the final answer
         # is just as clear as it ever was"): a stated answer reads as math or a choice, or is a few words ("yes").
-        if ans and not _BOX_CMD.search(ans) and (_answer_like(ans) or len(ans.split()) <= _MAX_WORDS_STATED):
+        if _holds_answer(ans) and (_answer_like(ans) or len(ans.split()) <= _MAX_WORDS_STATED):
             return ans
     elif label_ok:
         return label
     _, still_open = _scan_boxes(text)
     if still_open is not None:
-        truncated = _clean_tail(text[still_open:])
+        truncated = _clean_tail(_box_content(text, *still_open, len(text)))
         if not _BOX_CMD.search(truncated) and _HOLDS_SOMETHING.search(_COMMAND.sub("", truncated)):
             return truncated
     return None

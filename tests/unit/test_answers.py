@@ -284,3 +284,36 @@ def test_unit_words_are_dropped_only_after_a_number():
     assert equivalent("5", "5 square feet") and equivalent("5", "5 km/h")
     assert not equivalent("5", "5 " + "apples " * 6)  # a long tail of words is not a unit
     assert not equivalent("2", "2 pi") and not equivalent("10", r"10 \sqrt{2}")
+
+
+@pytest.mark.parametrize(("number", "signed_bracket"), [
+    ("2", "-[1, 2)"), ("2", "-[1,2)"), ("2", "-(1, 2)"), ("4", "-(3, 4]"), ("2", r"-\{1, 2\}"), ("500", "-[3, 500)"),
+    ("2", r"-\left[1, 2\right)"), ("2", r"2 \cdot [1, 2)"), ("3", "1, -(2, 3)"), ("4", r"[1, 2) \cup -(3, 4)"),
+])
+def test_a_form_math_verify_cannot_read_whole_is_no_number(number, signed_bracket):
+    # math-verify, failing to parse "-[1, 2)", would read the number after the spaced comma ("2") instead
+    assert not equivalent(number, signed_bracket) and not equivalent(signed_bracket, number)
+    assert not equivalent(number, signed_bracket, mode="string")
+
+
+@pytest.mark.parametrize(("a", "b"), [("[1,2)", "[1, 2)"), ("(3,500)", "(3, 500)"), (r"\{1,2\}", r"\{2, 1\}"),
+                                      ("(-1,2]", r"\left(-1, 2\right]"), ("-[1,2)", "-[1, 2)")])
+def test_spacing_after_commas_does_not_change_a_tuple_or_interval(a, b):
+    assert equivalent(a, b) and equivalent(b, a)
+
+
+@pytest.mark.parametrize("mode", ["symbolic", "string"])
+@pytest.mark.parametrize(("number", "written"), [
+    ("45678", r"45,\! 678"), ("45678", r"45,\!678"), ("1234567", r"1,\! 234,\! 567"), ("1234567", r"1,\!234,\! 567"),
+    ("12345", r"12,\!  345"), ("1000", r"1, \! 000"), ("100000.5", r"100,\! 000.5"),
+])
+def test_a_comma_with_a_negative_thin_space_separates_thousands(number, written, mode):
+    assert normalize_answer(written) == number
+    assert equivalent(number, written, mode=mode) and equivalent(written, number, mode=mode)
+
+
+@pytest.mark.parametrize("mode", ["symbolic", "string"])
+@pytest.mark.parametrize(("number", "written"), [("12", "1, 2"), ("12", r"1,\! 2"), ("1234", r"12,\! 34"),
+                                                 ("45678", "45, 678"), ("1234", r"1,\! 2345")])
+def test_other_commas_still_separate_elements(number, written, mode):
+    assert not equivalent(number, written, mode=mode) and not equivalent(written, number, mode=mode)

@@ -17,6 +17,7 @@ assert _spec is not None and _spec.loader is not None
 _cases = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_cases)
 CASES = _cases.CASES
+WRITTEN = _cases.WRITTEN
 
 # (reference, response) -> why our grader gives the other verdict; plain math-verify fails both as well.
 KNOWN_EXCEPTIONS = {
@@ -37,17 +38,21 @@ def test_the_table_is_large_and_covers_every_category():
     assert len(CASES) >= 100
     assert {"thousands", "sets", "multiple boxes", "final phrases", "units", "percent", "fractions", "latex", "sign",
             "malformed", "prose tails"} <= categories
-    assert all(isinstance(case[3], bool) for case in CASES)
-    keys = {(case[1], case[2]) for case in CASES}
+    assert all(isinstance(case.expected, bool) and case.mode in ("symbolic", "string") for case in CASES)
+    keys = {(case.reference, case.response) for case in CASES}
     assert set(KNOWN_EXCEPTIONS) <= keys, "a known exception names a case that is not in the table"
 
 
-@pytest.mark.parametrize("case", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+def test_every_case_says_when_it_was_written():
+    assert {case.written for case in CASES} == set(WRITTEN)
+    assert {case.category for case in CASES if case.written == "before"} == {"responses"}
+    assert len({(c.reference, c.response, c.mode) for c in CASES}) == len(CASES)  # each case in one group only
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"{c.category}-{c.written}-{i}" for i, c in enumerate(CASES)])
 def test_our_grader_agrees_with_the_expected_verdict(case):
-    category, reference, response, expected = case[:4]
-    mode = case[4] if len(case) > 4 else "symbolic"
-    got = equivalent(reference, extract_answer(response), mode=mode)
-    if (reference, response) in KNOWN_EXCEPTIONS:
-        assert got is not expected, f"fixed? drop it from KNOWN_EXCEPTIONS: {KNOWN_EXCEPTIONS[reference, response]}"
+    got = equivalent(case.reference, extract_answer(case.response), mode=case.mode)
+    if (case.reference, case.response) in KNOWN_EXCEPTIONS:
+        assert got is not case.expected, f"fixed? drop it from KNOWN_EXCEPTIONS: {KNOWN_EXCEPTIONS[case[1:3]]}"
     else:
-        assert got is expected, (category, reference, response, extract_answer(response))
+        assert got is case.expected, (case, extract_answer(case.response))

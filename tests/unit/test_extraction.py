@@ -136,6 +136,9 @@ def test_answer_labels_need_an_answer_after_them():
         "the answer is $" + "1$ and $" * 100_000,
         "Question: 1\n" * 100_000,
         "\\boxed{" + "a" * 500_000,
+        "\\\\boxed{1}, " * 100_000,
+        "\\" * 1_000_000 + "\\boxed{1}",
+        "\\boxed{5}\n" + "Final answer: \\\"\n" * 100_000,
     ],
 )
 def test_new_rules_stay_linear(text):
@@ -155,3 +158,68 @@ def test_new_rules_stay_linear(text):
 def test_a_stated_answer_is_math_a_choice_or_a_few_words(text, expected):
     assert extract_answer(text) == expected
     assert extract_answer(text, "flexible") == expected  # no number to fall back on either
+
+
+@pytest.mark.parametrize("box", [r"\boxed{5}", r"$\boxed{5}$", r"Therefore the final answer is $\boxed{5}$."])
+@pytest.mark.parametrize("line", ['Final answer: \\"', 'The final answer is \\"', 'Final answer: "', "Final answer:",
+                                  "Final answer: .", "The final answer is (", "**Final Answer:** -", 'Answer: \\"\\"',
+                                  "So, the answer is: $ $", r"Final answer: \,", "The final answer is **.**"])
+def test_a_final_answer_line_without_an_answer_does_not_override_the_box(box, line):
+    assert extract_answer(f"{box}\n{line}") == "5"
+    assert extract_answer(f"{box}\n{line}\n") == "5"
+
+
+@pytest.mark.parametrize("text", ['Final answer: \\"', 'The final answer is \\"', "The answer is (", "#### (",
+                                  r"Answer: \!"])
+def test_a_final_answer_line_without_an_answer_is_no_answer(text):
+    assert extract_answer(text) is None
+    assert extract_answer("We get 7.\n" + text, "flexible") == "7"  # the last number, as with no statement at all
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ('\\boxed{3}\nFinal answer: \\"5\\"', "5"),  # JSON-escaped quotes around a stated answer
+    ('The final answer is \\"7\\".', "7"),
+    ('The answer is "yes".', "yes"),
+    ("Final answer: “B”", "B"),
+    (r"\boxed{\emptyset}" + "\nFinal answer: \\{\\}", r"\{\}"),  # the empty set is an answer
+    (r"\boxed{0}" + "\nThe final answer is \\pi", r"\pi"),  # so is a command alone
+])
+def test_quotation_marks_around_a_stated_answer_are_not_part_of_it(text, expected):
+    assert extract_answer(text) == expected
+
+
+SINGLE_BACKSLASH = [
+    r"first \boxed{1}, then \boxed{2}",
+    r"so \boxed{1} then \boxed{\frac{1}{2}}",
+    r"I guessed \boxed{4} at first. After checking the units, \boxed{5}.",
+    r"\boxed{1}, \boxed{2}",
+    r"$\boxed{1}$ and $\boxed{2}$",
+    r"\boxed{\boxed{5}}, \boxed{6}",
+    r"\boxed{7} \boxed{7}",
+    r"so $\boxed{\frac{1}{2}}$ and \boxed{",
+    r"\boxed{3} and then a cut-off \boxed{\frac{4",
+    r"The answer is \boxed{4",
+    r"\boxed{\frac{1}{2",
+    r"\fbox{7} then \fbox{8}",
+    r"\boxed {8}",
+    r"\boxed{\{1,2\}}",
+    r"\boxed{\begin{pmatrix}1\\2\end{pmatrix}}",
+    r"a line\\\boxed{9}",
+    "\\boxed{3}, checked.\nThe final answer is 5.",
+    r"The answer is $\boxed{3}$. Note that the answer is positive.",
+]
+
+
+@pytest.mark.parametrize("text", SINGLE_BACKSLASH)
+def test_doubled_backslashes_read_as_single_ones(text):
+    # a box in JSON-escaped text ("\\boxed{..}") gives what the text means: the last box, not the first
+    doubled = text.replace("\\", "\\\\")
+    assert extract_answer(doubled) == extract_answer(text)
+    assert extract_answer(doubled, "flexible") == extract_answer(text, "flexible")
+
+
+def test_doubled_boxes_keep_the_last_box_policy():
+    assert extract_answer(r"\\boxed{1} then \\boxed{2}") == "2"
+    assert extract_answer(r"\\boxed{1}, \\boxed{2}") == "1, 2"
+    assert extract_answer(r"\\boxed{\\frac{1}{2}}") == r"\frac{1}{2}"
+    assert extract_answer(r"so \\boxed{3} then \boxed{4}") == extract_answer(r"so \boxed{3} then \\boxed{4}") == "4"
