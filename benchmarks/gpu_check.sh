@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check of cat-dspy (issue 15 item 4): one script for a single-GPU machine whose image has torch, transformers,
+# GPU check of cat-dspy: one script for a single-GPU machine whose image has torch, transformers,
 # accelerate and peft but none of this project's other dependencies. benchmarks/README.md says how to run it.
 #
 #   bash benchmarks/gpu_check.sh --prepare      here: wheels + the embedded model into .whl/part1 and .whl/part2

@@ -14,7 +14,7 @@ import importlib
 import os
 from typing import Any
 
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # the one process-wide setting: no download at import
 
 _EXPORTS = {
     "CaT": "cat_dspy.modules",

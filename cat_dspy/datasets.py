@@ -4,8 +4,8 @@ Loaders read their source once, streaming, and validate *every* record before re
 fast with ``file:line: problem``, and no LM call ever runs on half-checked data.
 
 Named sets (:data:`DATASETS`) load from the first local data directory holding the file, tried in this order: the
-``data_dir`` argument, ``$CAT_DSPY_DATA``, then a ``shared/data`` folder found by walking up from the package and
-from the working directory. With no local copy, and only while ``HF_HUB_OFFLINE`` is unset, they fall back to the
+``data_dir`` argument (``--data-dir``), then ``$CAT_DSPY_DATA``: the data is where the user says. With no local
+copy, and only while ``HF_HUB_OFFLINE`` is unset, they fall back to the
 Hugging Face Hub (the upstream sets, not the local held-out subsets).
 """
 
@@ -19,7 +19,6 @@ import random
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,7 +27,6 @@ T = TypeVar("T")
 
 ENV_VAR = "CAT_DSPY_DATA"
 _OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
-_SAMPLES = "cat_dspy/data/samples.jsonl"
 _SIMPLE_EVALS = "https://openaipublic.blob.core.windows.net/simple-evals/"  # HealthBench's home
 
 
@@ -147,20 +145,12 @@ DATASETS: dict[str, DatasetSpec] = {
 
 
 def data_dirs(data_dir: str | os.PathLike | None = None) -> list[Path]:
-    """The data directories to try, in order: ``data_dir`` (``--data-dir``), ``$CAT_DSPY_DATA``, ``shared/data``."""
+    """The data directories to try, in order: ``data_dir`` (``--data-dir``), then ``$CAT_DSPY_DATA``."""
     found = []
-    for cand in (data_dir, os.environ.get(ENV_VAR) or None, _auto_data_dir()):
+    for cand in (data_dir, os.environ.get(ENV_VAR) or None):
         if cand is not None and (path := Path(cand).expanduser()) not in found:
             found.append(path)
     return found
-
-
-def _auto_data_dir() -> Path | None:
-    for start in (Path(__file__).resolve().parent, Path.cwd().resolve()):
-        for folder in (start, *start.parents):
-            if (folder / "shared" / "data").is_dir():
-                return folder / "shared" / "data"
-    return None
 
 
 def load_dataset(
@@ -180,7 +170,7 @@ def load_dataset(
         name_or_path: A :data:`DATASETS` name, or the path of a JSONL file (one object per line).
         split: Split of a named set (default: its ``default_split``); ignored for files.
         limit: Keep the first ``limit`` items (after the shuffle when ``seed`` is given).
-        data_dir: Directory holding the named sets (else ``$CAT_DSPY_DATA``, else an auto-located ``shared/data``).
+        data_dir: Directory holding the named sets (else ``$CAT_DSPY_DATA``).
         question_field: Files only: field with the question (a string or a list of chat messages).
         answer_field: Files only: gold answer field (None, null, or absent from every line: non-verifiable items).
         id_field: Files only: field with unique ids (default: a hash of the question, so questions must be unique).
@@ -202,21 +192,6 @@ def load_dataset(
     if seed is not None:
         items = random.Random(seed).sample(items, len(items))
     return items if limit is None else items[:limit]
-
-
-def sample_questions() -> list[Item]:
-    """The few sample questions shipped with the package (arithmetic with answers, health advice without).
-
-    >>> items = sample_questions()
-    >>> any(i.verifiable for i in items) and any(not i.verifiable for i in items)
-    True
-    """
-    try:
-        samples = resources.files("cat_dspy").joinpath("data/samples.jsonl")
-    except OSError:  # cat_dspy seen as a namespace package (an editable install made before its __init__.py)
-        samples = Path(__file__).with_name("data") / "samples.jsonl"
-    with samples.open("rb") as fh:
-        return _build(_read_jsonl(fh, _SAMPLES), _SAMPLES, Fields(id="id"), "", user=True)
 
 
 def held_out(item_id: str, fraction: float, salt: str = "cat-dspy") -> bool:

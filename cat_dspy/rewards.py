@@ -1,4 +1,4 @@
-r"""Reward functions TRL resolves by name, like ``trl.rewards``: ``trl grpo --reward_funcs cat_dspy.rewards.cat_reward``.
+r"""Reward functions TRL resolves by name, like ``trl.rewards``: ``--reward_funcs cat_dspy.rewards.cat_reward``.
 
 A facade of names: ``cat_reward`` is the CaT reward configured from ``$CAT_REWARD_CONFIG`` and ``CAT_*`` environment
 variables (the options of :class:`cat_dspy.config.CaTRewardConfig`); ``CaTReward`` and ``build_reward`` build one

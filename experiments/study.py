@@ -1,4 +1,4 @@
-"""The CaT-RL study (issue 14): train and evaluate arms on one task, steps and seeds; aggregate the result files.
+"""The CaT-RL study: train and evaluate arms on one task, steps and seeds; aggregate the result files.
 
 ``run`` trains one (arm, seed) with its recipe (``cat-dspy train``: GRPO; ``command: sft`` in the arm: ``cat-dspy
 sft``, CaT-SFT; ``recipe: null``: no training, the initial policy), evaluates the policy on the held-out questions

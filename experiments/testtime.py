@@ -1,4 +1,4 @@
-"""Test-time analyses (issue 14 item 4) from ``cat-dspy eval`` results: accuracy vs G for every selection method and
+"""Test-time analyses from ``cat-dspy eval`` results: accuracy vs G for every selection method and
 CaT; how often CaT's answer differs from majority vote and from self-selected best-of-N, and its accuracy (and
 theirs) on those questions; questions CaT answers right while all G rollouts were wrong.
 

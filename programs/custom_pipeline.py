@@ -11,7 +11,7 @@ from __future__ import annotations
 import dspy
 
 from cat_dspy import Rollout, Synthesize, make_lm
-from cat_dspy.scoring.equivalence import extract_answer
+from cat_dspy.scoring.extraction import extract_answer
 from cat_dspy.scoring.rewards import majority_answer, verifiable_reward
 from cat_dspy.signatures import Solve
 

@@ -1,7 +1,8 @@
 """Shared test set-up: isolated caches and MLflow stores, offline LiteLLM, benchmark data.
 
 Tests that need the real benchmark files carry ``@pytest.mark.needs_data(...)`` and skip, naming the files, on a
-checkout with no ``../shared/data`` (and no ``$CAT_DSPY_DATA``); CI sets ``$CAT_DSPY_REQUIRE_DATA`` so that there
+checkout with no ``../shared/data`` (and no ``$CAT_DSPY_DATA``: the suite points it at ``../shared/data`` beside the
+checkout when that folder exists and the variable is unset); CI sets ``$CAT_DSPY_REQUIRE_DATA`` so that there
 they fail instead. Code paths that only need *some* data in a named set's format use :func:`tiny_gsm8k`.
 """
 
@@ -22,6 +23,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
+if (REPO.parent / "shared" / "data").is_dir():
+    os.environ.setdefault("CAT_DSPY_DATA", str(REPO.parent / "shared" / "data"))  # the benchmark files beside us
 REQUIRE_DATA = "CAT_DSPY_REQUIRE_DATA"  # set (CI): a test whose benchmark files are missing fails instead of skipping
 
 
@@ -43,7 +46,7 @@ def needed_files(node: pytest.Item) -> list[str]:
 
 def benchmark_data_dir(files: list[str]) -> Path | None:
     """The first data dir holding every one of ``files``, looked up as :func:`cat_dspy.datasets.data_dirs` does
-    (``$CAT_DSPY_DATA``, then a ``shared/data`` folder above the checkout or the working directory)."""
+    (``--data-dir``, then ``$CAT_DSPY_DATA``)."""
     from cat_dspy.datasets import data_dirs
 
     return next((d for d in data_dirs() if d.is_dir() and all((d / f).is_file() for f in files)), None)

@@ -14,8 +14,6 @@ import logging
 import os
 import sys
 
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-
 COMMANDS = {
     "solve": "cat_dspy.cli.solve",
     "eval": "cat_dspy.cli.eval",

@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_reward_option(parser, "question_aware")
     add_reward_option(parser, "per_criterion")
     parser.add_argument("--threads", type=int, help="concurrent examples (default: %(default)s)")
-    parser.add_argument("--out", help="program file (default: programs/<target>-<optimizer>.json)")
+    parser.add_argument("--out", help="program file (default: outputs/programs/<target>-<optimizer>.json)")
     parser.add_argument("--cache", help="folder for cached rollouts and references")
     parser.add_argument("--experiment", help="MLflow experiment")
     parser.add_argument("--traces", action="store_true", help="also record DSPy traces in MLflow")

@@ -48,7 +48,6 @@ def solve(args: argparse.Namespace) -> dict[str, Any]:
 
     from cat_dspy import tracking
     from cat_dspy.modules import CaT
-    from cat_dspy.optimization.program_file import load_program
 
     console = Console(stderr=True, quiet=args.json and not sys.stderr.isatty())
     status, callback = _stage_status(console)
@@ -71,7 +70,7 @@ def solve(args: argparse.Namespace) -> dict[str, Any]:
             temperature=role_settings(args)["policy"]["temperature"],
         )
         if args.program:
-            load_program(cat, args.program)
+            cat.load(args.program)
         params = {"g": args.g, "mode": args.mode, "question_aware": args.question_aware, "seed": args.seed,
                   "equivalence": args.equivalence, "extraction": args.extraction}
         params |= {f"{role}.{k}": v for role, opts in role_settings(args).items() for k, v in opts.items()}

@@ -94,9 +94,8 @@ def build_programs(lms: dict[str, Any], *, mode: str, g: int, logprobs: bool = F
     cat = CaT(g=g, mode=mode, policy=lms["policy"], anchor=lms["anchor"], judge=lms["judge"],
               temperature=temperature, extraction=extraction)
     if program is not None:
-        from cat_dspy.optimization.program_file import load_program  # warns when the file was made for another mode
 
-        load_program(cat, program)
+        cat.load(program)  # warns when the file was made for another mode
     cat.rollout.logprobs = logprobs
     cat.rollout.strategy = rollout_strategy
     synth_q = Synthesize(mode=cat.synthesize.mode, question_aware=True, extraction=extraction, lm=lms["anchor"])

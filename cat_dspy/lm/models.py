@@ -30,8 +30,6 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no cost-map download at litellm import
-
 import dspy
 
 from cat_dspy.lm.hf import DEFAULT_MODEL_NAME, DEFAULT_QUANTIZATION, file_fingerprint

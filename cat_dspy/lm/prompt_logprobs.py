@@ -27,7 +27,6 @@ import dspy
 
 TokenScores = list[tuple[int, int, float | None]]
 """One text's tokens: ``(start, end, logprob)``, character offsets into the text; the first token's logprob is None."""
-SERVER_PROVIDERS = ("hosted_vllm", "openai")
 _KEY_VARS = {"hosted_vllm": "HOSTED_VLLM_API_KEY", "openai": "OPENAI_API_KEY"}
 
 

@@ -4,8 +4,8 @@ model-as-judge baseline), and the composite CaT."""
 from cat_dspy.modules.cat import CaT
 from cat_dspy.modules.equivalence_judge import EquivalenceJudge
 from cat_dspy.modules.judge import Judge
+from cat_dspy.modules.propose_rubric import ProposeRubric
 from cat_dspy.modules.rollout import Rollout
-from cat_dspy.modules.rubric import ProposeRubric
 from cat_dspy.modules.synthesize import Synthesize
 
 __all__ = ["CaT", "EquivalenceJudge", "Judge", "ProposeRubric", "Rollout", "Synthesize"]

@@ -6,6 +6,7 @@ from anyone else (TRL's GRPO group, an evaluation cache). Both run the same code
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -13,8 +14,8 @@ import dspy
 
 from cat_dspy.lm.usage import track_role
 from cat_dspy.modules.judge import Judge
+from cat_dspy.modules.propose_rubric import ProposeRubric
 from cat_dspy.modules.rollout import Rollout
-from cat_dspy.modules.rubric import ProposeRubric
 from cat_dspy.modules.synthesize import Synthesize
 from cat_dspy.scoring.equivalence import EQUIVALENCE_FALLBACKS, collect_equivalence
 from cat_dspy.scoring.extraction import extract_answer
@@ -22,6 +23,9 @@ from cat_dspy.scoring.rewards import length_penalty, rubric_reward, verifiable_r
 from cat_dspy.signatures import Respond, Solve
 
 MODES = ("verifiable", "rubric")
+STATE_KEY = "cat_dspy"
+"""The entry of a saved program's state (``CaT.save``) that says how it reads answers and what made it."""
+logger = logging.getLogger(__name__)
 BACKEND_FAILURES = ("rollout_error", "anchor_error", "judge_error")
 """Prefixes of the failure reasons of a failed LM call (they make a prediction invalid)."""
 
@@ -90,6 +94,26 @@ class CaT(dspy.Module):
         )
         self.propose_rubric = ProposeRubric(min_criteria=min_criteria, lm=anchor)
         self.judge = Judge(per_criterion=per_criterion, lm=judge)
+        self.provenance: dict[str, Any] = {}
+
+    def settings(self) -> dict[str, Any]:
+        """What a saved program's prompts were made for: the mode, the anchor's view and how answers are read."""
+        return {"mode": self.mode, "question_aware": self.synthesize.question_aware, "extraction": self.extraction}
+
+    def dump_state(self, json_mode: bool = True) -> dict[str, Any]:
+        """DSPy's state of every prompt (instructions, demos), plus :data:`STATE_KEY`: :meth:`settings` and the
+        ``provenance`` a maker set (``cat-dspy optimize`` records its optimizer, data and budget there)."""
+        return {**super().dump_state(json_mode=json_mode), STATE_KEY: {**self.provenance, **self.settings()}}
+
+    def load_state(self, state: dict[str, Any], **kwargs: Any) -> CaT:
+        """DSPy's ``load_state``, warning when the program was made for another mode or synthesis form."""
+        made = dict(state.get(STATE_KEY) or {})
+        for key, ours in self.settings().items():
+            if key in made and made[key] != ours:
+                logger.warning("program made with %s=%s, loaded into %s=%s", key, made[key], key, ours)
+        super().load_state({k: v for k, v in state.items() if k != STATE_KEY}, **kwargs)
+        self.provenance = {k: v for k, v in made.items() if k not in self.settings()}
+        return self
 
     @property
     def g(self) -> int:

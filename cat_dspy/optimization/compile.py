@@ -6,7 +6,7 @@ is compiled with ``BootstrapFewShot``, ``MIPROv2`` or ``GEPA`` against a labelle
 on examples built from a seeded, disjoint train/dev/test split. The whole program is saved as DSPy JSON, so
 ``solve``, ``eval`` and ``train`` load it with ``--program PATH``. The compile is one MLflow run
 (``mlflow.dspy.autolog(log_compiles=True, log_evals=True)``) holding the params, the saved program and, with
-``--test N``, a held-out base-vs-optimized report. Program files: :mod:`cat_dspy.optimization.program_file`.
+``--test N``, a held-out base-vs-optimized report. Programs are saved and loaded by DSPy (``CaT.save`` / ``CaT.load``).
 
 The modules call their LM under :class:`~cat_dspy.adapters.FreeTextAdapter` whatever the optimizer does, so
 bootstrapped demos render through it. During a compile the target's LM is lent through ``dspy.settings.lm`` instead
@@ -30,13 +30,14 @@ from cat_dspy.config import DEFAULTS
 from cat_dspy.jsonl_store import JsonlStore
 from cat_dspy.lm.roles import ROLE_TEMPERATURE
 from cat_dspy.modules.base import thread_map
-from cat_dspy.optimization.program_file import save_program
 
 logger = logging.getLogger(__name__)
 
 TARGETS = {"synthesize": "synthesize", "rubric": "propose_rubric", "judge": "judge"}
 OPTIMIZERS = ("bootstrap", "mipro", "gepa")
 AUTO = ("light", "medium", "heavy")
+DEFAULT_OUT = "outputs/programs"
+"""Where saved programs go unless ``out`` says otherwise (not ``programs/``, the folder of example scripts)."""
 
 
 class OptimizeError(ValueError):
@@ -49,7 +50,7 @@ class OptimizeConfig:
 
     The role LMs are passed to :func:`optimize` separately. ``budget``: light|medium|heavy, or an integer (GEPA
     metric calls, MIPRO trials, bootstrap rounds). ``cache``: folder of cached rollouts/references, "none" for
-    memory only, None for the cat-dspy cache. ``out`` defaults to ``programs/<target>-<optimizer>.json``.
+    memory only, None for the cat-dspy cache. ``out`` defaults to ``outputs/programs/<target>-<optimizer>.json``.
     """
 
     target: str
@@ -306,12 +307,12 @@ def evaluate(module: Any, examples: list, metric: Any, threads: int, run_name: s
 
 
 def optimize(
-    args: OptimizeConfig, lms: dict[str, Any], settings: dict[str, dict[str, Any]] | None = None
+    config: OptimizeConfig, lms: dict[str, Any], settings: dict[str, dict[str, Any]] | None = None
 ) -> dict[str, Any]:
     """Build the examples, compile the target, save the program and (``test`` > 0) compare base vs optimized.
 
     Args:
-        args: What to compile, on which data, with which optimizer.
+        config: What to compile, on which data, with which optimizer.
         lms: The ``dspy.LM`` of each role (``policy``, ``anchor``, ``judge``).
         settings: Each role's model string and sampling options, logged and used as cache keys (default: read
             from ``lms``).
@@ -332,58 +333,62 @@ def optimize(
     from cat_dspy.optimization.metrics import compare, group_baselines
     from cat_dspy.scoring.stats import mean_stderr
 
-    mode = args.mode or ("verifiable" if args.target == "synthesize" else "rubric")
-    if args.target == "synthesize" and mode != "verifiable":
+    mode = config.mode or ("verifiable" if config.target == "synthesize" else "rubric")
+    if config.target == "synthesize" and mode != "verifiable":
         raise OptimizeError("--target synthesize is scored on gold answers: it needs --mode verifiable")
-    seed = seed_of(args)
+    seed = seed_of(config)
     random.seed(seed)
     if settings is None:
         settings = {role: {"model": lm.model, **lm.kwargs} for role, lm in lms.items()}
         for role, options in settings.items():
             if options.get("temperature") is None:
                 options["temperature"] = ROLE_TEMPERATURE[role]
-    common = {"g": args.g, "question_aware": args.question_aware, "per_criterion": args.per_criterion,
-              "equivalence": args.equivalence, "extraction": args.extraction,
+    common = {"g": config.g, "question_aware": config.question_aware, "per_criterion": config.per_criterion,
+              "equivalence": config.equivalence, "extraction": config.extraction,
               "temperature": settings["policy"]["temperature"], **{r: lms[r] for r in ("policy", "anchor", "judge")}}
     program = CaT(mode=mode, **common)
     data_cat = program if mode == "verifiable" else CaT(mode="verifiable", **common)
-    folder = None if args.cache == "none" else Path(args.cache or cache_dir() / "optimize")
-    key = {"dataset": str(args.dataset), "split": args.split, "g": args.g, "seed": args.seed}
+    folder = None if config.cache == "none" else Path(config.cache or cache_dir() / "optimize")
+    key = {"dataset": str(config.dataset), "split": config.split, "g": config.g, "seed": config.seed}
     caches = {
         "rollouts": JsonlCache(folder, "rollouts", key | {"policy": settings["policy"]}),
         "references": JsonlCache(folder, "references", key | {"policy": settings["policy"], "anchor":
-                                 settings["anchor"], "question_aware": args.question_aware}),
-        "labels": JsonlCache(folder, "labels", {"judge": args.reference_judge}),
+                                 settings["anchor"], "question_aware": config.question_aware}),
+        "labels": JsonlCache(folder, "labels", {"judge": config.reference_judge}),
     }
-    usable = (lambda i: bool(i.rubrics)) if args.target == "judge" else (lambda i: i.verifiable)
-    train, dev, test = split(args, usable)
-    metric, proposer = make_metric(args.target, program), proposal_lm(args, settings["anchor"]["model"])
-    out = Path(args.out or f"programs/{args.target}-{args.optimizer}.json")
-    meta = {"target": args.target, "optimizer": args.optimizer, "budget": args.budget, "mode": mode,
-            "question_aware": args.question_aware, "per_criterion": args.per_criterion, "dataset": str(args.dataset),
-            "train": args.train, "dev": args.dev, "test": args.test, "g": args.g, "seed": seed, "demos": args.demos,
-            "reflection_lm": getattr(proposer, "model", None), "reference_judge": args.reference_judge,
-            "equivalence": args.equivalence, "extraction": args.extraction}
+    usable = (lambda i: bool(i.rubrics)) if config.target == "judge" else (lambda i: i.verifiable)
+    train, dev, test = split(config, usable)
+    metric, proposer = make_metric(config.target, program), proposal_lm(config, settings["anchor"]["model"])
+    out = Path(config.out or f"{DEFAULT_OUT}/{config.target}-{config.optimizer}.json")
+    meta = {"target": config.target, "optimizer": config.optimizer, "budget": config.budget, "mode": mode,
+            "question_aware": config.question_aware, "per_criterion": config.per_criterion,
+            "dataset": str(config.dataset), "train": config.train, "dev": config.dev, "test": config.test,
+            "g": config.g, "seed": seed, "demos": config.demos, "reflection_lm": getattr(proposer, "model", None),
+            "reference_judge": config.reference_judge,
+            "equivalence": config.equivalence, "extraction": config.extraction}
     params = meta | {f"{role}.{k}": v for role, opts in settings.items() for k, v in opts.items()} | {"out": str(out)}
-    with tracking.run(args.experiment, run_name=f"optimize-{args.target}-{args.optimizer}"):
-        mlflow.dspy.autolog(log_traces=args.traces, log_compiles=True, log_evals=True, silent=True)
+    with tracking.run(config.experiment, run_name=f"optimize-{config.target}-{config.optimizer}"):
+        mlflow.dspy.autolog(log_traces=config.traces, log_compiles=True, log_evals=True, silent=True)
         try:
             tracking.log_params({f"cat.{k}": v for k, v in params.items()})
-            dev = dev if args.optimizer != "bootstrap" else []  # BootstrapFewShot has no validation set
-            trainset, devset, testset = (build_examples(args, data_cat, part, caches) for part in (train, dev, test))
+            dev = dev if config.optimizer != "bootstrap" else []  # BootstrapFewShot has no validation set
+            trainset, devset, testset = (build_examples(config, data_cat, part, caches)
+                                         for part in (train, dev, test))
             mlflow.log_metrics({"examples.train": len(trainset), "examples.dev": len(devset),
                                 "examples.test": len(testset)})
             if not trainset:
                 raise OptimizeError("no usable training examples (every rollout group failed?)")
-            base = getattr(program, TARGETS[args.target])
+            base = getattr(program, TARGETS[config.target])
             # Base on the trainset, concurrently: a baseline, and cached calls for the optimizer's sequential pass.
-            base_scores = evaluate(base, trainset, metric, args.threads, "train-base")
+            base_scores = evaluate(base, trainset, metric, config.threads, "train-base")
             mlflow.log_metric("train.base", mean_stderr(base_scores)[0])
-            optimizer, extra = make_optimizer(args, metric, proposer, base.lm)
-            local_proposer = args.optimizer == "mipro" and proposer.model.startswith("local")
+            optimizer, extra = make_optimizer(config, metric, proposer, base.lm)
+            local_proposer = config.optimizer == "mipro" and proposer.model.startswith("local")
             with dspy.context(adapter=FreeTextAdapter()) if local_proposer else contextlib.nullcontext():
-                compiled = compile_target(program, args.target, optimizer, trainset, devset, **extra)
-            save_program(program, out, meta)
+                compiled = compile_target(program, config.target, optimizer, trainset, devset, **extra)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            program.provenance = meta
+            program.save(str(out))
             mlflow.log_artifact(str(out), "program")
             before = dict(base.named_predictors())
             changes = {name: {"demos": len(p.demos), "instructions_changed":
@@ -392,10 +397,10 @@ def optimize(
             tracking.log_json(changes, "program_changes.json")
             result: dict[str, Any] = {"out": str(out), "changes": changes, "examples": len(trainset)}
             if testset:
-                report = compare(evaluate(base, testset, metric, args.threads, "test-base"),
-                                 evaluate(compiled, testset, metric, args.threads, "test-optimized"))
-                report |= {"target": args.target, "optimizer": args.optimizer, "changes": changes}
-                if args.target == "synthesize":
+                report = compare(evaluate(base, testset, metric, config.threads, "test-base"),
+                                 evaluate(compiled, testset, metric, config.threads, "test-optimized"))
+                report |= {"target": config.target, "optimizer": config.optimizer, "changes": changes}
+                if config.target == "synthesize":
                     report["rollout_baselines"] = group_baselines(testset, program.equivalence, program.extraction)
                 mlflow.log_metrics({f"test.{name}.{stat}": report[name][stat]
                                     for name in ("base", "optimized", "difference") for stat in ("mean", "se")})

@@ -19,8 +19,8 @@ from typing import Any
 
 import dspy
 
-from cat_dspy.scoring.equivalence import equivalent, extract_answer
-from cat_dspy.scoring.extraction import last_box_span
+from cat_dspy.scoring.equivalence import equivalent
+from cat_dspy.scoring.extraction import extract_answer, last_box_span
 from cat_dspy.scoring.rewards import majority_answer, rubric_reward
 from cat_dspy.scoring.stats import mean_stderr
 

@@ -7,7 +7,7 @@ scored, counted ``<arm>/*`` metrics).
 * :class:`JudgeReward` (``judge_reward``): the paper's model-as-judge baseline (cat-paper.md §1.4): the anchor
   synthesizes the reference as in CaT, the judge decides whether each rollout is semantically equivalent to it.
 * :class:`PhysicianRubricReward` (``physician_rubric_reward``): HealthBench's own physician rubric items graded by
-  the judge, the simple-evals score clipped to [0, 1] (:class:`cat_dspy.evaluation.grading.RubricGrader`).
+  the judge, the simple-evals score clipped to [0, 1] (:class:`cat_dspy.modules.rubric_grader.RubricGrader`).
 * :class:`GoldReward` (``gold_reward``): the supervised upper bound, 1 when a rollout's answer equals the dataset's.
 """
 
@@ -294,7 +294,7 @@ class PhysicianRubricReward(GroupReward):
                  length_limit: int | None = DEFAULTS["length_limit"], num_threads: int | None = DEFAULTS["num_threads"],
                  artifacts: bool = DEFAULTS["artifacts"], trace_every: int = DEFAULTS["trace_every"],
                  name: str = "physician_rubric_reward", **deprecated: int | None):
-        from cat_dspy.evaluation.grading import RubricGrader
+        from cat_dspy.modules.rubric_grader import RubricGrader
 
         judge = _role_lm(judge, "judge")
         if judge is None:

@@ -109,9 +109,7 @@ def build_reward(options: Mapping[str, Any], reward: str = "cat", **overrides: A
         lms["judge"] = judge
     built = cls(**lms, **kwargs)
     if opts.get("program"):  # optimized synthesis / rubric / judge prompts (cat-dspy optimize --out)
-        from cat_dspy.optimization.program_file import load_program
-
-        load_program(built.cat, opts["program"])
+        built.cat.load(opts["program"])
     return built
 
 

@@ -292,7 +292,6 @@ def main(script_args: Any, training_args: Any, model_args: Any) -> Any:
         trainer.save_state()
         if script_args.save_final_model:
             trainer.save_model(training_args.output_dir)
-    trainer.cat_sft_counts = counts
     return trainer
 
 

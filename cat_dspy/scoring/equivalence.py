@@ -26,10 +26,8 @@ import time
 
 from cat_dspy.scoring.counters import Counters
 
-__all__ = ["equivalence_stats", "equivalent", "extract_answer", "normalize_answer", "reset_equivalence_stats"]
+__all__ = ["equivalence_stats", "equivalent", "normalize_answer", "reset_equivalence_stats"]
 __all__ += ["EQUIVALENCE_FALLBACKS", "collect_equivalence", "shutdown_equivalence_workers"]
-
-from cat_dspy.scoring.extraction import extract_answer  # noqa: E402 - re-exported: the historical home of extraction
 
 # --------------------------------------------------------------------------------------------- normalization
 _WRAPPER = re.compile(r"\\(?:text|textbf|textit|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")

@@ -10,7 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from cat_dspy.modules import CaT, Judge, ProposeRubric, Synthesize
-from cat_dspy.scoring.equivalence import EQUIVALENCE_FALLBACKS, equivalence_stats, equivalent, extract_answer
+from cat_dspy.scoring.equivalence import EQUIVALENCE_FALLBACKS, equivalence_stats, equivalent
+from cat_dspy.scoring.extraction import extract_answer
 from cat_dspy.scoring.parsing import parse_criteria, parse_verdict, parse_verdicts
 from cat_dspy.scoring.rewards import rubric_reward, verifiable_reward
 from cat_dspy.testing import scripted_lm

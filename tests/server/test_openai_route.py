@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from cat_dspy.signatures import JudgeAll, ProposeRubric, SynthesizeFreeform, SynthesizeReasoning
+from cat_dspy.signatures import JudgeAll, ProposeCriteria, SynthesizeFreeform, SynthesizeReasoning
 
 pytestmark = pytest.mark.server
 
@@ -23,7 +23,7 @@ MODEL = "openai/smollm2"
 
 RUBRIC = ["The response recommends a regular sleep schedule.", "The response warns against caffeine late in the day.",
           "The response mentions keeping the bedroom dark and quiet."]
-ROLE_MARKS = {"judge": JudgeAll.instructions.split(".")[0], "anchor_rubric": ProposeRubric.instructions.split(":")[0],
+ROLE_MARKS = {"judge": JudgeAll.instructions.split(".")[0], "anchor_rubric": ProposeCriteria.instructions.split(":")[0],
               "anchor_free": SynthesizeFreeform.instructions.split(".")[0],
               "anchor": SynthesizeReasoning.instructions.split(".")[0]}  # first sentences of their instructions
 

@@ -11,11 +11,11 @@ import pytest
 from cat_dspy.scoring.equivalence import (
     equivalence_stats,
     equivalent,
-    extract_answer,
     normalize_answer,
     reset_equivalence_stats,
     shutdown_equivalence_workers,
 )
+from cat_dspy.scoring.extraction import extract_answer
 
 
 @pytest.fixture(autouse=True)

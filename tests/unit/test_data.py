@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cat_dspy import datasets as data
-from cat_dspy.datasets import DATASETS, DataError, Item, load_dataset, sample_questions, split_items
+from cat_dspy.datasets import DATASETS, DataError, load_dataset, split_items
 
 NUMBER = re.compile(r"-?\d+(\.\d+)?")
 
@@ -40,7 +40,6 @@ def write(path: Path, lines: list[str | dict] | bytes) -> Path:
 def no_shared(monkeypatch):
     """Hide every data dir but the ones a test passes."""
     monkeypatch.delenv(data.ENV_VAR, raising=False)
-    monkeypatch.setattr(data, "_auto_data_dir", lambda: None)
 
 
 @pytest.fixture
@@ -337,13 +336,3 @@ def test_split_items_is_disjoint_and_seeded():
     for bad in ({"train": 40, "dev": 20}, {"train": -1, "dev": 1}, {"train": 1, "dev": 1, "test": 49}):
         with pytest.raises(ValueError, match="cannot split"):
             split_items(items, **bad)
-
-
-def test_sample_questions_ship_with_the_package():
-    items = sample_questions()
-    assert 8 <= len(items) <= 12 and all(isinstance(i, Item) for i in items)
-    assert len({i.id for i in items}) == len(items)
-    health = [i for i in items if i.meta.get("domain") == "health"]
-    assert len(health) == 3 and all(i.answer is None for i in health)
-    assert all(i.answer and NUMBER.fullmatch(i.answer) for i in items if i not in health)
-    assert (Path(data.__file__).parent / "data" / "samples.jsonl").is_file()

@@ -1,4 +1,4 @@
-"""Extraction rules added for answer checking at the level of the peer graders (issue 11, item 4)."""
+"""Extraction rules that bring answer checking to the level of the peer graders."""
 
 from __future__ import annotations
 

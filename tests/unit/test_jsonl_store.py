@@ -99,7 +99,7 @@ def test_optimize_cache_resumes_after_a_torn_write_and_refuses_a_corrupt_one(tmp
     cache = JsonlCache(tmp_path, "rollouts", config)
     cache.put("q1", ["a", "b"])
     cache.put("q2", ["c", "d"])
-    with cache.path.open("a") as fh:  # a crash while writing q3 (this used to stop the rerun with JSONDecodeError)
+    with cache.path.open("a") as fh:  # a crash while writing q3: the rerun must not stop on the torn line
         fh.write('{"id": "q3", "value": ["e"')
     with caplog.at_level(logging.WARNING, logger="cat_dspy.jsonl_store"):
         resumed = JsonlCache(tmp_path, "rollouts", config)

@@ -1,4 +1,5 @@
-"""The package's layers: no import cycle among ``cat_dspy`` modules, function-level imports included.
+"""The package's layers: no import cycle among ``cat_dspy`` modules, and every import points down the layers
+(:data:`LAYERS`), function-level imports included.
 
 Every ``import``/``from ... import`` statement of every module is read with :mod:`ast` (wherever it sits: module
 level, inside functions, in try blocks), except those under ``if TYPE_CHECKING:``, which never run; a string constant
@@ -55,7 +56,7 @@ def imports_of(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
             found.update(subs)
             if len(subs) < len(node.names):
                 found.add(base)
-        elif isinstance(node, ast.Constant) and node.value in modules:
+        elif isinstance(node, ast.Constant) and node.value in modules and node.value != "cat_dspy":
             found.add(node.value)  # a lazy table for importlib ({"eval": "cat_dspy.cli.eval"})
     return {m for m in found if m in modules and m != name}
 
@@ -100,6 +101,56 @@ def test_graph_sees_function_level_imports():
 
 def test_no_import_cycle_among_cat_dspy_modules():
     assert find_cycle(import_graph()) is None, f"import cycle: {' -> '.join(find_cycle(import_graph()))}"
+
+
+LAYERS = (
+    ("cat_dspy.scoring", "cat_dspy.deprecation"),  # pure functions: answers, rewards, statistics
+    ("cat_dspy.lm", "cat_dspy.signatures", "cat_dspy.adapters", "cat_dspy.jsonl_store", "cat_dspy.tracking",
+     "cat_dspy.datasets", "cat_dspy.config"),  # engines, prompts, stores, data, the reward's options
+    ("cat_dspy.modules", "cat_dspy.testing"),  # the DSPy modules (and the scripted engines that test them)
+    ("cat_dspy.evaluation", "cat_dspy.optimization"),  # test time: evaluation, prompt optimization
+    ("cat_dspy.rl",),  # training: the TRL rewards, GRPO and SFT entries
+    ("cat_dspy.rewards", "cat_dspy"),  # facades of names (TRL's dotted paths, the package's exports)
+    ("cat_dspy.cli",),  # the command line
+)
+"""The layers, bottom first: a module imports its own layer and those below it, never one above."""
+
+
+def layer_of(name: str) -> int:
+    """The index in :data:`LAYERS` of the layer holding module ``name``."""
+    for index, prefixes in enumerate(LAYERS):
+        if any(name == p or (p != "cat_dspy" and name.startswith(p + ".")) for p in prefixes):
+            return index
+    raise AssertionError(f"{name} is in no layer: add it to LAYERS")
+
+
+def upward_arrows(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
+    """The imports of ``graph`` that point to a higher layer."""
+    return sorted((a, b) for a, deps in graph.items() for b in deps if layer_of(b) > layer_of(a))
+
+
+def test_upward_arrows_finds_a_planted_one():
+    graph = {"cat_dspy.scoring.rewards": {"cat_dspy.rl.reward"}, "cat_dspy.cli.solve": {"cat_dspy.modules.cat"}}
+    assert upward_arrows(graph) == [("cat_dspy.scoring.rewards", "cat_dspy.rl.reward")]
+
+
+def test_every_import_points_down_the_layers():
+    assert upward_arrows(import_graph()) == []
+
+
+def test_the_reward_facade_defines_nothing():
+    tree = ast.parse((ROOT / "rewards.py").read_text())
+    defined = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.Assign))
+               and not (isinstance(n, ast.Assign) and [ast.unparse(t) for t in n.targets] == ["__all__"])]
+    assert defined == [], [ast.unparse(n)[:60] for n in defined]
+
+
+def test_one_place_sets_process_wide_library_settings_at_import():
+    def sets_environ(path: Path) -> bool:  # a module-level statement writes os.environ
+        return any("os.environ" in ast.unparse(stmt) and isinstance(stmt, (ast.Expr, ast.Assign))
+                   for stmt in ast.parse(path.read_text()).body)
+
+    assert [p.relative_to(ROOT).as_posix() for p in ROOT.rglob("*.py") if sets_environ(p)] == ["__init__.py"]
 
 
 def third_party_imports(path: Path) -> set[str]:

@@ -13,7 +13,6 @@ from cat_dspy import cli
 from cat_dspy.modules import CaT, Judge
 from cat_dspy.optimization.compile import compile_target
 from cat_dspy.optimization.metrics import JudgeMetric, RubricMetric, SynthesisMetric, compare, contrast
-from cat_dspy.optimization.program_file import load_program, save_program
 from cat_dspy.testing import scripted_lm
 
 UNIFIED = "# SUMMARY ok\n# UNIFIED RESPONSE\nTherefore, the final answer is: $\\boxed{{{}}}$. I hope it is correct."
@@ -140,12 +139,18 @@ def test_bootstrap_demos_render_through_the_free_text_adapter_and_survive_save_l
     assert len(compiled.synthesize.demos) == 2
     assert program.judge.judge_one is judge_one
 
-    path = save_program(program, tmp_path / "p.json", {"mode": "verifiable", "question_aware": False})
+    path = tmp_path / "p.json"
+    program.provenance = {"optimizer": "bootstrap"}
+    program.save(str(path))  # DSPy's own save: the prompts' state, plus how the program reads answers
     state = json.loads(path.read_text())
-    assert len(state["synthesize.synthesize"]["demos"]) == 2 and state["cat_dspy"]["mode"] == "verifiable"
+    assert len(state["synthesize.synthesize"]["demos"]) == 2
+    assert state["cat_dspy"] == {"optimizer": "bootstrap", "mode": "verifiable", "question_aware": False,
+                                 "extraction": "strict"}
 
     fresh_anchor = scripted_lm([UNIFIED.format(4)])
-    fresh = load_program(CaT(g=2, anchor=fresh_anchor), path)
+    fresh = CaT(g=2, anchor=fresh_anchor)
+    fresh.load(str(path))
+    assert fresh.provenance == {"optimizer": "bootstrap"}
     pred = fresh.synthesize(rollouts=["TEST \\boxed{4}", "TEST \\boxed{3}"])
     assert pred.answer == "4"
     prompt = fresh_anchor.engine_script.prompts[-1]
@@ -172,7 +177,8 @@ def test_gepa_rewrites_the_instruction_from_feedback(tmp_path):
     compiled = compile_target(program, "synthesize", optimizer, _trainset(2), _trainset(2))
     assert compiled.synthesize.signature.instructions.startswith("MAGIC")
     assert any("correct answer is 4" in r for r in reflections)  # the metric's feedback reached the reflection LM
-    path = save_program(program, tmp_path / "g.json", {})
+    path = tmp_path / "g.json"
+    program.save(str(path))
     fresh_anchor = scripted_lm(anchor_fn)
     loaded = CaT(anchor=fresh_anchor)
     loaded.load(str(path))

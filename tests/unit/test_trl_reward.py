@@ -518,11 +518,11 @@ def test_extraction_option_reaches_the_reward():
 
 def test_reward_loads_an_optimized_program(tmp_path, caplog):
     from cat_dspy.modules import CaT
-    from cat_dspy.optimization.program_file import save_program
 
     tuned = CaT(g=2, extraction="flexible")
     tuned.synthesize.synthesize.signature = tuned.synthesize.synthesize.signature.with_instructions("Reconcile: X")
-    path = save_program(tuned, tmp_path / "synth.json", {"mode": "verifiable", "extraction": "flexible"})
+    path = tmp_path / "synth.json"
+    tuned.save(str(path))
     seen = []
     anchor = scripted_lm(lambda prompt: seen.append(prompt) or "so 3 + 4 = 7")
     reward = rewards_module.build_reward({"anchor": anchor, "g": 2, "program": str(path)})

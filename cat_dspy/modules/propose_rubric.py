@@ -6,7 +6,7 @@ import dspy
 
 from cat_dspy.modules.base import RoleModule
 from cat_dspy.scoring.parsing import parse_criteria
-from cat_dspy.signatures import ProposeRubric as ProposeRubricSignature
+from cat_dspy.signatures import ProposeCriteria
 
 
 class ProposeRubric(RoleModule):
@@ -37,7 +37,7 @@ class ProposeRubric(RoleModule):
         super().__init__(lm=lm, adapter=adapter)
         self.min_criteria = min_criteria
         self.max_criteria = max_criteria
-        self.propose = dspy.Predict(ProposeRubricSignature)
+        self.propose = dspy.Predict(ProposeCriteria)
 
     def forward(self, reference: str) -> dspy.Prediction:
         """Propose the rubric.
