@@ -147,7 +147,8 @@ def test_the_reward_facade_defines_nothing():
 
 def test_one_place_sets_process_wide_library_settings_at_import():
     def sets_environ(path: Path) -> bool:  # a module-level statement writes os.environ
-        return any("os.environ" in ast.unparse(stmt) and isinstance(stmt, (ast.Expr, ast.Assign))
+        writes = ("os.environ.setdefault(", "os.environ[", "os.putenv(", "os.environ.update(")
+        return any(isinstance(stmt, (ast.Expr, ast.Assign)) and ast.unparse(stmt).startswith(writes)
                    for stmt in ast.parse(path.read_text()).body)
 
     assert [p.relative_to(ROOT).as_posix() for p in ROOT.rglob("*.py") if sets_environ(p)] == ["__init__.py"]
