@@ -101,6 +101,9 @@ def explain_backend_error(exc: BaseException) -> str | None:
     if not (rejected or missing):
         return None
     model = next((m for e in chain if isinstance(m := getattr(e, "model", None), str) and m), "the API model")
+    provider = next((p for e in chain if isinstance(p := getattr(e, "provider", None), str) and p), None)
+    if provider and "/" not in model:
+        model = f"{provider}/{model}"  # DSPy's errors name the model without its LiteLLM provider
     env = api_key_env(model)
     if missing:
         return f"authentication failed for {model}: no API key was found; set {env}"
