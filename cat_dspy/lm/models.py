@@ -38,7 +38,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no cost-map dow
 
 import dspy
 
-from cat_dspy.lm.hf import DEFAULT_MODEL_NAME, DEFAULT_QUANTIZATION, file_fingerprint
+from cat_dspy.lm.hf import DEFAULT_MODEL_NAME, DEFAULT_QUANTIZATION, INSTALL_LOCAL, LocalStackMissing, file_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -172,8 +172,11 @@ def local_runtime(model: str, runtime: str | None = None, device: str | None = N
     elif choice == "auto":
         cpu = str(device or "cpu") == "cpu" and dtype is None
         if device is None and cpu:
-            import torch
-
+            try:
+                import torch
+            except ImportError as exc:  # an API-only install: the local runtimes read the GGUF with transformers
+                raise LocalStackMissing(f"{model!r} needs the local model stack (torch, transformers, gguf): "
+                                        f"{INSTALL_LOCAL}") from exc
             cpu = not torch.cuda.is_available()
         choice = "llamacpp" if cpu and llamacpp_available() else "torch"
         if choice not in _LOGGED:
