@@ -289,7 +289,7 @@ def _print_report(result: dict[str, Any]) -> None:
     console.print(f"compute (solve {seconds['solve']:.1f} s, model load {seconds['model_load']:.1f} s):",
                   highlight=False)
     for line in compute_summary(result["usage"], result.get("cache_hits")):
-        console.print("  " + line, highlight=False, markup=False)
+        console.print("  " + line, highlight=False, markup=False, soft_wrap=True)  # one line per role
     console.print(f"[bold]{outcome(result)}[/bold]", highlight=False)
 
 
