@@ -100,6 +100,10 @@ def test_the_demo_prints_what_the_readme_shows(tmp_path):
     demo = next(c for lang, needs, body, _ in blocks() if lang == "bash" and not needs
                 for c in commands(body) if " solve " in c)
     excerpt = next(body for lang, _, body, _ in blocks() if lang == "text")
+    makefile = (ROOT / "Makefile").read_text()
+    question = re.search(r"^QUESTION \?= (.+)$", makefile, re.M).group(1)
+    demo_args = re.search(r"^DEMO_ARGS \?= (.+)$", makefile, re.M).group(1).split()
+    assert shlex.split(demo)[1:] == ["solve", question, *demo_args], "the README's demo is not `make demo`'s command"
     first = run(argv(demo), tmp_path)
     assert first.returncode == 0, first.stderr[-4000:]
     kinds = ("reference (anchor synthesis)", "reference answer:", "compute (solve", "  policy ", "  anchor ",

@@ -34,7 +34,8 @@ def test_solve_against_a_keyless_server_with_no_key_set_and_no_training_stack(li
     (tmp_path / "block" / "sitecustomize.py").write_text(BLOCKER)
     repo = Path(__file__).resolve().parents[2]
     env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
-    env |= {"PYTHONPATH": os.pathsep.join([str(tmp_path / "block"), str(repo)]), "OMP_NUM_THREADS": "1"}
+    env |= {"PYTHONPATH": os.pathsep.join([str(tmp_path / "block"), str(repo)]), "OMP_NUM_THREADS": "1",
+            "DSPY_CACHEDIR": str(tmp_path / "dspy")}  # a cold cache: every call reaches the server
     argv = [sys.executable, "-m", "cat_dspy", "solve", "What is 2 + 3?", "--g", "2", "--max-tokens", "24",
             "--anchor-max-tokens", "32", "--seed", "0", "--json", "--api-base", live_server.url,
             *[arg for role in ("policy", "anchor", "judge") for arg in (f"--{role}", MODEL)]]
