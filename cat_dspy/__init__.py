@@ -34,7 +34,7 @@ _EXPORTS = {
     "make_lm": "cat_dspy.lm.models",
     # CaT's reward for TRL's GRPOTrainer
     "CaTReward": "cat_dspy.rewards",
-    "CaTRewardConfig": "cat_dspy.rl.config",
+    "CaTRewardConfig": "cat_dspy.config",
     # test-time evaluation and data
     "evaluate": "cat_dspy.evaluation.evaluate",
     "load_dataset": "cat_dspy.datasets",
@@ -61,7 +61,7 @@ if TYPE_CHECKING:
     from cat_dspy.lm.models import make_lm
     from cat_dspy.modules import CaT, Judge, ProposeRubric, Rollout, Synthesize
     from cat_dspy.rewards import CaTReward
-    from cat_dspy.rl.config import CaTRewardConfig
+    from cat_dspy.config import CaTRewardConfig
 
 
 def __getattr__(name: str) -> Any:

@@ -114,7 +114,7 @@ LAYERS = (
     ("cat_dspy.evaluation", "cat_dspy.optimization"),  # test time: evaluation, prompt optimization
     ("cat_dspy.rl",),  # training: the TRL rewards, GRPO and SFT entries
     ("cat_dspy.rewards", "cat_dspy"),  # facades of names (TRL's dotted paths, the package's exports)
-    ("cat_dspy.cli",),  # the command line
+    ("cat_dspy.cli", "cat_dspy.__main__"),  # the command line (python -m cat_dspy)
 )
 """The layers, bottom first: a module imports its own layer and those below it, never one above."""
 
