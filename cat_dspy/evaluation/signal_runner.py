@@ -265,8 +265,33 @@ def probe_question(item: Item, setup: SignalSetup) -> dict[str, Any]:
         "compute": compute,
     }
     record["signals"] = score_record(record, setup.signals, gs)
+    grade_signals(record, item.answer, setup.equivalence)
     record["seconds"] = time.perf_counter() - start
     return record
+
+
+def grade_signals(record: dict[str, Any], gold: str, equivalence: str = "symbolic") -> None:
+    """Add, after the signals have answered, whether each pseudo-label is right (``label_correct``) and the
+    CaT-vs-majority disagreement per G (``record["disagreement"]``)."""
+    graded: dict[str | None, bool] = {}
+
+    def right(answer: str | None) -> bool:
+        if answer not in graded:
+            graded[answer] = grade_answer(answer, gold, mode=equivalence)
+        return graded[answer]
+
+    for by_g in record["signals"].values():
+        for result in by_g.values():
+            result["label_correct"] = right(result["label"]) if result["label"] is not None else False
+    signals = record["signals"]
+    if "cat" in signals and "majority" in signals:
+        record["disagreement"] = {}
+        for g in signals["cat"]:
+            cat, majority = signals["cat"][g]["label"], signals["majority"][g]["label"]
+            same = (cat is None and majority is None) or (
+                cat is not None and majority is not None and grade_answer(cat, majority, mode=equivalence))
+            record["disagreement"][g] = {"differs": not same, "cat_correct": right(cat) if cat else False,
+                                         "majority_correct": right(majority) if majority else False}
 
 
 def run_signals(items: Sequence[Item], setup: SignalSetup, run_dir: str | os.PathLike, *, num_threads: int = 1,
@@ -276,4 +301,5 @@ def run_signals(items: Sequence[Item], setup: SignalSetup, run_dir: str | os.Pat
                          progress=progress, cache=cache, label="signals")
 
 
-__all__ = ["PROBE_ROLE", "SignalSetup", "build_setup", "probe_question", "probes_of", "reasoning_of", "run_signals"]
+__all__ = ["PROBE_ROLE", "SignalSetup", "build_setup", "grade_signals", "probe_question", "probes_of", "reasoning_of",
+           "run_signals"]
