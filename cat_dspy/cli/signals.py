@@ -33,6 +33,15 @@ def _signals(text: str) -> list[str]:
     return names
 
 
+def _probe_gs(text: str) -> tuple[str, list[int]]:
+    from cat_dspy.evaluation.signal_runner import PROBE_ROLE
+
+    name, _, gs = text.partition("=")
+    if name not in PROBE_ROLE or not gs:
+        raise argparse.ArgumentTypeError(f"expected PROBE=G,G with PROBE of {', '.join(PROBE_ROLE)}, got {text!r}")
+    return name, _ints(gs)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``cat-dspy signals``."""
     from cat_dspy.cli.common import add_answer_arguments, add_role_arguments
@@ -53,6 +62,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="G values; max(G) rollouts are sampled once per question (default: 2,4,8,16)")
     sig.add_argument("--signals", type=_signals, default=",".join(DEFAULT_SIGNALS), metavar="S,S,...",
                      help=f"of {','.join(DEFAULT_SIGNALS)} (default: all)")
+    sig.add_argument("--probe-gs", action="append", type=_probe_gs, default=[], metavar="PROBE=G,G",
+                     help="run an expensive probe at these G only (repeatable), e.g. mp=2,4,8")
     sig.add_argument("--num-threads", type=int, default=IN_FLIGHT, metavar="N",
                      help="questions in flight together; the local engine batches their calls (default: %(default)s)")
     sig.add_argument("--experiment", default="cat-dspy-signals", help="MLflow experiment (default: %(default)s)")
@@ -110,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
     label = args.dataset_label or Path(str(args.dataset)).stem
     setup = build_setup(lms, args.g, args.signals, temperature=settings["policy"]["temperature"],
                         extraction=args.extraction, equivalence=args.equivalence,
-                        max_tokens=settings["policy"]["max_tokens"], seed=args.seed, dataset=label)
+                        max_tokens=settings["policy"]["max_tokens"], seed=args.seed, dataset=label,
+                        probe_gs=dict(args.probe_gs) or None)
     started = time.time()
     done, todo = run_signals(items, setup, run_dir, num_threads=args.num_threads, progress=not args.no_progress,
                              cache=not args.no_cache)

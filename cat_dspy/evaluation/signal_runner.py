@@ -61,19 +61,27 @@ class SignalSetup:
     max_tokens: int | None = None
     seed: int = 0
     dataset: str = ""
+    probe_gs: dict[str, list[int]] | None = None  # a probe run at these G only (default: every G)
+
+    def gs_of(self, probe: str) -> list[int]:
+        """The G values ``probe`` runs at."""
+        chosen = (self.probe_gs or {}).get(probe)
+        return self.gs if chosen is None else [g for g in self.gs if g in chosen]
 
 
 def build_setup(lms: dict[str, Any], gs: Sequence[int], signals: Sequence[str], *, temperature: float = 1.0,
                 extraction: str = "flexible", equivalence: str = "symbolic", max_tokens: int | None = None,
-                seed: int = 0, dataset: str = "") -> SignalSetup:
-    """The programs of a signal run (the evaluation's, with rollout log-probabilities)."""
+                seed: int = 0, dataset: str = "", probe_gs: dict[str, list[int]] | None = None) -> SignalSetup:
+    """The programs of a signal run (the evaluation's, with rollout log-probabilities); ``probe_gs`` limits an
+    expensive probe (``mp``: G prompts of G−1 rollouts each) to some G values (the signal is ``unavailable``
+    elsewhere, and counted)."""
     unknown = sorted(set(signals) - set(SIGNALS))
     if unknown:
         raise ValueError(f"unknown signals {unknown}; choose from {', '.join(SIGNALS)}")
     gs = sorted(set(gs))
     programs = build_programs(lms, mode="verifiable", g=max(gs), logprobs=True, temperature=temperature,
                               rollout_strategy="concurrent", extraction=extraction)
-    return SignalSetup(programs, lms, gs, list(signals), equivalence, max_tokens, seed, dataset)
+    return SignalSetup(programs, lms, gs, list(signals), equivalence, max_tokens, seed, dataset, probe_gs)
 
 
 def probes_of(signals: Sequence[str]) -> list[str]:
@@ -221,21 +229,23 @@ def probe_question(item: Item, setup: SignalSetup) -> dict[str, Any]:
                 out = {"reference": pred.reference, "answer": pred.answer, "error": pred.error}
         return name, g, {**out, "usage": usage.get(PROBE_ROLE[name], empty_usage())}
 
-    first_stage = [(p, g) for p in probes if p not in ("soft_cat", "token_stats") for g in gs]
+    first_stage = [(p, g) for p in probes if p not in ("soft_cat", "token_stats") for g in setup.gs_of(p)]
     first_stage += [("token_stats", g_max)] if "token_stats" in probes else []
     for name, g, out in thread_map(generation_job, first_stage):
         results.setdefault(name, {})[str(g)] = out
     if "soft_cat" in probes:
         usage: dict[str, dict[str, float]] = {}
         with track_role(usage, "anchor"):
-            refs = {g: results["cat"][str(g)]["answer"] for g in gs}
+            refs = {g: results["cat"][str(g)]["answer"] for g in setup.gs_of("soft_cat") if str(g) in results["cat"]}
             results["soft_cat"] = _soft_cat(setup, item.question, rollouts, answers, refs)
-        results["soft_cat"][str(g_max)]["usage"] = usage.get("anchor", empty_usage())
+        if results["soft_cat"]:
+            next(iter(results["soft_cat"].values()))["usage"] = usage.get("anchor", empty_usage())
     for name, by_g in results.items():
         total = compute.setdefault(name, {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "seconds": 0.0})
         for out in by_g.values():
+            used = out.pop("usage", {})
             for key in total:
-                total[key] += out.pop("usage", {}).get(key, 0)
+                total[key] += used.get(key, 0)
     token = results.pop("token_stats", {}).get(str(g_max), {})
     unavailable = {}
     if token.get("unavailable"):

@@ -153,7 +153,7 @@ def self_certainty(mean_logprob: float, vocab_size: int) -> float:
         >>> self_certainty(-math.log(4), 4)  # uniform over 4: no certainty
         0.0
         >>> round(self_certainty((math.log(0.7) + 3 * math.log(0.1)) / 4, 4), 4)
-        0.3636
+        0.4298
     """
     return -math.log(vocab_size) - mean_logprob
 
@@ -163,7 +163,7 @@ def _cat(name: str) -> Callable[[Group], SignalResult]:
         if name in group.unavailable:
             return unavailable(group.unavailable[name])
         if name not in group.references:
-            return unavailable("no_reference")
+            return unavailable("not_probed")
         label = group.references[name]
         if label is None:
             return unavailable("reference_without_answer")
@@ -188,7 +188,7 @@ def _self_bon(group: Group) -> SignalResult:
     if "self_bon" in group.unavailable:
         return unavailable(group.unavailable["self_bon"])
     if group.self_bon is None:
-        return unavailable("no_pick")
+        return unavailable("not_probed")
     scores = [float(i == group.self_bon) for i in range(group.g)]
     label = group.answers[group.self_bon]
     return SignalResult(scores, label, group.agreement(label), group.self_bon)
@@ -306,6 +306,8 @@ def group_at(record: dict[str, Any], g: int) -> Group:
         if key in probes.get(name, {}) and probes[name][key].get("error"):
             unavailable_reasons[name] = "synthesis_failed"
     self_bon = probes.get("self_bon", {}).get(key)
+    if self_bon and self_bon.get("fallback"):  # no pick read from the policy's answer
+        unavailable_reasons["self_bon"] = self_bon["fallback"]
     mp = probes.get("mp", {}).get(key)
     soft = probes.get("soft_cat", {}).get(key)
     for name, probe in (("mp", mp), ("soft_cat", soft), ("self_bon", self_bon)):

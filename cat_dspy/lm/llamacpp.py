@@ -92,7 +92,7 @@ def vocab_stats(log_probs: np.ndarray, block: int = _SCORE_CHUNK) -> tuple[np.nd
     Examples:
         >>> h, m = vocab_stats(log_softmax(np.array([[0.0, 0.0], [np.log(3.0), 0.0]])))
         >>> np.round(h, 4).tolist(), np.round(m, 4).tolist()  # ln 2; -(3/4 ln 3/4 + 1/4 ln 1/4)
-        ([0.6931, 0.5623], [-0.6931, -0.8369])
+        ([0.6931, 0.5623], [-0.6931, -0.837])
     """
     entropy = np.empty(len(log_probs), dtype=np.float64)
     mean = np.empty(len(log_probs), dtype=np.float64)
