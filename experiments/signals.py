@@ -9,7 +9,10 @@ merges their ``results.jsonl`` into ``OUT/summary.json``, ``OUT/summary.txt`` an
     python experiments/signals.py run --out experiments/results/signals        # resumable; then aggregate
     python experiments/signals.py aggregate --out experiments/results/signals  # from the records alone
 
-``--questions N`` sets the questions per level (GSM8K too); ``--limit-levels`` runs a subset (a smoke run).
+``--questions N`` sets the questions per level (``--gsm8k-questions`` GSM8K's); ``--levels`` runs a subset (a smoke
+run). Sized by measurement: on one core (OMP_NUM_THREADS=1, the machine shared) a G = 16 arithmetic question with
+every signal took ~190 s (rollouts 26 s; ~20k scored or prefilled tokens, mostly the probes), so the default sweep,
+4 questions x 5 sets, is about an hour.
 """
 
 from __future__ import annotations
@@ -26,11 +29,11 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 LEVELS = ("L1", "L2", "L3", "L4", "gsm8k")
 G = "2,4,8,16"
-MAX_TOKENS = {"L1": 64, "L2": 64, "L3": 64, "L4": 64, "gsm8k": 160}  # see README: the cap's measured effect
-ANCHOR_MAX_TOKENS = 128
+MAX_TOKENS = {"L1": 64, "L2": 64, "L3": 64, "L4": 64, "gsm8k": 128}  # summary.json's `cap`: the measured effect
+ANCHOR_MAX_TOKENS = 96
 # Mutual predictability scores G prompts of G-1 rollouts each (~G^2 rollout lengths of full-vocabulary scoring):
-# at G = 16 that alone would cost more than the rest of a question; it runs at G <= 8.
-PROBE_GS = ["mp=2,4,8"]
+# measured on one core, mp at G = 2, 4, 8 took a third of a question's scored tokens; it runs at G <= 4.
+PROBE_GS = ["mp=2,4"]
 
 
 def data_file(level: str, out: Path, questions: int, seed: int) -> Path:
@@ -65,7 +68,8 @@ def run(args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     levels = args.levels or list(LEVELS)
     for level in levels:
-        cmd = command(level, out, args.questions, args.seed, args.num_threads, args.extra)
+        questions = args.gsm8k_questions if level == "gsm8k" and args.gsm8k_questions else args.questions
+        cmd = command(level, out, questions, args.seed, args.num_threads, args.extra)
         start = time.time()
         print(f"[{time.strftime('%H:%M:%S')}] {level}: {' '.join(cmd)}", flush=True)
         subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL)
@@ -100,7 +104,8 @@ def main() -> None:
         p = sub.add_parser(name)
         p.add_argument("--out", default=str(HERE / "results" / "signals"))
         if name == "run":
-            p.add_argument("--questions", type=int, default=40, help="questions per level (default: 40)")
+            p.add_argument("--questions", type=int, default=4, help="questions per level (default: 4)")
+            p.add_argument("--gsm8k-questions", type=int, default=None, help="GSM8K questions (default: --questions)")
             p.add_argument("--levels", nargs="*", choices=LEVELS, default=None, help="a subset of the levels")
             p.add_argument("--seed", type=int, default=0)
             p.add_argument("--num-threads", type=int, default=8, help="questions in flight (engine batches)")
