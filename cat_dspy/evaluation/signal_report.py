@@ -14,7 +14,9 @@ Per (dataset, G, signal):
   ``label_accuracy``: the pseudo-label is right;
 * ``zero_variance``: the share of groups whose rewards are all equal (no GRPO gradient; a group the signal cannot
   score counts as one);
-* ``compute``: per question, the signal's own probe (calls, tokens, seconds), besides the rollouts all share.
+* ``compute``: per question, the signal's own probe (calls, tokens, seconds), besides the rollouts all share; the
+  seconds are each call's wall time summed, and concurrent calls overlap (4 self-BoN calls of one question run
+  together), so they rank the probes rather than add up to the question's time.
 
 Per (dataset, G) also: ``disagreement`` (the paper's analysis: how often CaT's reference answer differs from the
 majority answer, and how often each is right then) and ``cap`` (rollouts hitting the token cap, accuracy capped vs
@@ -260,7 +262,7 @@ def plot_signals(summary: dict[str, Any], path: str | Path, g: int | None = None
         ax.grid(alpha=0.3)
     ax_auc.axhline(0.5, color="grey", linewidth=0.8)
     ax_acc.set_ylabel("accuracy")
-    ax_auc.legend(fontsize=8, loc="best")
+    (ax_auc if ax_auc.get_legend_handles_labels()[0] else ax_acc).legend(fontsize=8, loc="best")
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=120)
