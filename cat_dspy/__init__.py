@@ -56,12 +56,12 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from cat_dspy.adapters import FreeTextAdapter
+    from cat_dspy.config import CaTRewardConfig
     from cat_dspy.datasets import load_dataset
     from cat_dspy.evaluation.evaluate import evaluate
     from cat_dspy.lm.models import make_lm
     from cat_dspy.modules import CaT, Judge, ProposeRubric, Rollout, Synthesize
     from cat_dspy.rewards import CaTReward
-    from cat_dspy.config import CaTRewardConfig
 
 
 def __getattr__(name: str) -> Any:

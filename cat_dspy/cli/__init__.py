@@ -1,4 +1,4 @@
-"""The ``cat-dspy`` command line: solve | eval | compare | train | sft | optimize | serve.
+"""The ``cat-dspy`` command line: solve | eval | signals | compare | train | sft | optimize | serve.
 
 A static table maps each subcommand to its module, which exposes ``add_arguments(parser)`` and ``run(args) -> int``
 (``train`` and ``sft`` have their own parser: ``run_argv``). The commands only parse arguments and call the library
@@ -17,6 +17,7 @@ import sys
 COMMANDS = {
     "solve": "cat_dspy.cli.solve",
     "eval": "cat_dspy.cli.eval",
+    "signals": "cat_dspy.cli.signals",
     "compare": "cat_dspy.evaluation.compare",
     "train": "cat_dspy.cli.train",
     "sft": "cat_dspy.cli.sft",
