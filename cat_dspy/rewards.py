@@ -6,8 +6,8 @@ from Python. The comparison arms are configured the same way: ``majority_reward`
 ``judge_reward`` (model-as-judge), ``physician_rubric_reward`` (HealthBench's rubrics), ``random_reward`` (the
 random-reward control) and ``gold_reward`` (the supervised upper bound); :data:`REWARD_FUNCS` maps the names a
 recipe's ``reward:`` field takes to their classes, as open-r1's registry does. They are defined in :mod:`cat_dspy.rl`
-(:mod:`~cat_dspy.rl.reward`, :mod:`~cat_dspy.rl.baselines`, :mod:`~cat_dspy.rl.registry`); the pure reward functions (R_ver, R_rub, the length
-penalty, majority voting) in :mod:`cat_dspy.scoring.rewards`.
+(:mod:`~cat_dspy.rl.reward`, :mod:`~cat_dspy.rl.baselines`, :mod:`~cat_dspy.rl.registry`); the pure reward
+functions (R_ver, R_rub, the length penalty, majority voting) in :mod:`cat_dspy.scoring.rewards`.
 
 Examples:
     >>> from cat_dspy.rewards import CaTReward
