@@ -1,15 +1,26 @@
-"""Shared test set-up: isolated caches and MLflow stores, offline LiteLLM, benchmark data.
+"""Shared test set-up: isolated caches and MLflow stores, offline LiteLLM, benchmark data, required components.
 
 Tests that need the real benchmark files carry ``@pytest.mark.needs_data(...)`` and skip, naming the files, on a
 checkout with no ``../shared/data`` (and no ``$CAT_DSPY_DATA``: the suite points it at ``../shared/data`` beside the
 checkout when that folder exists and the variable is unset); CI sets ``$CAT_DSPY_REQUIRE_DATA`` so that there
 they fail instead. Code paths that only need *some* data in a named set's format use :func:`tiny_gsm8k`.
+
+Tests that need a component the README installs (llama.cpp and its server, the embedded model, peft, optuna) skip
+where it is missing, through :func:`missing_component` (or ``pytest.importorskip`` of its module); CI sets
+``$CAT_DSPY_REQUIRE_COMPONENTS`` so that such a skip is a failure there, and ``local`` cannot quietly run on torch.
+
+Every test starts with its own MLflow store, a copy of one migrated store (:func:`mlflow_template`: migrating a
+fresh sqlite store costs seconds, a copy nothing), and its own in-memory DSPy cache (a test marked
+``dspy_disk_cache`` gets a disk cache in its ``tmp_path``).
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
+import shutil
+import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -17,6 +28,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from components import COMPONENTS, REQUIRE_COMPONENTS, component_of_skip, components_required
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -26,7 +38,6 @@ REPO = Path(__file__).resolve().parents[1]
 if (REPO.parent / "shared" / "data").is_dir():
     os.environ.setdefault("CAT_DSPY_DATA", str(REPO.parent / "shared" / "data"))  # the benchmark files beside us
 REQUIRE_DATA = "CAT_DSPY_REQUIRE_DATA"  # set (CI): a test whose benchmark files are missing fails instead of skipping
-
 
 def needed_files(node: pytest.Item) -> list[str]:
     """The benchmark files (relative to a data dir) that a test's ``needs_data`` markers ask for.
@@ -68,9 +79,44 @@ def missing_data(files: list[str]) -> None:
     pytest.skip(reason)
 
 
+XDIST_GROUPS = {
+    # pytest-xdist (`make test`: -n 2 --dist loadgroup) runs the tests of one group one after the other, on one worker
+    "server": ("tests/server/",),  # one llama.cpp server for all of them (a session fixture: once per worker)
+    "processes": (  # tests that spawn training or eval processes, each loading the model or TRL itself
+        "tests/integration/test_train.py", "tests/integration/test_sft_embedded.py",
+        "tests/integration/test_reward_arms_embedded.py::test_gold_arm", "tests/robustness/test_crash_resume.py",
+        "tests/distributed/",
+    ),
+    "timing": (  # tests that measure wall time, or whose time limits must not race each other
+        "tests/robustness/test_hostile_math.py", "tests/robustness/test_faults.py::test_wrapper_faults",
+        "tests/unit/test_answers.py::test_extract_is_linear", "tests/unit/test_answers.py::test_hostile_expression",
+        "tests/unit/test_answers.py::test_many_threads", "tests/unit/test_extraction.py::test_new_rules_stay_linear",
+        "tests/unit/test_parsing.py::test_criteria_huge", "tests/unit/test_parsing.py::test_verdicts_huge",
+        "tests/unit/test_counted_failures.py",
+        "tests/integration/test_llamacpp_embedded.py::test_a_synthesis_sized_prompt",  # llama.cpp on 2 threads
+    ),
+}
+"""xdist groups by node id prefix (a test matching none is scheduled on its own)."""
+
+
+def xdist_group(nodeid: str) -> str | None:
+    """The :data:`XDIST_GROUPS` group of a test, or None.
+
+    Examples:
+        >>> xdist_group("tests/server/test_faults.py::test_x"), xdist_group("tests/unit/test_modules.py::test_y")
+        ('server', None)
+    """
+    return next((group for group, prefixes in XDIST_GROUPS.items() if nodeid.startswith(prefixes)), None)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests marked ``needs_data`` are skipped (reported at the test, with the files it needs) where those files
-    are not on this machine; with ``$CAT_DSPY_REQUIRE_DATA`` they are kept, and fail in :func:`pytest_runtest_setup`."""
+    are not on this machine; with ``$CAT_DSPY_REQUIRE_DATA`` they are kept, and fail in :func:`pytest_runtest_setup`.
+    Tests of an :data:`XDIST_GROUPS` group get its ``xdist_group`` mark."""
+    for item in items:
+        group = xdist_group(item.nodeid)
+        if group is not None and not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(group))
     if os.environ.get(REQUIRE_DATA):
         return
     for item in items:
@@ -114,11 +160,79 @@ def tiny_gsm8k(tmp_path: Path) -> Path:
     return root
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    """With ``$CAT_DSPY_REQUIRE_COMPONENTS`` set, a test skipped by ``pytest.importorskip`` of a README component
+    (wherever it is called: the test, a fixture, the module) fails instead, naming the component."""
+    outcome = yield
+    report = outcome.get_result()
+    if not report.skipped or not components_required() or not isinstance(report.longrepr, tuple):
+        return
+    path, line, reason = report.longrepr
+    module = component_of_skip(str(reason))
+    if module is None or hasattr(report, "wasxfail"):
+        return
+    report.outcome = "failed"
+    report.longrepr = (f"{path}:{line}: {COMPONENTS[module]} is not installed ({reason}); "
+                       f"{REQUIRE_COMPONENTS} is set, so this is not skipped")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
+    """The same for a whole module skipped at import by ``pytest.importorskip`` of a component: a collection error."""
+    outcome = yield
+    report = outcome.get_result()
+    if not report.skipped or not components_required() or not isinstance(report.longrepr, tuple):
+        return
+    path, line, reason = report.longrepr
+    module = component_of_skip(str(reason))
+    if module is not None:
+        report.outcome = "failed"
+        report.longrepr = (f"{path}:{line}: {COMPONENTS[module]} is not installed ({reason}); "
+                           f"{REQUIRE_COMPONENTS} is set, so this is not skipped")
+
+
+_TEMPLATE: dict[str, Path] = {}
+
+
+def mlflow_template(config: pytest.Config) -> Path:
+    """An MLflow sqlite store with its tables created, to copy per test (migrating one costs seconds, a copy ~1 ms).
+
+    Created once (in a subprocess, under a file lock, so parallel workers build it once) and kept in pytest's cache
+    folder, keyed by the versions of MLflow and of the database libraries; without a cache folder, in the session's
+    temp folder.
+    """
+    if "path" in _TEMPLATE:
+        return _TEMPLATE["path"]
+    from filelock import FileLock
+
+    versions = "-".join(importlib.metadata.version(p) for p in ("mlflow", "sqlalchemy", "alembic"))
+    cache = getattr(config, "cache", None)
+    if cache is not None:
+        folder = Path(cache.mkdir(f"mlflow-template-{versions}"))
+    else:
+        folder = Path(config._tmp_path_factory.getbasetemp()) / f"mlflow-template-{versions}"  # type: ignore[attr-defined]
+        folder.mkdir(parents=True, exist_ok=True)
+    template = folder / "mlflow.db"
+    with FileLock(str(folder / "create.lock")):
+        if not template.is_file():
+            partial = folder / f"creating-{os.getpid()}.db"
+            code = ("from mlflow.tracking import MlflowClient; import sys; "
+                    "MlflowClient('sqlite:///' + sys.argv[1]).search_experiments()")
+            subprocess.run([sys.executable, "-c", code, str(partial)], check=True, capture_output=True, timeout=600,
+                           env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{partial}"})
+            os.replace(partial, template)
+    _TEMPLATE["path"] = template
+    return template
+
+
 @pytest.fixture(autouse=True)
-def _isolated_stores(tmp_path, monkeypatch):
-    """Every test gets its own MLflow store and DSPy disk cache; nothing leaks between tests."""
+def _isolated_stores(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every test gets its own MLflow store (a copy of :func:`mlflow_template`) and DSPy cache (in memory; on disk in
+    ``tmp_path`` for a test marked ``dspy_disk_cache``); nothing leaks between tests."""
     import dspy
 
+    shutil.copyfile(mlflow_template(request.config), tmp_path / "mlflow.db")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     for name in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):  # set by mlflow/TRL in-process
         monkeypatch.delenv(name, raising=False)
@@ -126,7 +240,11 @@ def _isolated_stores(tmp_path, monkeypatch):
         sys.modules["mlflow"].set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
         monkeypatch.setattr(sys.modules["mlflow"].tracking.fluent, "_active_experiment_id", None)
     monkeypatch.chdir(tmp_path)
-    dspy.configure_cache(enable_disk_cache=True, enable_memory_cache=True, disk_cache_dir=str(tmp_path / "dspy_cache"))
+    if request.node.get_closest_marker("dspy_disk_cache"):
+        dspy.configure_cache(enable_disk_cache=True, enable_memory_cache=True,
+                             disk_cache_dir=str(tmp_path / "dspy_cache"))
+    else:  # opening a disk cache costs ~0.1-0.6 s a test
+        dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=True, disk_cache_dir=None)
     yield
 
 

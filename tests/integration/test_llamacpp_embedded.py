@@ -10,6 +10,7 @@ from pathlib import Path
 
 import dspy
 import pytest
+from components import require_component
 from dspy.clients.cache import Cache
 from dspy.lm15 import Config, Message, Request
 
@@ -17,7 +18,7 @@ from cat_dspy.lm import llamacpp
 from cat_dspy.lm.llamacpp import LlamaCppEngine
 from cat_dspy.lm.models import engine_of, make_lm
 
-pytest.importorskip("llama_cpp")
+require_component("llama_cpp")
 pytestmark = pytest.mark.integration
 QUESTION = "What is 2+2?"
 OTHERS = ["Name a color.", "Write one sentence about the sea.", "What is 7 times 6?", "Say hello in French."]

