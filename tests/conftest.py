@@ -313,11 +313,13 @@ class JsonServer:
     """A stub HTTP endpoint on a free local port: every POST is answered with ``reply(body)`` as JSON.
 
     ``url`` is its ``/v1`` base URL (an OpenAI-compatible server for LiteLLM); ``bodies`` holds the requests' JSON
-    bodies in arrival order, the current one already appended when ``reply`` runs.
+    bodies in arrival order, the current one already appended when ``reply`` runs, and ``requests`` each request's
+    ``(path, headers)`` in the same order.
     """
 
     def __init__(self, reply: Callable[[dict], dict]):
         self.bodies: list[dict] = []
+        self.requests: list[tuple[str, dict[str, str]]] = []
         lock, stub = threading.Lock(), self
 
         class Handler(BaseHTTPRequestHandler):
@@ -328,6 +330,7 @@ class JsonServer:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with lock:
                     stub.bodies.append(body)
+                    stub.requests.append((self.path, dict(self.headers.items())))
                     data = json.dumps(reply(body)).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
