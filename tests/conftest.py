@@ -87,16 +87,20 @@ XDIST_GROUPS = {
         "tests/integration/test_reward_arms_embedded.py::test_gold_arm", "tests/robustness/test_crash_resume.py",
         "tests/distributed/",
     ),
-    "timing": (  # tests that measure wall time, or whose time limits must not race each other
-        "tests/robustness/test_hostile_math.py", "tests/robustness/test_faults.py::test_wrapper_faults",
-        "tests/unit/test_answers.py::test_extract_is_linear", "tests/unit/test_answers.py::test_hostile_expression",
-        "tests/unit/test_answers.py::test_many_threads", "tests/unit/test_extraction.py::test_new_rules_stay_linear",
-        "tests/unit/test_parsing.py::test_criteria_huge", "tests/unit/test_parsing.py::test_verdicts_huge",
-        "tests/unit/test_counted_failures.py",
-        "tests/integration/test_llamacpp_embedded.py::test_a_synthesis_sized_prompt",  # llama.cpp on 2 threads
-    ),
 }
 """xdist groups by node id prefix (a test matching none is scheduled on its own)."""
+
+
+EXCLUSIVE = (
+    # tests that need the machine to themselves: they measure wall time against a limit, or run llama.cpp on 2
+    # threads (which spin-wait on each other: 10x slower while another process computes); see `_exclusive`
+    "tests/robustness/test_hostile_math.py", "tests/robustness/test_faults.py::test_wrapper_faults",
+    "tests/unit/test_answers.py::test_extract_is_linear", "tests/unit/test_answers.py::test_hostile_expression",
+    "tests/unit/test_answers.py::test_many_threads", "tests/unit/test_extraction.py::test_new_rules_stay_linear",
+    "tests/unit/test_parsing.py::test_criteria_huge", "tests/unit/test_parsing.py::test_verdicts_huge",
+    "tests/integration/test_llamacpp_embedded.py::test_a_synthesis_sized_prompt",
+)
+"""Tests (node id prefixes) marked ``exclusive``."""
 
 
 def xdist_group(nodeid: str) -> str | None:
@@ -112,11 +116,13 @@ def xdist_group(nodeid: str) -> str | None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests marked ``needs_data`` are skipped (reported at the test, with the files it needs) where those files
     are not on this machine; with ``$CAT_DSPY_REQUIRE_DATA`` they are kept, and fail in :func:`pytest_runtest_setup`.
-    Tests of an :data:`XDIST_GROUPS` group get its ``xdist_group`` mark."""
+    Tests of an :data:`XDIST_GROUPS` group get its ``xdist_group`` mark, those of :data:`EXCLUSIVE` ``exclusive``."""
     for item in items:
         group = xdist_group(item.nodeid)
         if group is not None and not item.get_closest_marker("xdist_group"):
             item.add_marker(pytest.mark.xdist_group(group))
+        if item.nodeid.startswith(EXCLUSIVE):
+            item.add_marker(pytest.mark.exclusive)
     if os.environ.get(REQUIRE_DATA):
         return
     for item in items:
@@ -163,7 +169,7 @@ def tiny_gsm8k(tmp_path: Path) -> Path:
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
     """With ``$CAT_DSPY_REQUIRE_COMPONENTS`` set, a test skipped by ``pytest.importorskip`` of a README component
-    (wherever it is called: the test, a fixture, the module) fails instead, naming the component."""
+    (in the test or in a fixture) fails instead, naming the component."""
     outcome = yield
     report = outcome.get_result()
     if not report.skipped or not components_required() or not isinstance(report.longrepr, tuple):
@@ -190,6 +196,35 @@ def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
         report.outcome = "failed"
         report.longrepr = (f"{path}:{line}: {COMPONENTS[module]} is not installed ({reason}); "
                            f"{REQUIRE_COMPONENTS} is set, so this is not skipped")
+
+
+@pytest.fixture(autouse=True)
+def _exclusive(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Under pytest-xdist, a test marked ``exclusive`` runs while no other worker runs a test: every test holds a
+    shared lock of the run (a file lock), an exclusive test the lock itself. A turnstile lock in front keeps
+    workers from starting new tests while an exclusive one waits for the running ones to finish."""
+    import fcntl
+
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if run is None:  # one process: nothing runs beside the test
+        yield
+        return
+    folder = Path(request.config._tmp_path_factory.getbasetemp()).parent  # type: ignore[attr-defined]
+    exclusive = request.node.get_closest_marker("exclusive") is not None
+    with open(folder / f"exclusive-{run}.turnstile", "a") as turnstile, open(folder / f"exclusive-{run}.lock",
+                                                                             "a") as lock:
+        fcntl.flock(turnstile, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        finally:
+            if not exclusive:
+                fcntl.flock(turnstile, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            if exclusive:
+                fcntl.flock(turnstile, fcntl.LOCK_UN)
 
 
 _TEMPLATE: dict[str, Path] = {}
