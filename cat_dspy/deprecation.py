@@ -6,7 +6,8 @@ import warnings
 from typing import Any
 
 
-def renamed(owner: str, old: str, new: str, old_value: Any, new_value: Any, default: Any = None) -> Any:
+def renamed(owner: str, old: str, new: str, old_value: Any, new_value: Any, default: Any = None, *,
+            stacklevel: int = 3) -> Any:
     """The value of an argument renamed from ``old`` to ``new``.
 
     Args:
@@ -16,6 +17,7 @@ def renamed(owner: str, old: str, new: str, old_value: Any, new_value: Any, defa
         old_value: What was passed as ``old`` (None: not passed).
         new_value: What was passed as ``new``.
         default: ``new``'s default, so a value passed under both names is told apart from an unset ``new``.
+        stacklevel: Frames from here to the caller's line (one more for a DSPy module's ``__init__``).
 
     Returns:
         ``old_value`` when it was passed (with a warning), else ``new_value``.
@@ -36,7 +38,7 @@ def renamed(owner: str, old: str, new: str, old_value: Any, new_value: Any, defa
     """
     if old_value is None:
         return new_value
-    warnings.warn(f"{owner}({old}=...) is deprecated: use {new}=...", FutureWarning, stacklevel=3)
+    warnings.warn(f"{owner}({old}=...) is deprecated: use {new}=...", FutureWarning, stacklevel=stacklevel)
     if new_value != default and new_value != old_value:
         raise TypeError(f"{owner} got both {old}={old_value!r} and {new}={new_value!r}; pass only {new}")
     return old_value

@@ -3,11 +3,11 @@ r"""Reward functions TRL resolves by name, like ``trl.rewards``: ``--reward_func
 A facade of names: ``cat_reward`` is the CaT reward configured from ``$CAT_REWARD_CONFIG`` and ``CAT_*`` environment
 variables (the options of :class:`cat_dspy.config.CaTRewardConfig`); ``CaTReward`` and ``build_reward`` build one
 from Python. The comparison arms are configured the same way: ``majority_reward`` (TTRL's majority vote),
-``judge_reward`` (model-as-judge), ``physician_rubric_reward`` (HealthBench's rubrics) and ``gold_reward`` (the
-supervised upper bound); :data:`REWARD_FUNCS` maps the names a recipe's ``reward:`` field takes to their classes, as
-open-r1's registry does. They are defined in :mod:`cat_dspy.rl` (:mod:`~cat_dspy.rl.reward`,
-:mod:`~cat_dspy.rl.baselines`, :mod:`~cat_dspy.rl.registry`); the pure reward functions (R_ver, R_rub, the length
-penalty, majority voting) in :mod:`cat_dspy.scoring.rewards`.
+``judge_reward`` (model-as-judge), ``physician_rubric_reward`` (HealthBench's rubrics), ``random_reward`` (the
+random-reward control) and ``gold_reward`` (the supervised upper bound); :data:`REWARD_FUNCS` maps the names a
+recipe's ``reward:`` field takes to their classes, as open-r1's registry does. They are defined in :mod:`cat_dspy.rl`
+(:mod:`~cat_dspy.rl.reward`, :mod:`~cat_dspy.rl.baselines`, :mod:`~cat_dspy.rl.registry`); the pure reward
+functions (R_ver, R_rub, the length penalty, majority voting) in :mod:`cat_dspy.scoring.rewards`.
 
 Examples:
     >>> from cat_dspy.rewards import CaTReward
@@ -19,7 +19,7 @@ Examples:
 
 from __future__ import annotations
 
-from cat_dspy.rl.baselines import GoldReward, JudgeReward, MajorityReward, PhysicianRubricReward
+from cat_dspy.rl.baselines import GoldReward, JudgeReward, MajorityReward, PhysicianRubricReward, RandomReward
 from cat_dspy.rl.registry import (
     REWARD_FUNCS,
     EnvCaTReward,
@@ -31,9 +31,10 @@ from cat_dspy.rl.registry import (
     judge_reward,
     majority_reward,
     physician_rubric_reward,
+    random_reward,
 )
 from cat_dspy.rl.reward import CaTReward
 
 __all__ = ["REWARD_FUNCS", "CaTReward", "EnvCaTReward", "GoldReward", "JudgeReward", "MajorityReward",
-           "PhysicianRubricReward", "anchor_lm", "build_reward", "cat_reward", "dataset_columns", "gold_reward",
-           "judge_reward", "majority_reward", "physician_rubric_reward"]
+           "PhysicianRubricReward", "RandomReward", "anchor_lm", "build_reward", "cat_reward", "dataset_columns",
+           "gold_reward", "judge_reward", "majority_reward", "physician_rubric_reward", "random_reward"]

@@ -12,6 +12,8 @@ DSPy optimizers tune these instructions (and add demos) like any other signature
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import dspy
 
 
@@ -137,3 +139,59 @@ def with_question(signature: type[dspy.Signature]) -> type[dspy.Signature]:
         ['question', 'rollouts']
     """
     return signature.prepend("question", dspy.InputField(desc="the original question"), type_=str)
+
+# Scored prompts: plain text (no chat template, no adapter), so that every backend that scores text scores the same
+# string. They are functions, not Signatures: a Signature is rendered by an adapter and the chat template, and the
+# cached scores of these exact strings stay valid.
+
+
+def mp_prompt(question: str, others: Sequence[str], target: str) -> tuple[str, int]:
+    """The mutual-predictability prompt of one rollout: the question, the other rollouts, then that rollout.
+
+    Plain text (no chat template), so that every backend scores the same string.
+
+    Returns:
+        ``(prompt, offset)``: the prompt and where ``target`` starts in it.
+
+    Examples:
+        >>> text, at = mp_prompt("1+1?", ["It is 2."], "So 2.")
+        >>> print(text)
+        Question: 1+1?
+        <BLANKLINE>
+        Response 1:
+        It is 2.
+        <BLANKLINE>
+        Response 2:
+        So 2.
+        >>> text[at:]
+        'So 2.'
+    """
+    head = "\n\n".join([f"Question: {question}", *(f"Response {k}:\n{o}" for k, o in enumerate(others, 1))])
+    head += f"\n\nResponse {len(others) + 1}:\n"
+    return head + target, len(head)
+
+
+def soft_cat_prompt(question: str, reasoning: str | None, answer: str) -> tuple[str, int]:
+    """The ``soft_cat`` prompt: the question, a rollout's reasoning (None: no reasoning, the prior), then an answer.
+
+    The anchor scores the answer's tokens; ``soft_cat`` is log p(answer | question, reasoning) − log p(answer |
+    question) (:mod:`cat_dspy.evaluation.signals`).
+
+    Returns:
+        ``(prompt, offset)``: the prompt and where ``answer`` starts in it.
+
+    Examples:
+        >>> text, at = soft_cat_prompt("1+1?", "One and one make", "2")
+        >>> print(text)
+        Question: 1+1?
+        <BLANKLINE>
+        Solution: One and one make
+        <BLANKLINE>
+        Final answer: 2
+        >>> soft_cat_prompt("1+1?", None, "2")[0].splitlines()
+        ['Question: 1+1?', '', 'Final answer: 2']
+    """
+    parts = [f"Question: {question}"] + ([f"Solution: {reasoning.strip()}"] if reasoning is not None else [])
+    head = "\n\n".join(parts) + "\n\nFinal answer: "
+    return head + answer, len(head)
+

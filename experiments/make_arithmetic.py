@@ -7,6 +7,8 @@ commutativity and operator: "3 + 5" in test keeps "5 + 3", "3 + 5" and "5 - 3" o
 
 Run: python experiments/make_arithmetic.py --out data/arith --train 256 --test 100 --seed 0
 Check a set: python experiments/make_arithmetic.py --check data/arith (test questions found in train)
+A competence level (the signal sweep, ``experiments/signals.py``): python experiments/make_arithmetic.py --level 3
+--test 40 --out data/arith-L3 (one test set, :data:`LEVELS`)
 
 (Before this rule, the generator kept only the question strings apart: the set behind the CaT-RL numbers in
 experiments/TRAINING.md, ``--train 120 --test 100 --low 1 --high 12 --seed 0``, shares 34 of its 100 test questions
@@ -74,6 +76,42 @@ def make_items(n: int, rng: random.Random, used: set[frozenset[int]], low: int =
     return items
 
 
+LEVELS = {
+    1: ("1-digit addition", (1, 9), (1, 9), "+"),
+    2: ("2-digit addition and subtraction", (10, 99), (10, 99), "+-"),
+    3: ("2-digit times 1-digit multiplication", (12, 99), (3, 9), "*"),
+    4: ("3-digit multiplication", (100, 999), (100, 999), "*"),
+}
+"""The competence sweep's levels (easy to hard for the embedded 135M model): name, operand ranges, operators."""
+
+
+def level_items(level: int, n: int, rng: random.Random) -> list[dict]:
+    """``n`` distinct questions of a :data:`LEVELS` level (``What is a * b?``; subtraction never negative).
+
+    >>> [r["question"] for r in level_items(3, 2, random.Random(0))]
+    ['What is 61 * 9?', 'What is 17 * 5?']
+
+    Raises:
+        ValueError: The level has fewer than ``n`` distinct questions.
+    """
+    _, (lo_a, hi_a), (lo_b, hi_b), ops = LEVELS[level]
+    space = (hi_a - lo_a + 1) * (hi_b - lo_b + 1) * len(ops)
+    if n > space // 2:
+        raise ValueError(f"level {level} has about {space} questions; ask for at most half of them, not {n}")
+    seen, items = set(), []
+    while len(items) < n:
+        a, b, op = rng.randint(lo_a, hi_a), rng.randint(lo_b, hi_b), rng.choice(ops)
+        if op == "-" and b > a:
+            a, b = b, a
+        question = f"What is {a} {op} {b}?"
+        if question in seen:
+            continue
+        seen.add(question)
+        answer = a + b if op == "+" else a - b if op == "-" else a * b
+        items.append({"id": f"L{level}-{len(items)}", "question": question, "answer": str(answer)})
+    return items
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="data/arith")
@@ -83,7 +121,16 @@ def main() -> None:
     parser.add_argument("--low", type=int, default=2, help="smallest operand")
     parser.add_argument("--high", type=int, default=40, help="largest operand")
     parser.add_argument("--check", metavar="DIR", help="print the overlap of DIR/test.jsonl with DIR/train.jsonl")
+    parser.add_argument("--level", type=int, choices=sorted(LEVELS), default=None,
+                        help="write OUT/test.jsonl of --test questions at this competence level only (no train)")
     args = parser.parse_args()
+    if args.level is not None:
+        rows = level_items(args.level, args.test, random.Random(f"{args.seed}\0{args.level}"))
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        print(f"{out / 'test.jsonl'}: {len(rows)} items, level {args.level} ({LEVELS[args.level][0]})")
+        return
     if args.check:
         rows = {s: [json.loads(line) for line in (Path(args.check) / f"{s}.jsonl").read_text().splitlines() if line]
                 for s in ("train", "test")}

@@ -1,4 +1,4 @@
-"""The ``cat-dspy`` command line: solve | eval | compare | train | sft | optimize | serve.
+"""The ``cat-dspy`` command line: solve | eval | signals | compare | train | sft | optimize | serve.
 
 A static table maps each subcommand to its module, which exposes ``add_arguments(parser)`` and ``run(args) -> int``
 (``train`` and ``sft`` have their own parser: ``run_argv``). The commands only parse arguments and call the library
@@ -17,6 +17,7 @@ import sys
 COMMANDS = {
     "solve": "cat_dspy.cli.solve",
     "eval": "cat_dspy.cli.eval",
+    "signals": "cat_dspy.cli.signals",
     "compare": "cat_dspy.evaluation.compare",
     "train": "cat_dspy.cli.train",
     "sft": "cat_dspy.cli.sft",
@@ -67,10 +68,16 @@ def main(argv: list[str] | None = None) -> int:
         doc = (module.run.__doc__ or "").strip().splitlines()[0] if name != "solve" else "Run CaT on one question."
         module.add_arguments(sub.add_parser(name, help=doc, description=doc))
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and hasattr(modules.get(argv[0]), "run_argv"):
-        return modules[argv[0]].run_argv(argv[1:])  # a command with its own parser (train: TRL's TrlParser)
-    args = parser.parse_args(argv)
-    return modules[args.command].run(args)
+    from cat_dspy.lm.hf import EmbeddedModelMissing, LocalStackMissing
+
+    try:
+        if argv and hasattr(modules.get(argv[0]), "run_argv"):
+            return modules[argv[0]].run_argv(argv[1:])  # a command with its own parser (train: TRL's TrlParser)
+        args = parser.parse_args(argv)
+        return modules[args.command].run(args)
+    except (EmbeddedModelMissing, LocalStackMissing) as exc:  # an install step left out: one line with the fix
+        print(f"cat-dspy: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -19,22 +19,72 @@ def _add_solve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a report")
     parser.add_argument("--experiment", default="cat-dspy-solve", help="MLflow experiment (default: cat-dspy-solve)")
     parser.add_argument("--traces", action="store_true", help="record DSPy traces in MLflow (mlflow.dspy.autolog)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="keep the libraries' INFO logs (MLflow, LiteLLM); a normal run shows warnings only")
     add_answer_arguments(parser)
+    for action in parser._actions:  # the embedded model answers in prose ("7 + 5 = 12"): read it flexibly
+        if action.dest == "extraction":
+            action.default = None
+            action.help = (action.help.split(" (default")[0] + " (default: flexible when the policy is the embedded "
+                           "model 'local', which answers in prose; strict, as in the paper, for any other model)")
     add_role_arguments(parser)
 
 
+def default_extraction(policy: str) -> str:
+    """The answer extraction of ``solve`` when ``--extraction`` is not given: ``flexible`` for the embedded model
+    (a 135M model answers in prose, without a ``\\boxed{}`` or "the answer is"), ``strict`` for any other.
+
+    Examples:
+        >>> default_extraction("local"), default_extraction("openai/gpt-4o-mini"), default_extraction("local:ckpt")
+        ('flexible', 'strict', 'strict')
+    """
+    return "flexible" if policy == "local" else "strict"
+
+
+QUIET_LOGGERS = ("mlflow", "alembic", "litellm", "LiteLLM", "httpx", "urllib3")
+"""Libraries whose INFO lines a normal ``solve`` hides (``--verbose`` keeps them)."""
+
+
+def quiet_libraries(verbose: bool) -> None:
+    """Raise the libraries' loggers to WARNING (MLflow logs its database set-up and experiment creation at INFO)."""
+    import logging
+
+    if verbose:
+        logging.getLogger().setLevel(logging.INFO)
+        return
+    for name in QUIET_LOGGERS:
+        logger = logging.getLogger(name)
+        if logger.getEffectiveLevel() < logging.WARNING:
+            logger.setLevel(logging.WARNING)
+
+
 def _stage_status(console: Any) -> Any:
-    """A DSPy callback showing which CaT stage is running, on stderr."""
+    """A DSPy callback showing which CaT stage is running, on stderr, and counting the LM calls each role's
+    stages got answered (``answered``: cache hits included, which DSPy's usage tracker does not record)."""
+    import threading
+
     from dspy.utils.callback import BaseCallback
 
     from cat_dspy.modules.base import RoleModule
 
     status = console.status("starting…")
+    lock = threading.Lock()
 
     class StageStatus(BaseCallback):
+        def __init__(self) -> None:
+            self.role: str | None = None  # the role whose stage runs (CaT's stages run one after another)
+            self.roles: dict[int, str] = {}  # id(LM) -> role
+            self.answered: dict[str, int] = {}
+
         def on_module_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
             if isinstance(instance, RoleModule):
+                self.role = self.roles.get(id(instance.lm), self.role)
                 status.update(f"{type(instance).__name__} ({type(instance).__module__.rsplit('.', 1)[-1]})…")
+
+        def on_lm_end(self, call_id: str, outputs: Any, exception: Exception | None = None) -> None:
+            if exception is None and self.role is not None:
+                with lock:
+                    self.answered[self.role] = self.answered.get(self.role, 0) + 1
 
     return status, StageStatus()
 
@@ -44,11 +94,15 @@ def solve(args: argparse.Namespace) -> dict[str, Any]:
     import time
 
     import dspy
+    import mlflow  # noqa: F401 (imported before its loggers are quieted: it sets their levels at import)
     from rich.console import Console
 
     from cat_dspy import tracking
     from cat_dspy.modules import CaT
 
+    quiet_libraries(getattr(args, "verbose", False))
+    if getattr(args, "extraction", None) is None:
+        args.extraction = default_extraction(args.policy)
     console = Console(stderr=True, quiet=args.json and not sys.stderr.isatty())
     status, callback = _stage_status(console)
     with status:
@@ -56,6 +110,7 @@ def solve(args: argparse.Namespace) -> dict[str, Any]:
         load_start = time.perf_counter()
         lms = build_roles(args)
         load_seconds = time.perf_counter() - load_start
+        callback.roles.update({id(lm): role for role, lm in reversed(lms.items())})
         cat = CaT(
             g=args.g,
             mode=args.mode,
@@ -95,10 +150,22 @@ def solve(args: argparse.Namespace) -> dict[str, Any]:
                 "valid": bool(pred.valid),
                 "failed_calls": failed_calls(pred.failures),
                 "usage": pred.usage,
+                "cache_hits": cache_hits(pred.usage, callback.answered),
                 "seconds": {"solve": seconds, "model_load": load_seconds},
             }
             _log_result(result)
     return result
+
+
+def cache_hits(usage: dict[str, dict[str, float]], answered: dict[str, int]) -> dict[str, int]:
+    """LM calls per role that DSPy answered from its cache: the calls answered minus those the usage tracker
+    recorded (it records only calls that reached a model).
+
+    Examples:
+        >>> cache_hits({"policy": {"calls": 0}, "anchor": {"calls": 1}}, {"policy": 4, "anchor": 1})
+        {'policy': 4, 'anchor': 0}
+    """
+    return {role: max(0, answered.get(role, 0) - int(counts.get("calls", 0))) for role, counts in usage.items()}
 
 
 def failed_calls(failures: list[str]) -> dict[str, int]:
@@ -215,8 +282,14 @@ def _print_report(result: dict[str, Any]) -> None:
     console.print(table)
     console.print(f"reference answer: {result['reference_answer']}   valid: {result['valid']}   "
                   f"failures: {result['failures'] or 'none'}")
+    from cat_dspy.lm.usage import compute_summary
+
+    seconds = result["seconds"]
+    console.print(f"compute (solve {seconds['solve']:.1f} s, model load {seconds['model_load']:.1f} s):",
+                  highlight=False)
+    for line in compute_summary(result["usage"], result.get("cache_hits")):
+        console.print("  " + line, highlight=False, markup=False, soft_wrap=True)  # one line per role
     console.print(f"[bold]{outcome(result)}[/bold]", highlight=False)
-    console.print({role: {k: round(v, 2) for k, v in u.items()} for role, u in result["usage"].items()})
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -288,19 +288,45 @@ def run_eval(items: Sequence[Item], programs: Programs, gs: Sequence[int], metho
     gs = sorted(set(gs))
     if not gs or gs[0] < 1:
         raise ValueError(f"G values must be >= 1, got {gs}")
+    start = time.perf_counter()
+    done, todo = run_resumable(items, lambda item: evaluate_question(
+        item, programs, gs, methods, mode=mode, equivalence=equivalence, prompt_prefix=prompt_prefix), run_dir,
+        num_threads=num_threads, progress=progress, cache=cache)
+    usage: dict[str, dict[str, float]] = {}
+    for item in todo:
+        merge_usage(usage, record_usage(done[item.id]))
+    records = [done[item.id] for item in items]
+    return EvalRun(records, len(items) - len(todo), len(todo), usage, time.perf_counter() - start)
+
+
+def run_resumable(items: Sequence[Item], evaluate_one: Any, run_dir: str | os.PathLike, *, num_threads: int = 1,
+                  progress: bool = True, cache: bool = True,
+                  label: str = "eval") -> tuple[dict[str, dict[str, Any]], list[Item]]:
+    """Run ``evaluate_one(item) -> record`` on the items not yet in ``run_dir``'s ``results.jsonl``, appending
+    each record (redacted) as it finishes, inside the run directory's DSPy disk cache.
+
+    Args:
+        items: The questions; a record is keyed by its item's ``id``.
+        evaluate_one: One question's JSON-ready record.
+        run_dir: Directory with ``results.jsonl`` and the DSPy cache (``dspy_cache/``).
+        num_threads: Questions in flight together (1: one at a time).
+        progress: Show a progress bar on stderr.
+        cache: Keep every LM result in the run directory's DSPy disk cache.
+        label: The progress bar's name.
+
+    Returns:
+        ``(records by id, the items evaluated now)``; the records hold those re-read from the run directory too.
+    """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     store = JsonlStore(run_dir / RESULTS_FILE)
     done = store.load()
     todo = [item for item in items if item.id not in done]
-    start = time.perf_counter()
-    usage: dict[str, dict[str, float]] = {}
     cache_ctx = dspy_cache_in(run_dir / "dspy_cache") if cache else contextlib.nullcontext()
-    with cache_ctx, _progress(progress, len(items), len(items) - len(todo)) as advance:
+    with cache_ctx, _progress(progress, len(items), len(items) - len(todo), label) as advance:
 
         def one(item: Item) -> dict[str, Any]:
-            record = evaluate_question(item, programs, gs, methods, mode=mode, equivalence=equivalence,
-                                       prompt_prefix=prompt_prefix)
+            record = evaluate_one(item)
             store.append(redact(record))  # keys never reach disk
             return record
 
@@ -322,14 +348,11 @@ def run_eval(items: Sequence[Item], programs: Programs, gs: Sequence[int], metho
                     for future in pending:
                         future.cancel()
                     raise
-    for item in todo:
-        merge_usage(usage, record_usage(done[item.id]))
-    records = [done[item.id] for item in items]
-    return EvalRun(records, len(items) - len(todo), len(todo), usage, time.perf_counter() - start)
+    return done, todo
 
 
 @contextlib.contextmanager
-def _progress(enabled: bool, total: int, completed: int) -> Iterator[Any]:
+def _progress(enabled: bool, total: int, completed: int, label: str = "eval") -> Iterator[Any]:
     """A rich progress bar on a terminal's stderr; one plain line per question on a redirected stderr (logs)."""
     if not enabled:
         yield lambda: None
@@ -344,17 +367,17 @@ def _progress(enabled: bool, total: int, completed: int) -> Iterator[Any]:
         def line() -> None:
             state["done"] += 1
             elapsed = time.perf_counter() - start
-            print(f"eval: {state['done']}/{total} questions, {elapsed:.0f} s", file=sys.stderr, flush=True)
+            print(f"{label}: {state['done']}/{total} questions, {elapsed:.0f} s", file=sys.stderr, flush=True)
 
-        print(f"eval: {completed}/{total} questions already done", file=sys.stderr, flush=True)
+        print(f"{label}: {completed}/{total} questions already done", file=sys.stderr, flush=True)
         yield line
         return
-    columns = (rp.TextColumn("eval"), rp.BarColumn(), rp.MofNCompleteColumn(), rp.TimeElapsedColumn(),
+    columns = (rp.TextColumn(label), rp.BarColumn(), rp.MofNCompleteColumn(), rp.TimeElapsedColumn(),
                rp.TimeRemainingColumn())
     with rp.Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task("eval", total=total, completed=completed)
+        task = bar.add_task(label, total=total, completed=completed)
         yield lambda: bar.advance(task)
 
 
 __all__ = ["VERIFIABLE_ONLY", "EvalRun", "Programs", "args_hash", "attributed_usage",
-           "build_programs", "evaluate_question", "mode_of", "record_usage", "run_eval"]
+           "build_programs", "evaluate_question", "mode_of", "record_usage", "run_eval", "run_resumable"]

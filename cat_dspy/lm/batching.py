@@ -142,20 +142,37 @@ class BatchedEngine:
         with _TOKENIZER_LOCK:
             return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def score(self, texts: list[str]) -> list[list[tuple[int, int, float | None]]]:
+    def score(self, texts: list[str], *, stats: bool = False) -> list[list[tuple]]:
         """Prompt log-probabilities: each token of each text with its character span and log p(token | prefix).
 
         The texts are scored as plain text (no chat template, no special tokens added) under the model's raw
         distribution; the first token of a text has no prefix, so its log-probability is None. Counted in
         :attr:`stats` as requests, rows and prompt tokens (not as generate calls).
 
+        Args:
+            texts: The texts.
+            stats: Also give, per token, two statistics of the whole next-token distribution p_t it was read
+                from (:func:`cat_dspy.lm.llamacpp.vocab_stats`): its entropy −Σ_v p_t(v) log p_t(v) and its mean
+                log-probability over the vocabulary (1/V) Σ_v log p_t(v) (self-certainty: −log V minus the latter).
+
         Returns:
-            Per text, ``(start, end, logprob)`` for each token, ``start``/``end`` being character offsets.
+            Per text, ``(start, end, logprob)`` for each token, ``start``/``end`` being character offsets;
+            with ``stats``, ``(start, end, logprob, entropy, mean_logprob)`` (None, None, None for the first token).
 
         Raises:
             lm15.ContextLengthError: A text is longer than the model's context.
         """
         raise NotImplementedError
+
+    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
+        """The text a request of ``messages`` (``{"role", "content"}`` dicts) is generated from: the model's chat
+        template with the generation prompt (or ``role: content`` lines without a template). A completion appended
+        to it is what :meth:`score` reads that completion's token statistics from."""
+        _, tokenizer = self.load()
+        with _TOKENIZER_LOCK:
+            if tokenizer.chat_template:
+                return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
 
     def submit(self, request: lm15.Request) -> concurrent.futures.Future:
         """Validate and tokenize ``request`` here, then queue it; the future resolves to its Response."""
@@ -175,11 +192,8 @@ class BatchedEngine:
                 raise lm15.UnsupportedFeatureError("local engine: tool messages", feature=f"messages[{i}]")
             role = "system" if message.role == "developer" else message.role
             messages.append({"role": role, "content": _text(message.parts, f"messages[{i}]")})
+        prompt = self.chat_prompt(messages)
         with _TOKENIZER_LOCK:
-            if tokenizer.chat_template:
-                prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            else:
-                prompt = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
             ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         max_tokens = config.max_tokens or 256
         limit = self._context_limit()
@@ -231,12 +245,19 @@ class BatchedEngine:
         """The shared engine for a :meth:`dump_state` record (each runtime's own shared-engine function)."""
         raise NotImplementedError
 
-    def _scored(self, encoded: list, logprobs: list[list[float | None]]) -> list[list[tuple[int, int, float | None]]]:
-        """Count a :meth:`score` call in :attr:`stats` and pair each log-probability with its character span."""
+    def _scored(self, encoded: list, logprobs: list[list[float | None]],
+                extra: list[list[tuple[float | None, float | None]]] | None = None) -> list[list[tuple]]:
+        """Count a :meth:`score` call in :attr:`stats` and pair each log-probability (and, when given, each token's
+        ``(entropy, mean_logprob)``) with its character span."""
         self._count(requests=len(encoded), rows=len(encoded), prompt_tokens=sum(len(e["input_ids"]) for e in encoded))
+        if extra is None:
+            return [
+                [(int(a), int(b), lp) for (a, b), lp in zip(e["offset_mapping"], row, strict=True)]
+                for e, row in zip(encoded, logprobs, strict=True)
+            ]
         return [
-            [(int(a), int(b), lp) for (a, b), lp in zip(e["offset_mapping"], row, strict=True)]
-            for e, row in zip(encoded, logprobs, strict=True)
+            [(int(a), int(b), lp, *st) for (a, b), lp, st in zip(e["offset_mapping"], row, more, strict=True)]
+            for e, row, more in zip(encoded, logprobs, extra, strict=True)
         ]
 
     def _settings(self) -> dict[str, Any]:

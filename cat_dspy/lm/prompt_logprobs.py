@@ -34,6 +34,11 @@ class PromptLogprobsUnavailable(ValueError):
     """The LM's backend cannot score given text (no prompt log-probabilities); the message names the backend."""
 
 
+class TokenStatsUnavailable(PromptLogprobsUnavailable):
+    """The LM's backend cannot give full-vocabulary statistics of each position (entropy, mean log-probability):
+    only the in-process engines see every logit; a server returns the top-k log-probabilities at most."""
+
+
 def backend_name(lm: Any) -> str:
     """The LM's model and server, for messages.
 
@@ -126,6 +131,38 @@ def prompt_logprobs(lm: Any, texts: Sequence[str]) -> list[TokenScores]:
         _record(lm, [len(s) for s in scores], [0] * len(scores))
         return scores
     return _server_logprobs(lm, texts)
+
+
+def prompt_token_stats(lm: Any, texts: Sequence[str]) -> list[list[tuple]]:
+    """Score ``texts`` under ``lm`` with each position's full-vocabulary statistics.
+
+    Returns:
+        Per text, ``(start, end, logprob, entropy, mean_logprob)`` per token (None, None, None for the first):
+        ``entropy`` = −Σ_v p_t(v) log p_t(v) and ``mean_logprob`` = (1/V) Σ_v log p_t(v) of the raw next-token
+        distribution p_t the token was read from (self-certainty is −log V − ``mean_logprob``).
+
+    Raises:
+        TokenStatsUnavailable: The backend is not an in-process engine (named in the message): an API model or a
+            server gives no full-vocabulary statistics.
+
+    Examples:
+        >>> import dspy
+        >>> prompt_token_stats(dspy.LM("hosted_vllm/m", api_base="http://h:8000/v1"), ["x"])
+        Traceback (most recent call last):
+        ...
+        cat_dspy.lm.prompt_logprobs.TokenStatsUnavailable: hosted_vllm/m at http://h:8000/v1: no full-vocabulary ...
+    """
+    from cat_dspy.lm.models import engine_of
+
+    engine = engine_of(lm)
+    if engine is None or not hasattr(engine, "score"):
+        raise TokenStatsUnavailable(
+            f"{backend_name(lm)}: no full-vocabulary token statistics (entropy and self-certainty need every "
+            "logit of each position: the local engine, `local` or `local:<path>`)")
+    texts = list(texts)
+    scores = engine.score(texts, stats=True)
+    _record(lm, [len(s) for s in scores], [0] * len(scores))
+    return scores
 
 
 def _server_logprobs(lm: Any, texts: list[str]) -> list[TokenScores]:

@@ -85,3 +85,43 @@ def track_role(usage: dict[str, dict[str, float]], role: str, lm: Any = None) ->
             after = _engine_stats(lm)
             if before is not None and after is not None:
                 record["generate_calls"] += after["generate_calls"] - before["generate_calls"]
+
+
+def compute_summary(usage: dict[str, dict[str, float]], cache_hits: dict[str, int] | None = None) -> list[str]:
+    """A person's view of ``usage``: one line per role (LM calls, tokens, seconds), then the total. Calls answered
+    from DSPy's cache count as calls and are named as such (they reach no model and cost no tokens).
+
+    Args:
+        usage: Per-role records (:func:`track_role`).
+        cache_hits: Calls per role that DSPy answered from its cache (not in ``usage``: the usage tracker records
+            only the calls that reached a model).
+
+    Examples:
+        >>> usage = {"policy": {"calls": 4, "prompt_tokens": 276, "completion_tokens": 192, "seconds": 7.46},
+        ...          "anchor": {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "seconds": 0.01}}
+        >>> print("\\n".join(compute_summary(usage, {"anchor": 1})))
+        policy  4 calls                      276 prompt + 192 completion tokens    7.5 s
+        anchor  1 call (1 from DSPy's cache)     0 prompt +   0 completion tokens    0.0 s
+        total   5 calls (1 from DSPy's cache)  276 prompt + 192 completion tokens    7.5 s
+    """
+    cache_hits = cache_hits or {}
+    rows = []
+    totals = {"calls": 0, "hits": 0, "prompt": 0, "completion": 0, "seconds": 0.0}
+    for role, counts in usage.items():
+        row = {"calls": int(counts.get("calls", 0)), "hits": int(cache_hits.get(role, 0)),
+               "prompt": int(counts.get("prompt_tokens", 0)), "completion": int(counts.get("completion_tokens", 0)),
+               "seconds": float(counts.get("seconds", 0.0))}
+        rows.append((role, row))
+        for key, value in row.items():
+            totals[key] += value
+    rows.append(("total", totals))
+
+    def calls(row: dict[str, Any]) -> str:
+        answered = row["calls"] + row["hits"]
+        hits = f" ({row['hits']} from DSPy's cache)" if row["hits"] else ""
+        return f"{answered} call{'s' * (answered != 1)}{hits}"
+
+    width = max(len(calls(row)) for _, row in rows)
+    digits = max(len(str(row[key])) for _, row in rows for key in ("prompt", "completion"))
+    return [f"{role:<7} {calls(row):<{width}}  {row['prompt']:>{digits}} prompt + {row['completion']:>{digits}} "
+            f"completion tokens  {row['seconds']:>6.1f} s" for role, row in rows]

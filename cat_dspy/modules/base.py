@@ -133,9 +133,13 @@ class RoleModule(dspy.Module):
         except Exception as exc:  # a failed call is data, not a crash: callers count it; a bug is raised
             if not is_backend_failure(exc):
                 raise
-            message = redact(str(exc))  # backends echo keys in auth errors; the reason is logged and kept
-            logger.warning("%s call failed: %s: %s", type(self).__name__, type(exc).__name__, message[:200])
-            return None, f"{type(exc).__name__}: {message[:500]}"
+            from cat_dspy.lm.models import explain_backend_error
+
+            auth = explain_backend_error(exc)  # a rejected or missing key: say which variable to set
+            kind = "LMAuthError" if auth else type(exc).__name__
+            message = redact(auth or str(exc))  # backends echo keys in auth errors; the reason is logged and kept
+            logger.warning("%s call failed: %s: %s", type(self).__name__, kind, message[:200])
+            return None, f"{kind}: {message[:500]}"
 
     def map(self, fn: Any, items: list[Any], num_threads: int | None = None) -> list[Any]:
         """Apply ``fn`` to ``items`` concurrently (:func:`thread_map`)."""

@@ -76,7 +76,7 @@ class Rollout(RoleModule):
         n: int | None = None,
     ):
         super().__init__(lm=lm, adapter=adapter)
-        g = renamed("Rollout", "n", "g", n, g, default=8)
+        g = renamed("Rollout", "n", "g", n, g, default=8, stacklevel=4)  # DSPy's metaclass calls __init__
         if g < 1:
             raise ValueError(f"Rollout needs g >= 1, got {g}")
         if strategy not in STRATEGIES:

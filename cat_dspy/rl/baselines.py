@@ -9,10 +9,12 @@ scored, counted ``<arm>/*`` metrics).
 * :class:`PhysicianRubricReward` (``physician_rubric_reward``): HealthBench's own physician rubric items graded by
   the judge, the simple-evals score clipped to [0, 1] (:class:`cat_dspy.modules.rubric_grader.RubricGrader`).
 * :class:`GoldReward` (``gold_reward``): the supervised upper bound, 1 when a rollout's answer equals the dataset's.
+* :class:`RandomReward` (``random_reward``): the control, 1 with probability ``p`` whatever the rollout says.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -160,6 +162,65 @@ class GoldReward(_AnswerReward):
         rate(out, "gold/accuracy", [c for r in results if r.valid for c in r.correct])
         out["gold/missing_labels"] = float(sum(1 for r in results if "missing_label" in r.failures))
         return out
+
+
+class RandomReward(_AnswerReward):
+    r"""The random-reward control: reward 1 with probability ``p``, whatever the rollout says (label-free and
+    content-free). A gain under it is not a teacher's: it measures what GRPO's mechanics alone do to the policy, so a
+    label-free arm's gain over base counts only beyond this arm's.
+
+    The draw is a function of ``(seed, prompt, completion text)`` (SHA-256), so a rerun or a resumed run gives the
+    same rewards. Metrics: ``random/answer_extracted``, ``random/rate`` (the share rewarded), and while evaluating
+    with gold answers ``random/reward_accuracy`` (reward = gold reward).
+
+    Args:
+        p: The probability of reward 1.
+        seed: Seeds the draws.
+        g, g_eval, extraction, length_limit, num_threads, artifacts, trace_every, name: As for
+            :class:`MajorityReward`.
+
+    Examples:
+        >>> reward = RandomReward(g=4, p=0.5, seed=0)
+        >>> first = reward(prompts=["2+2?"] * 4, completions=["\\boxed{4}", "5", "6", "\\boxed{4}"])
+        >>> first == reward(prompts=["2+2?"] * 4, completions=["\\boxed{4}", "5", "6", "\\boxed{4}"])
+        True
+        >>> set(first) <= {0.0, 1.0}, first[0] == first[3]  # the same text, the same draw
+        (True, True)
+    """
+
+    prefix = "random"
+
+    def __init__(self, g: int | None = None, g_eval: int | None = None, p: float = 0.5, seed: int = 0,
+                 extraction: str = DEFAULTS["extraction"], length_limit: int | None = DEFAULTS["length_limit"],
+                 num_threads: int | None = DEFAULTS["num_threads"], artifacts: bool = DEFAULTS["artifacts"],
+                 trace_every: int = DEFAULTS["trace_every"], name: str | None = None, **deprecated: int | None):
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"RandomReward: p must be in [0, 1], got {p}")
+        super().__init__(g, g_eval, extraction=extraction, length_limit=length_limit, num_threads=num_threads,
+                         artifacts=artifacts, trace_every=trace_every, name=name, **deprecated)
+        self.p = p
+        self.seed = seed
+
+    def draw(self, row: Completion) -> float:
+        """1.0 or 0.0 for one completion: its SHA-256 draw against ``p``."""
+        digest = hashlib.sha256(f"{self.seed}\0{row.key}\0{row.text}".encode()).digest()
+        return 1.0 if int.from_bytes(digest[:8], "big") / 2**64 < self.p else 0.0
+
+    def score_group(self, rows: list[Completion]) -> AnswerGroupScore:
+        answers = self.answers(rows)
+        draws = [self.draw(row) for row in rows]
+        rewards, hits = self.penalize(draws, rows, self.length_limit)
+        labels = label_check(None, answers, draws, rows[0].gold, self.equivalence)  # gold: evaluating only
+        labels.pop("label_correct", None)  # a random draw has no pseudo-label
+        return AnswerGroupScore(valid=True, rewards=rewards, answers=answers, length_hits=hits, **labels)
+
+    def metrics(self, results: list[AnswerGroupScore], n_completions: int) -> dict[str, float]:
+        out = super().metrics(results, n_completions)
+        rate(out, "random/rate", [r for result in results if result.valid for r in result.rewards])
+        return out
+
+    def __repr__(self) -> str:
+        return f"RandomReward(g={self.g}, p={self.p}, seed={self.seed})"
 
 
 class JudgeReward(GroupReward):

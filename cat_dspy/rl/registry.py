@@ -15,7 +15,7 @@ from typing import Any
 
 from cat_dspy.config import DEFAULTS, REWARD_OPTIONS, default_anchor, normalize_reward_options, reward_options_from_env
 from cat_dspy.lm.roles import role_lm
-from cat_dspy.rl.baselines import GoldReward, JudgeReward, MajorityReward, PhysicianRubricReward
+from cat_dspy.rl.baselines import GoldReward, JudgeReward, MajorityReward, PhysicianRubricReward, RandomReward
 from cat_dspy.rl.group import GroupReward
 from cat_dspy.rl.reward import CaTReward
 
@@ -27,6 +27,7 @@ REWARD_FUNCS: dict[str, type[GroupReward]] = {
     "judge": JudgeReward,
     "physician_rubric": PhysicianRubricReward,
     "gold": GoldReward,
+    "random": RandomReward,
 }
 """The rewards a recipe selects by name (``reward: majority``); TRL logs each as ``rewards/<name>_reward/mean``."""
 
@@ -195,6 +196,9 @@ judge_reward = EnvCaTReward("judge_reward", reward="judge")
 
 physician_rubric_reward = EnvCaTReward("physician_rubric_reward", reward="physician_rubric")
 """HealthBench's physician-rubric reward (:class:`PhysicianRubricReward`), configured from the environment."""
+
+random_reward = EnvCaTReward("random_reward", reward="random")
+"""The random-reward control (:class:`RandomReward`), configured from the environment like ``cat_reward``."""
 
 gold_reward = EnvCaTReward("gold_reward", reward="gold")
 """The supervised upper bound (:class:`GoldReward`), configured from the environment like ``cat_reward``."""

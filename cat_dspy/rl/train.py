@@ -28,6 +28,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 from trl import GRPOConfig, ScriptArguments
 
 from cat_dspy.config import TRL_FIELDS, CaTRewardConfig
+from cat_dspy.rl.registry import REWARD_FUNCS
 
 logger = logging.getLogger(__name__)
 
@@ -84,8 +85,8 @@ class CaTScriptArguments(ScriptArguments):
     )
 
 
-REWARDS = ("cat", "majority", "judge", "physician_rubric", "gold")
-"""The rewards a recipe can train with (``reward:``; the keys of :data:`cat_dspy.rewards.REWARD_FUNCS`)."""
+REWARDS = tuple(REWARD_FUNCS)
+"""The rewards a recipe can train with (``reward:``; the keys of :data:`cat_dspy.rl.registry.REWARD_FUNCS`)."""
 
 
 @dataclass
@@ -98,9 +99,9 @@ class CaTGRPOConfig(GRPOConfig, CaTRewardConfig):
         metadata={"choices": list(REWARDS),
                   "help": "The reward: 'cat' (CaT), or a comparison arm: 'majority' (TTRL majority vote, "
                   "label-free), 'judge' (model-as-judge equivalence to the anchor's reference), 'physician_rubric' "
-                  "(HealthBench's rubrics graded by the judge) or 'gold' (the dataset's answers, supervised upper "
-                  "bound). The arms read the CaT options they share (anchor, judge, equivalence, extraction, "
-                  "length_limit, ...)."},
+                  "(HealthBench's rubrics graded by the judge), 'random' (the random-reward control) or 'gold' (the "
+                  "dataset's answers, supervised upper bound). The arms read the CaT options they share (anchor, "
+                  "judge, equivalence, extraction, length_limit, ...)."},
     )
 
     def __post_init__(self) -> None:

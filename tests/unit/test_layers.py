@@ -100,7 +100,10 @@ def test_graph_sees_function_level_imports():
 
 
 def test_no_import_cycle_among_cat_dspy_modules():
-    assert find_cycle(import_graph()) is None, f"import cycle: {' -> '.join(find_cycle(import_graph()))}"
+    graph = import_graph()
+    assert graph["cat_dspy"], "the package root names its exports"
+    graph["cat_dspy"] = set()  # it imports them lazily, on first attribute access: never while a submodule loads
+    assert find_cycle(graph) is None, f"import cycle: {' -> '.join(find_cycle(graph))}"
 
 
 LAYERS = (
@@ -111,7 +114,7 @@ LAYERS = (
     ("cat_dspy.evaluation", "cat_dspy.optimization"),  # test time: evaluation, prompt optimization
     ("cat_dspy.rl",),  # training: the TRL rewards, GRPO and SFT entries
     ("cat_dspy.rewards", "cat_dspy"),  # facades of names (TRL's dotted paths, the package's exports)
-    ("cat_dspy.cli",),  # the command line
+    ("cat_dspy.cli", "cat_dspy.__main__"),  # the command line (python -m cat_dspy)
 )
 """The layers, bottom first: a module imports its own layer and those below it, never one above."""
 
@@ -177,5 +180,5 @@ def test_scoring_needs_no_lm_and_no_torch():
 
 def test_only_the_command_line_imports_the_command_line():
     for name, deps in import_graph().items():
-        if not name.startswith("cat_dspy.cli"):
+        if not name.startswith("cat_dspy.cli") and name != "cat_dspy.__main__":  # python -m cat_dspy: the CLI
             assert not any(dep.startswith("cat_dspy.cli") for dep in deps), (name, deps)

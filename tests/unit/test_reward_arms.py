@@ -458,3 +458,19 @@ def test_a_reward_that_raises_on_one_group_keeps_its_metrics_typed(monkeypatch):
     m = reward.last_metrics
     assert m["majority/invalid_groups"] == 1.0 and m["majority/reward_errors"] == 1.0
     assert m["majority/consensus"] == 1.0 and m["majority/answer_extracted"] == 1.0  # the valid group only
+
+
+def test_the_random_control_is_content_free_seeded_and_near_its_rate():
+    from cat_dspy.rewards import REWARD_FUNCS, RandomReward
+
+    assert REWARD_FUNCS["random"] is RandomReward
+    texts = [f"rollout {i}: \\boxed{{{i % 3}}}" for i in range(400)]
+    reward = RandomReward(g=4, p=0.25, seed=1)
+    first = reward(prompts=[f"q{i // 4}" for i in range(400)], completions=texts)
+    assert first == RandomReward(g=4, p=0.25, seed=1)(prompts=[f"q{i // 4}" for i in range(400)], completions=texts)
+    assert first != RandomReward(g=4, p=0.25, seed=2)(prompts=[f"q{i // 4}" for i in range(400)], completions=texts)
+    assert 0.18 < sum(first) / len(first) < 0.32 and reward.last_metrics["random/rate"] == sum(first) / 400
+    assert RandomReward(g=2, p=0.0)(prompts=["q", "q"], completions=["4", "4"]) == [0.0, 0.0]
+    assert RandomReward(g=2, p=1.0)(prompts=["q", "q"], completions=["4", "5"]) == [1.0, 1.0]
+    with pytest.raises(ValueError, match=r"p must be in \[0, 1\]"):
+        RandomReward(p=1.5)

@@ -110,6 +110,10 @@ def test_overlapping_cli_flags_take_the_dataclass_defaults(add):
             continue  # optimize: None means "the target's natural mode", not the reward's default
         if add is eval_cli.add_arguments and name == "num_threads":
             continue  # eval: questions evaluated concurrently, another option under the same name
+        if add is solve_cli.add_arguments and name == "extraction":
+            assert flags[name].default is None  # decided by the policy: flexible for the embedded model only
+            assert solve_cli.default_extraction("openai/m") == DEFAULTS[name] != solve_cli.default_extraction("local")
+            continue
         assert flags[name].default == DEFAULTS[name], name
         if choices := OPTION_FIELDS[name].metadata.get("choices"):
             assert list(flags[name].choices) == list(choices), name

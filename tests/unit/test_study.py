@@ -210,8 +210,9 @@ def test_training_curve_of_an_sft_arm_is_its_loss(tmp_path):
 
 @pytest.mark.parametrize("name", ["study_arith.yaml", "study_arith_ttrl.yaml"])
 def test_committed_summary_is_what_the_result_files_give_and_the_docs_quote_it(name, tmp_path):
-    """The README's study numbers cannot drift from the committed result files: aggregating them again gives the
-    committed summary.json and summary.md, and the docs quote summary.md's tables whole."""
+    """The study numbers the docs give cannot drift from the committed result files: aggregating them again gives the
+    committed summary.json and summary.md, experiments/README.md (where the README's results table links) quotes
+    summary.md's tables whole, and every study number the README itself gives is in that summary."""
     import shutil
 
     spec = study.load_study(ROOT / "experiments" / "recipes" / name)
@@ -224,8 +225,21 @@ def test_committed_summary_is_what_the_result_files_give_and_the_docs_quote_it(n
         (committed / "summary.json").read_text()), f"{committed}: run `study.py aggregate --study {name}` again"
     table = (tmp_path / spec["name"] / "summary.md").read_text()
     assert table == (committed / "summary.md").read_text()
-    docs = (ROOT / "README.md").read_text() + (ROOT / "experiments" / "README.md").read_text()
+    docs = (ROOT / "experiments" / "README.md").read_text()
     assert table.split("\n\n")[0] in docs and table.split("\n\n")[1] in docs, f"quote {committed}/summary.md"
+    readme = (ROOT / "README.md").read_text()
+    assert "experiments/README.md#results" in readme and "\n## Results\n" in docs
+    results = readme[readme.index("## Results"):readme.index("## Performance")]
+    accuracies: dict[str, set[str]] = {}  # arm label -> the mean rollout accuracies the committed summaries give it
+    for summary in study.RESULTS.glob("*/summary.md"):
+        for line in summary.read_text().split("\n\n")[0].splitlines()[2:]:
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            accuracies.setdefault(cells[0].split(" (")[0], set()).add(cells[1].split(" ")[0])
+    labels = {"base": "base", "CaT-RL": "CaT-RL", "majority-RL": "majority-RL", "gold label reaches": "gold-RL"}
+    quoted = re.findall(r"(base|CaT-RL|majority-RL|gold label reaches) (0\.\d{3})", results)
+    assert len(quoted) >= 6, results
+    for arm, value in quoted:  # the README's short table quotes only numbers the summaries hold
+        assert value in accuracies[labels[arm]], (arm, value, accuracies)
 
 
 def test_an_sft_arm_keeps_its_references_with_labels_and_aggregate_counts_them(tmp_path, monkeypatch):
