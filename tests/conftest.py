@@ -5,8 +5,8 @@ checkout with no ``../shared/data`` (and no ``$CAT_DSPY_DATA``: the suite points
 checkout when that folder exists and the variable is unset); CI sets ``$CAT_DSPY_REQUIRE_DATA`` so that there
 they fail instead. Code paths that only need *some* data in a named set's format use :func:`tiny_gsm8k`.
 
-Tests that need a component the README installs (llama.cpp and its server, the embedded model, peft, optuna) skip
-where it is missing, through :func:`missing_component` (or ``pytest.importorskip`` of its module); CI sets
+Tests that need a component the README installs (llama.cpp and its server, the embedded model, peft, optuna,
+mkdocs) skip where it is missing, through :func:`missing_component` (or ``pytest.importorskip`` of its module); CI sets
 ``$CAT_DSPY_REQUIRE_COMPONENTS`` so that such a skip is a failure there, and ``local`` cannot quietly run on torch.
 
 Every test starts with its own MLflow store, a copy of one migrated store (:func:`mlflow_template`: migrating a
@@ -85,7 +85,7 @@ XDIST_GROUPS = {
     "processes": (  # tests that spawn training or eval processes, each loading the model or TRL itself
         "tests/integration/test_train.py", "tests/integration/test_sft_embedded.py",
         "tests/integration/test_reward_arms_embedded.py::test_gold_arm", "tests/robustness/test_crash_resume.py",
-        "tests/distributed/",
+        "tests/distributed/", "tests/integration/test_readme.py",
     ),
 }
 """xdist groups by node id prefix (a test matching none is scheduled on its own)."""
