@@ -10,6 +10,9 @@ PIP := $(PY) -m pip install -q --disable-pip-version-check
 QUESTION ?= What is 7 + 5?
 DEMO_ARGS ?= --g 4 --max-tokens 48 --temperature 0.7 --anchor-max-tokens 64 --seed 2
 PYTEST_ARGS ?=
+# The suite runs on this many pytest-xdist workers (tests/conftest.py: XDIST_GROUPS keeps the server tests and the
+# tests that spawn processes each on one worker; EXCLUSIVE tests run alone); PYTEST_WORKERS=0: in one process.
+PYTEST_WORKERS ?= 2
 
 .PHONY: demo test install lint bench clean
 
@@ -50,7 +53,7 @@ lint: $(VENV)/.installed
 # One torch thread per process: on 2 cores, processes with 2 threads each contend badly (10x slower), and a single
 # process loses nothing measurable with 1 thread (decoding is memory-bound).
 test: lint $(VENV)/.llamacpp
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(VENV)/bin/pytest $(PYTEST_ARGS)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/rollouts.py

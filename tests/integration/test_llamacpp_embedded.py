@@ -10,6 +10,7 @@ from pathlib import Path
 
 import dspy
 import pytest
+from components import require_component
 from dspy.clients.cache import Cache
 from dspy.lm15 import Config, Message, Request
 
@@ -17,7 +18,7 @@ from cat_dspy.lm import llamacpp
 from cat_dspy.lm.llamacpp import LlamaCppEngine
 from cat_dspy.lm.models import engine_of, make_lm
 
-pytest.importorskip("llama_cpp")
+require_component("llama_cpp")
 pytestmark = pytest.mark.integration
 QUESTION = "What is 2+2?"
 OTHERS = ["Name a color.", "Write one sentence about the sea.", "What is 7 times 6?", "Say hello in French."]
@@ -25,6 +26,8 @@ TEXT = ("Natalia sold clips to 48 of her friends in April, and then she sold hal
         "How many clips did Natalia sell altogether? She sold 48 / 2 = 24 clips in May, so 48 + 24 = 72.")
 SYNTHESIS = ("Here are several candidate solutions.\n" + "".join(f"Candidate {i}: {TEXT}\n" for i in range(8))
              + "Synthesize the best answer.")  # ~575 tokens, a synthesis-sized prompt
+HEAD = ("Here are several candidate solutions.\n" + "".join(f"Candidate {i}: {TEXT}\n" for i in range(2))
+        + "Synthesize the best answer.")  # ~150 tokens: a synthesis instruction that several prompts share
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +93,8 @@ def test_a_synthesis_sized_prompt_gives_bit_identical_texts_and_logprobs_alone_a
     (one prefill, copied) among prompts of other lengths, against each row decoded alone; 2 threads (llama.cpp's
     flash attention, once on, split its work by thread)."""
     engine = LlamaCppEngine(n_threads=2)
-    rows = [request(SYNTHESIS, temperature=1.0, seed=3, logprobs=2), request(SYNTHESIS, temperature=1.0, seed=4,
-                                                                              logprobs=2)]
+    rows = [request(SYNTHESIS, temperature=1.0, seed=3, logprobs=2, max_tokens=8),
+            request(SYNTHESIS, temperature=1.0, seed=4, logprobs=2, max_tokens=8)]
     others = [request(OTHERS[0], temperature=1.0, seed=1), request(TEXT + " Check it.", temperature=0.8, seed=2),
               request(QUESTION), request(TEXT * 2 + " Summarize.", temperature=1.0, seed=5)]
     try:
@@ -107,14 +110,14 @@ def test_a_synthesis_sized_prompt_gives_bit_identical_texts_and_logprobs_alone_a
 def test_prompts_sharing_a_head_prefill_it_once_and_give_their_texts_alone(engine: LlamaCppEngine) -> None:
     """Synthesis-like prompts (one long instruction, different rollouts after it): the head is prefilled once and
     copied, and each seeded row's text and logprobs are bit-identical to the row decoded alone."""
-    prompts = [request(SYNTHESIS + f" Candidate {k} says {k * 7}.", temperature=1.0, seed=k, max_tokens=12,
+    prompts = [request(HEAD + f" Candidate {k} says {k * 7}.", temperature=1.0, seed=k, max_tokens=12,
                        logprobs=1) for k in range(3)] + [request(OTHERS[1], temperature=1.0, seed=5, max_tokens=12)]
     alone = [engine.complete(r) for r in prompts]
     engine.reset_stats()
     batch = together(engine, [prompts[2], prompts[3], prompts[0], prompts[1]])
     for ours, theirs in zip([batch[2], batch[3], batch[0], batch[1]], alone, strict=True):
         assert text(ours) == text(theirs) and ours.logprobs == theirs.logprobs
-    head = len(engine.load()[1](SYNTHESIS)["input_ids"])  # the three synthesis prompts share at least this much
+    head = len(engine.load()[1](HEAD)["input_ids"])  # the three synthesis prompts share at least this much
     stats = engine.stats
     assert stats["shared_prefix_tokens"] >= 2 * (head - 8)
     assert stats["prefill_tokens"] + stats["shared_prefix_tokens"] == sum(r.usage.input_tokens for r in alone)

@@ -96,17 +96,70 @@ def test_solve_length_limit_counts_the_embedded_models_tokens(monkeypatch: pytes
     print(f"tokens/words of the rollouts: {[(engine.count_tokens(r), len(r.split())) for r in result['rollouts']]}")
 
 
+DEMO_OUTCOME = ("2 of 4 rollouts agree with the reference answer 12 (reward 1); the others answered 11, 5 (reward 0). "
+                "The reference is the rollouts' majority answer.")
+"""What `make demo` shows with the Makefile's seed, on this machine's floating point (the README quotes it)."""
+
+
 def test_make_demo_shows_cat_at_work(capsys) -> None:
     """`make demo`'s command (the Makefile's QUESTION and DEMO_ARGS) on the embedded model: rollouts, the reference,
-    the rewards, and one line saying how many rollouts agree with the reference's answer."""
+    the rewards, and one line saying what CaT did: exactly the seeded group the README describes."""
     makefile = (Path(__file__).parents[2] / "Makefile").read_text()
     question = re.search(r"^QUESTION \?= (.+)$", makefile, re.M).group(1)
     demo_args = re.search(r"^DEMO_ARGS \?= (.+)$", makefile, re.M).group(1).split()
     assert cli.main(["solve", question, *demo_args]) == 0
     out = capsys.readouterr().out
     assert "rollout 4" in out and "reference (anchor synthesis)" in out
-    line = re.search(r"(\d) of 4 rollouts agree with the reference answer (\S+) \(reward 1\)", " ".join(out.split()))
-    assert line, out
-    # the reference's answer is read (a demo whose reference has no answer shows nothing of CaT) and the count
-    # matches the rewards table
-    assert int(line.group(1)) == len(re.findall(r"│ 1\.00\s+│", out))
+    table = re.findall(r"│ (\d)\s+│ (\S+)\s+│ ([\d.]+)\s+│", out)  # rollout, answer, reward
+    assert table == [("1", "12", "1.00"), ("2", "11", "0.00"), ("3", "12", "1.00"), ("4", "5", "0.00")], out
+    assert "reference answer: 12   valid: True   failures: none" in out
+    assert DEMO_OUTCOME in " ".join(out.split()), out
+    readme = " ".join((Path(__file__).parents[2] / "README.md").read_text().split())
+    assert DEMO_OUTCOME in readme, "the README's demo paragraph no longer says what `make demo` shows"
+
+
+def test_solve_rubric_mode_end_to_end_reconciles_criteria_verdicts_and_failures(monkeypatch, capsys) -> None:
+    """Rubric mode on the embedded model, every role real: the anchor proposes a rubric from its synthesis, the judge
+    answers one call per (rollout, criterion), and what `solve --json` reports adds up with what the judge said.
+
+    A question and seed where this 135M anchor writes a (short) rubric and the judge answers readably at least once;
+    whatever it wrote, the counts must agree."""
+    import json
+
+    from cat_dspy.adapters import _RESERVED, quote
+    from cat_dspy.cli import solve as solve_cli
+    from cat_dspy.modules.judge import own_answer
+    from cat_dspy.scoring.parsing import parse_verdict
+
+    built: dict = {}
+    real_build = solve_cli.build_roles
+    monkeypatch.setattr(solve_cli, "build_roles", lambda args: built.update(real_build(args)) or built)
+    g = 2
+    argv = ["solve", "Give three tips for sleeping well.", "--mode", "rubric", "--per-criterion", "--g", str(g),
+            "--max-tokens", "32", "--anchor-max-tokens", "64", "--judge-max-tokens", "16", "--seed", "3", "--json"]
+    assert cli.main(argv) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    rubric, verdicts, rewards, failures, parsed = (result[k] for k in ("rubric", "verdicts", "rewards", "failures",
+                                                                       "parsed"))
+    assert result["valid"] and result["failed_calls"] == {"rollout": 0, "anchor": 0, "judge": 0}
+    assert rubric, "the anchor proposed no criterion: the judge and reward stages never ran"
+    assert parsed["rubric"] == (len(rubric) >= 5)  # parsed: at least min_criteria criteria
+    assert ("rubric_too_short" in failures) == (len(rubric) < 5) and "empty_rubric" not in failures
+    assert len(verdicts) == len(rewards) == g and all(len(v) == len(rubric) for v in verdicts)
+    assert rewards == [sum(v) / len(rubric) for v in verdicts]  # the unweighted fraction satisfied
+    unread = parsed["unread_verdicts"]
+    assert failures.count("unread_verdicts") == sum(u > 0 for u in unread)
+    assert result["usage"]["anchor"]["calls"] == 2 and result["usage"]["judge"]["calls"] == g * len(rubric)
+
+    # The judge's own answers, call by call: each (rollout, criterion) once, read as the report says.
+    read: dict[tuple[int, int], bool | None] = {}
+    for entry in built["judge"].history:
+        prompt = "\n".join(m["content"] for m in entry["messages"])
+        [i] = [i for i, r in enumerate(result["rollouts"]) if quote(r, _RESERVED) in prompt]
+        [k] = [k for k, c in enumerate(rubric) if c in prompt]
+        raw = entry["outputs"][0]
+        read[i, k] = parse_verdict(own_answer(raw if isinstance(raw, str) else raw["text"], result["rollouts"][i]))
+    assert sorted(read) == [(i, k) for i in range(g) for k in range(len(rubric))]
+    assert [[bool(read[i, k]) for k in range(len(rubric))] for i in range(g)] == verdicts
+    assert [sum(read[i, k] is None for k in range(len(rubric))) for i in range(g)] == unread
+    assert any(v is not None for v in read.values()), "no verdict of the judge could be read"

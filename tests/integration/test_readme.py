@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from components import missing_component
 
 pytestmark = pytest.mark.integration
 
@@ -119,7 +120,7 @@ def test_the_demo_prints_what_the_readme_shows(tmp_path):
 def test_the_docs_site_builds_strictly(tmp_path):
     mkdocs = shutil.which("mkdocs", path=str(Path(sys.executable).parent)) or shutil.which("mkdocs")
     if mkdocs is None:
-        pytest.skip("mkdocs is not installed (requirements.txt installs it; pip install -e '.[docs]')")
+        missing_component("mkdocs", "mkdocs is not installed (requirements.txt installs it; pip install -e '.[docs]')")
     env = os.environ | {"NO_MKDOCS_2_WARNING": "1"}
     done = subprocess.run([mkdocs, "build", "--strict", "--site-dir", str(tmp_path / "site")], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)

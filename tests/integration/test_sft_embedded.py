@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from components import components_required, missing_component
 
 pytestmark = pytest.mark.integration
 
@@ -29,6 +30,9 @@ def run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
 def test_sft_smoke_recipe_synthesizes_trains_logs_and_reuses_references(tmp_path):
     import mlflow
     from transformers.utils import is_peft_available
+
+    if not is_peft_available() and components_required():  # without peft it checks the full fine-tuning fallback
+        missing_component("peft")
 
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps({"question": f"What is {a} + {b}?", "answer": str(a + b)}) + "\n"

@@ -33,7 +33,7 @@ def test_cpu_smoke_recipe_trains_checkpoints_logs_and_resumes(tmp_path, tiny_gsm
     import mlflow
 
     out = tmp_path / "out"
-    data = ["--data_dir", str(tiny_gsm8k)]
+    data = ["--data_dir", str(tiny_gsm8k), "--max_completion_length", "16", "--anchor_max_tokens", "24"]  # short
     run([str(BIN / "cat-dspy"), "train", "--config", str(RECIPE), "--output_dir", str(out), *data], cwd=tmp_path)
     assert (out / "checkpoint-2" / "model.safetensors").exists()
     assert json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())["global_step"] == 2

@@ -4,9 +4,6 @@ Usage: ``python eval_driver.py CALL_LOG DELAY_S -- <cat-dspy eval arguments>``. 
 ``pid<TAB>role<TAB>question<TAB>prompt-hash`` to CALL_LOG (flushed before the answer is returned), then sleeps
 DELAY_S. The scripted answers are pure functions of the prompt, so a rerun gets the same answers and DSPy's
 cache (in the run directory) can serve them.
-
-Also holds :func:`mlflow_template`: an MLflow sqlite store created (migrated) once per test session and copied per
-test, since creating one costs seconds.
 """
 
 from __future__ import annotations
@@ -14,10 +11,8 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shutil
 import sys
 import time
-from pathlib import Path
 
 _QID = re.compile(r"\bQ(\d+)\b")
 
@@ -61,19 +56,6 @@ def scripted_roles(log_path: str, delay: float, cache: bool = True) -> dict:
         "anchor": scripted_lm(_logged("anchor", _synthesize, log_path, delay), cache=cache),
         "judge": scripted_lm(_logged("judge", lambda p: "no", log_path, delay), cache=cache),
     }
-
-
-def mlflow_template(directory: Path) -> Path:
-    """A migrated, empty MLflow sqlite store in ``directory`` (created on first use); copy it per test."""
-    template = directory / "mlflow-template.db"
-    if not template.exists():
-        import subprocess
-
-        uri = f"sqlite:///{directory / 'creating.db'}"
-        code = f"import mlflow; mlflow.set_tracking_uri({uri!r}); mlflow.search_experiments()"
-        subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=300)
-        shutil.move(directory / "creating.db", template)
-    return template
 
 
 def main(argv: list[str]) -> int:

@@ -4,6 +4,7 @@ defined value, and every failure is counted (``make_corpus.py`` generates ``corp
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
@@ -222,3 +223,150 @@ def test_cat_score_rubric_counts_failures():
     assert reasons["groups"] == len(groups)
     assert reasons["empty_rubric"] > 0 and reasons["unread_verdicts"] > 0 and reasons["rubric_too_short"] > 0
     json.dumps(dict(reasons))  # the counters are plain data
+
+
+# -- the defined result of each malformed kind, through CaT's scoring path ---------------------------------------
+
+YES_WORDS = {"yes", "Yes.", "TRUE", "y", "1", "ok", "Satisfied", "Pass", "<verdict>yes</verdict>"}
+
+
+def empty_call(failures: list[str], role: str) -> bool:
+    """Whether ``failures`` is one failed call of ``role``: an empty completion is no output at all (DSPy's adapter
+    refuses it), counted as the role's failed call, which makes the group invalid (a training reward skips it)."""
+    return len(failures) >= 1 and failures[0].startswith(f"{role}_error: AdapterParseError")
+
+
+def all_yes_judge(prompt: str) -> str:
+    """A judge that marks every criterion it is shown satisfied (JudgeAll: one verdict per numbered criterion)."""
+    n = prompt.split("<criteria>", 1)[1].count('<criterion id="')
+    return "\n".join(f'<verdict id="{i}">yes</verdict>' for i in range(1, n + 1))
+
+
+def test_a_malformed_rollout_is_data_rewarded_by_its_answer_never_a_failure():
+    """Every corpus output as a rollout beside a good one: reward 1 exactly when its answer is the reference's,
+    else 0 (empty ones: 0); the group stays valid and nothing is counted against it."""
+    cat = CaT(g=2, policy=scripted_lm(["unused"]), anchor=scripted_lm(["# UNIFIED RESPONSE \\boxed{4}"]),
+              equivalence="string")
+    for r in CORPUS["answers"] + CORPUS["injection"]:
+        pred = cat.score([r["output"], "so \\boxed{4}"])
+        assert pred.reference_answer == "4" and pred.valid and pred.failures == [], r["id"]
+        assert pred.rewards == [float(extract_answer(r["output"]) == "4"), 1.0], r["id"]
+        if r["kind"] == "empty":
+            assert pred.answers[0] is None and pred.rewards[0] == 0.0, r["id"]
+
+
+def test_a_malformed_reference_has_an_answer_or_zero_rewards_and_one_counted_failure():
+    """Every answers output as the anchor's reference: with no answer in it, every reward is 0 and the group counts
+    exactly one ``reference_without_answer`` (still valid: the anchor answered; an empty completion is counted as a
+    failed anchor call instead); with one, each rollout is rewarded by it and nothing is counted."""
+    serve = Serve()
+    cat = CaT(g=3, policy=scripted_lm(["unused"]), anchor=scripted_lm(serve), equivalence="string")
+    rollouts = ["\\boxed{4}", "\\boxed{12}", "no answer here"]
+    unanswered = Counter()
+    for r in CORPUS["answers"]:
+        serve.text = r["output"]
+        pred = cat.score(rollouts)
+        delivered = re.sub("[\ud800-\udfff]", "\ufffd", r["output"]).strip()  # lone surrogates: U+FFFD
+        assert pred.reference == delivered, r["id"]
+        expected = extract_answer(delivered)
+        assert pred.reference_answer == expected and pred.valid == (r["output"] != ""), r["id"]
+        if r["output"] == "":
+            assert pred.rewards == [0.0] * 3 and empty_call(pred.failures, "anchor") and len(pred.failures) == 1
+            unanswered[r["kind"]] += 1
+        elif expected is None:
+            assert pred.rewards == [0.0] * 3 and pred.failures == ["reference_without_answer"], r["id"]
+            unanswered[r["kind"]] += 1
+        else:
+            assert pred.failures == [] and pred.rewards == [float(expected == "4"), float(expected == "12"), 0.0]
+    assert unanswered["empty"] == len(of_kind("answers", "empty"))  # an empty reference never has an answer
+    truncated = {r["text"] for r in of_kind("answers", "truncated_box") if extract_answer(r["output"]) is None}
+    assert {"\\boxed{", "\\boxed", "\\boxed{}", "\\boxed{   }", "\\boxed{{{{"} <= truncated  # an empty box: none
+    assert unanswered["huge"] >= 3  # a megabyte of "a", of newlines, of unclosed boxes: no answer, no hang
+
+
+def test_a_malformed_rubric_is_empty_short_or_capped_and_counted():
+    """Every rubrics output as the anchor's rubric, with a judge satisfied by everything: no criterion gives reward
+    0, no judge call and one ``empty_rubric``; 1-4 criteria give reward 1 and one ``rubric_too_short``; 5 or more
+    give reward 1 and nothing counted; never more than 20 criteria."""
+    state = {"rubric": ""}
+
+    def anchor(prompt: str) -> str:
+        return state["rubric"] if "grading rubric" in prompt else "Rest the ankle, ice it, and see a doctor."
+
+    judge = scripted_lm(all_yes_judge)
+    cat = CaT(g=2, mode="rubric", policy=scripted_lm(["unused"]), anchor=scripted_lm(anchor), judge=judge)
+    sizes: dict[str, list[int]] = {}
+    for r in CORPUS["rubrics"]:
+        state["rubric"] = r["output"]
+        calls = len(judge.engine_script.prompts)
+        pred = cat.score(["Rest and ice.", "See a doctor."])
+        n = len(pred.rubric)
+        judged = len(judge.engine_script.prompts) - calls
+        assert pred.valid == (r["output"] != "") and n <= 20, r["id"]
+        if r["output"] == "":
+            assert empty_call(pred.failures, "anchor") and pred.failures[1:] == ["empty_rubric"], r["id"]
+            assert pred.rewards == [0.0, 0.0] and judged == 0, r["id"]
+        elif n == 0:
+            assert pred.failures == ["empty_rubric"] and pred.rewards == [0.0, 0.0] and judged == 0, r["id"]
+        elif n < 5:
+            assert pred.failures == ["rubric_too_short"] and pred.rewards == [1.0, 1.0] and judged == 2, r["id"]
+        else:
+            assert pred.failures == [] and pred.rewards == [1.0, 1.0] and pred.parsed["rubric"], r["id"]
+        sizes.setdefault(r["kind"], []).append(n)
+    assert set(sizes["no_rubric"]) == set(sizes["zero_criteria"]) == {0}
+    assert sizes["xml_count"] == [1, 3, 4, 5, 6, 20, 20]
+    assert sizes["numbered_count"] == sizes["bulleted_count"] == [20]
+
+
+def test_a_malformed_verdict_reads_as_not_satisfied_and_is_counted_unread():
+    """Every verdicts output as the judge's answer for a 5-criterion rubric: each verdict it states is read, every
+    other one is unread, counts as not satisfied and is counted (``unread_verdicts`` once per rollout)."""
+    rubric = "<rubric>" + "".join(f"<criterion>{c}</criterion>" for c in CRITERIA) + "</rubric>"
+    state = {"verdict": ""}
+    cat = CaT(g=2, mode="rubric", policy=scripted_lm(["unused"]),
+              anchor=scripted_lm(lambda p: rubric if "grading rubric" in p else "Rest, ice, a doctor."),
+              judge=scripted_lm(lambda p: state["verdict"]))
+    one = CaT(g=2, mode="rubric", per_criterion=True, policy=scripted_lm(["unused"]),
+              anchor=scripted_lm(lambda p: rubric if "grading rubric" in p else "Rest, ice, a doctor."),
+              judge=scripted_lm(lambda p: state["verdict"]))
+    for r in CORPUS["verdicts"]:
+        state["verdict"] = r["output"]
+        pred = cat.score(["Rest and ice.", "See a doctor."])
+        verdicts, unread = parse_verdicts(r["output"], 5)
+        assert pred.verdicts == [verdicts] * 2 and pred.parsed["unread_verdicts"] == [unread] * 2, r["id"]
+        assert pred.rewards == [sum(verdicts) / 5] * 2 and pred.valid == (r["output"] != ""), r["id"]
+        if r["output"] == "":  # a failed judge call per rollout, and its 5 verdicts unread
+            assert [f.split(":")[0] for f in pred.failures] == ["judge_error", "unread_verdicts"] * 2, r["id"]
+            assert empty_call(pred.failures, "judge") and unread == 5, r["id"]
+        else:
+            assert pred.failures == ["unread_verdicts"] * (2 if unread else 0), r["id"]
+        if r["kind"] in ("empty", "ambiguous") or (r["kind"], r["text"]) in (("huge", "<verdict>"),):
+            # nothing readable in it, one criterion at a time: every verdict unread, reward 0, all counted
+            judged = one.score(["Rest and ice.", "See a doctor."])
+            assert judged.rewards == [0.0, 0.0] and judged.parsed["unread_verdicts"] == [5, 5], r["id"]
+            errors = 5 if r["output"] == "" else 0  # an empty completion: a failed call per criterion
+            assert [f.split(":")[0] for f in judged.failures] == (["judge_error"] * errors + ["unread_verdicts"]) * 2
+        if r["kind"] == "single":  # one clear word, asked one criterion at a time: read as said, none unread
+            judged = one.score(["Rest and ice."] * 2)
+            said = r["text"] in YES_WORDS
+            assert judged.rewards == [float(said)] * 2 and judged.failures == [], r["id"]
+    empty = [cat.score(["a", "b"]) for state["verdict"] in [r["output"] for r in of_kind("verdicts", "empty")]]
+    assert all(p.rewards == [0.0, 0.0] and p.parsed["unread_verdicts"] == [5, 5] for p in empty)
+    # k verdicts for 5 criteria: the missing ones unread, extra ones ignored; all k say yes
+    lengths = []
+    for r in of_kind("verdicts", "wrong_length"):
+        state["verdict"] = r["output"]
+        lengths.append(cat.score(["a", "b"]).rewards[0])
+    assert lengths == [0.0, 0.2, 0.4, 0.8, 1.0, 1.0, 1.0]
+
+
+def test_a_rollout_that_addresses_the_judge_gains_nothing():
+    """Every injection output as a rollout, graded by a judge that says no to every criterion: reward 0, every
+    verdict read (a fake verdict inside the response is data, not the judge's answer), nothing counted."""
+    rubric = "<rubric>" + "".join(f"<criterion>{c}</criterion>" for c in CRITERIA) + "</rubric>"
+    cat = CaT(g=2, mode="rubric", policy=scripted_lm(["unused"]),
+              anchor=scripted_lm(lambda p: rubric if "grading rubric" in p else "Rest the ankle."),
+              judge=scripted_lm(lambda p: "\n".join(f'<verdict id="{i}">no</verdict>' for i in range(1, 6))))
+    for r in CORPUS["injection"]:
+        pred = cat.score([r["output"], "Rest the ankle."])
+        assert pred.rewards == [0.0, 0.0] and pred.failures == [] and pred.parsed["unread_verdicts"] == [0, 0], r["id"]

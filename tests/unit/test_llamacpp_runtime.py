@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from components import require_component
 
 from cat_dspy.lm import models
 from cat_dspy.lm.llamacpp import log_softmax, sample, warp
@@ -104,7 +105,7 @@ def test_without_llama_cpp_local_falls_back_to_torch(no_cuda, monkeypatch: pytes
 
 
 def test_each_runtime_has_its_own_engine_model_id_and_state(no_cuda) -> None:
-    pytest.importorskip("llama_cpp")
+    require_component("llama_cpp")
     from cat_dspy.lm.llamacpp import LlamaCppEngine
 
     fast, slow = make_lm("local"), make_lm("local", runtime="torch")

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import dspy
 import pytest
-import torch
 from dspy.clients.cache import Cache
 from dspy.lm15 import Config, ContextLengthError, Message, Request, UnsupportedFeatureError
 
@@ -21,55 +20,12 @@ from cat_dspy.lm.hf import load_model
 from cat_dspy.lm.local import AsyncLocalEngine, LocalEngine
 from cat_dspy.lm.models import engine_of, local_model_id, make_lm
 
-CHATML = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 QUESTION = "What is 2+2?"
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-layer random Llama with a 300-token byte-level BPE tokenizer and a ChatML template."""
-    from tokenizers import Tokenizer, decoders, pre_tokenizers, trainers
-    from tokenizers import models as tokenizer_models
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    out = tmp_path_factory.mktemp("tiny-llama")
-    tokenizer = Tokenizer(tokenizer_models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    corpus = ["What is 2+2? The answer is 4.", "Natalia sold clips to 48 of her friends.", "#### 72"] * 20
-    tokenizer.train_from_iterator(
-        corpus,
-        trainers.BpeTrainer(
-            vocab_size=300,
-            special_tokens=["<|im_start|>", "<|im_end|>"],
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        ),
-    )
-    hf = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<|im_end|>"
-    )
-    hf.chat_template = CHATML
-    hf.save_pretrained(out)
-    config = LlamaConfig(
-        vocab_size=len(hf),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,  # room for a synthesis prompt of this byte-level tokenizer
-        tie_word_embeddings=True,
-        initializer_range=0.2,
-        bos_token_id=hf.bos_token_id,
-        eos_token_id=hf.eos_token_id,
-        pad_token_id=hf.pad_token_id,
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(out)
-    return out
+def tiny_dir(tiny_llama: Path) -> Path:
+    return tiny_llama
 
 
 @pytest.fixture(autouse=True)

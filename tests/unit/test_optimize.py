@@ -8,6 +8,7 @@ import re
 
 import dspy
 import pytest
+from components import require_component
 
 from cat_dspy import cli
 from cat_dspy.modules import CaT, Judge
@@ -309,7 +310,7 @@ def test_gepa_and_mipro_refuse_the_embedded_model_as_proposer_unless_asked(optim
 
 
 def test_mipro_with_a_free_text_proposer(monkeypatch):
-    pytest.importorskip("optuna")
+    require_component("optuna")
     import argparse
 
     from cat_dspy.adapters import FreeTextAdapter

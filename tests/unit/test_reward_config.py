@@ -9,6 +9,7 @@ import dataclasses
 import inspect
 
 import pytest
+from components import require_component
 
 from cat_dspy.cli import eval as eval_cli
 from cat_dspy.cli import optimize as optimize_cli
@@ -69,7 +70,7 @@ def test_unknown_options_are_refused_by_name():
 
 
 def test_recipe_fields_are_the_dataclass_fields_with_the_same_defaults():
-    pytest.importorskip("trl")
+    require_component("trl")
     from trl import GRPOConfig
 
     from cat_dspy.rl import train

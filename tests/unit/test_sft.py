@@ -10,6 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from components import require_component
 
 from cat_dspy.jsonl_store import JsonlStore
 from cat_dspy.modules.cat import CaT
@@ -146,7 +147,7 @@ def test_trainable_share_counts_the_weights_training_updates():
     assert trainable_share(model) == 1.0
     model[0].requires_grad_(False)
     assert trainable_share(model) == 5 / 25
-    peft = pytest.importorskip("peft")
+    peft = require_component("peft")
     lora = peft.get_peft_model(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 1)),
                                peft.LoraConfig(r=2, target_modules=["0"]))
     assert trainable_share(lora) == (2 * 4 + 4 * 2) / (25 + 16)  # the rank-2 adapter A (2x4) + B (4x2) of layer 0
