@@ -100,15 +100,34 @@ def run_key(config: OptimizeConfig, settings: dict[str, dict[str, Any]]) -> dict
 
 @contextlib.contextmanager
 def stage(usage: dict[str, dict[str, float]], name: str) -> Iterator[None]:
-    """Record the LM calls, tokens and wall seconds of the block under ``usage[name]`` (cache hits count no call)."""
+    """Record the LM calls, tokens and wall seconds of the block under ``usage[name]`` (cache hits count no call),
+    also those made on the worker threads of ``dspy.Evaluate`` and the optimizers (``dspy.Parallel`` gives each of
+    its threads a deep copy of the usage tracker, whose counts would be lost: this one is shared, not copied)."""
     import dspy
+    from dspy.utils.usage_tracker import UsageTracker
 
+    class SharedTracker(UsageTracker):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lock = threading.Lock()
+
+        def __deepcopy__(self, memo: dict[int, Any]) -> SharedTracker:
+            return self
+
+        def add_usage(self, lm: str, usage_entry: dict[str, Any]) -> None:
+            with self.lock:
+                super().add_usage(lm, usage_entry)
+
+    tracker, parent = SharedTracker(), dspy.settings.usage_tracker
     start = time.perf_counter()
-    with dspy.track_usage() as tracker:
-        try:
+    try:
+        with dspy.settings.context(usage_tracker=tracker):
             yield
-        finally:
-            usage[name] = {**tracker_totals(tracker), "seconds": time.perf_counter() - start}
+    finally:
+        usage[name] = {**tracker_totals(tracker), "seconds": time.perf_counter() - start}
+        if parent is not None:
+            for lm, entries in tracker.usage_data.items():
+                parent.usage_data[lm].extend(entries)
 
 
 @contextlib.contextmanager
