@@ -18,6 +18,8 @@ feedback)``, whose feedback names the disagreement with the reference (or majori
 
 References are computed once per question and kept in a crash-safe JSONL cache
 (:class:`~cat_dspy.optimization.compile.JsonlCache`): a rerun reads them back and makes no LM call for them.
+:func:`cat_metric` builds either metric for any program in one call; ``cat-dspy optimize --target policy``
+(:mod:`cat_dspy.optimization.policy`) is the same from the command line.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import dspy
@@ -224,3 +227,43 @@ class MajorityAgreement(LabelFreeMetric):
         answers = self.answers(record)
         top, size, _ = majority_answer(answers, mode=self.equivalence)
         return top, f"the majority answer ({size} of {len(answers)} samples of the base program)"
+
+
+def cat_metric(program: Any, examples: Sequence[dspy.Example], *, policy: Any, anchor: Any, g: int = 4,
+               kind: str = "cat", mode: str = "verifiable", judge: Any = None, temperature: float | None = None,
+               extraction: str = "strict", equivalence: str = "symbolic", question_aware: bool = False,
+               cache: str | Path | None = None, threads: int = 4, field: str | None = None) -> LabelFreeMetric:
+    """The label-free metric of ``program`` on ``examples`` (inputs only), in one call: G outputs of the program as it
+    is now and the frozen anchor's reference per example, computed now (or read back from ``cache``, a folder).
+
+    Args:
+        program: Any DSPy module called as ``program(**example.inputs())``; the policy LM reaches it through
+            ``dspy.context(lm=...)`` (a module with an LM of its own keeps it).
+        examples: The training examples (their labels, if any, are never read).
+        policy, anchor: The policy LM (sampled at ``temperature``, default its own) and the frozen anchor LM.
+        g: Samples per example (G). kind: ``"cat"`` or ``"majority"``. mode: ``"verifiable"`` or ``"rubric"``
+            (with ``judge``: the LM that marks the reference's criteria).
+        cache: Folder of the crash-safe reference cache (None: memory only).
+
+    Returns:
+        :class:`CaTAgreement` or :class:`MajorityAgreement` over the references; ``metric.references`` holds them.
+    """
+    from cat_dspy.modules import CaT
+    from cat_dspy.optimization.compile import JsonlCache
+
+    if kind not in ("cat", "majority") or (kind == "majority" and mode != "verifiable"):
+        raise ValueError(f"kind must be 'cat', or 'majority' in verifiable mode; got {kind!r} in {mode!r} mode")
+    temperature = temperature if temperature is not None else (policy.kwargs.get("temperature") or 1.0)
+    cat = CaT(g=g, mode=mode, policy=policy, anchor=anchor, judge=judge, question_aware=question_aware,
+              extraction=extraction, equivalence=equivalence, temperature=temperature)
+    state = json.dumps(program.dump_state(), sort_keys=True, default=str)
+    key = {"program": hashlib.sha256(state.encode()).hexdigest()[:12], "g": g, "mode": mode, "temperature": temperature,
+           "question_aware": question_aware, "policy": [policy.model, policy.kwargs], "anchor": [anchor.model,
+                                                                                                anchor.kwargs]}
+    cache_store = JsonlCache(cache, "policy-references", key)
+    references = build_references(examples, program, cat, cache_store, g=g, lm=policy, temperature=temperature,
+                                  threads=threads, field=field)
+    options = {"equivalence": equivalence, "extraction": extraction, "field": field}
+    if kind == "majority":
+        return MajorityAgreement(references, **options)
+    return CaTAgreement(references, **options, judge=cat.judge if mode == "rubric" else None)

@@ -255,3 +255,77 @@ def test_a_killed_run_resumes_without_recomputing_finished_questions(tmp_path):
     assert len(references) == 6
     assert state["calls"] - before <= (6 - finished) * 3  # only the unfinished questions' calls (some were cached)
     assert lms["anchor"].engine_script.calls == 6
+
+
+# --- a user's program: --module, and the Python example ------------------------------------------------------
+
+
+def _load_program_example():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "programs" / "policy_program.py"
+    spec = importlib.util.spec_from_file_location("policy_program", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module, path
+
+
+def test_a_scripts_module_is_optimized_saved_and_loaded_by_its_class(tmp_path, monkeypatch):
+    example, path = _load_program_example()
+    data = _data(tmp_path / "arith.jsonl", poison=True)
+    lms = _roles()
+    monkeypatch.setattr("cat_dspy.cli.optimize.build_roles", lambda args: lms)
+    argv = _argv(data, tmp_path, "module", "cat", "--module", f"{path}:ShortAnswer")
+    assert cli.main(argv) == 0
+    state = json.loads((tmp_path / "module.json").read_text())
+    assert set(state) - {"metadata"} == {"answer"} and state["answer"]["demos"]
+    loaded = example.ShortAnswer()
+    loaded.load(str(tmp_path / "module.json"))
+    assert loaded.answer.demos and "[[ ##" not in lms["policy"].engine_script.prompts[-1]  # its own free-text adapter
+    with pytest.raises(SystemExit, match=r"FILE\.py:NAME"):
+        cli.main(_argv(data, tmp_path, "bad", "cat", "--module", "no_such_file.py:X"))
+
+
+def test_the_python_example_optimizes_a_users_program_with_the_cat_metric(tmp_path):
+    example, _ = _load_program_example()
+    lms = _roles()
+    optimized = example.main(str(tmp_path / "short.json"), lms=lms)
+    assert len(optimized.answer.demos) == 2 and (tmp_path / "short.json").is_file()
+    assert lms["anchor"].engine_script.calls == 8  # one reference per question
+
+
+# --- the measurement's aggregator (experiments/policy_opt.py) on hand-made result files ----------------------
+
+
+def test_policy_opt_aggregates_paired_differences_and_the_share_recovered(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "experiments" / "policy_opt.py"
+    spec = importlib.util.spec_from_file_location("policy_opt", path)
+    policy_opt = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(policy_opt)
+    ids = [f"q{i}" for i in range(10)]
+    right = {"unoptimized": 2, "cat": 5, "majority": 4, "gold": 8}  # questions right out of 10, every seed
+    folder = tmp_path / "policy-opt"
+    folder.mkdir()
+    for arm, k in right.items():
+        for seed in (0, 1, 2):
+            values = [1.0 if i < k else 0.0 for i in range(10)]
+            result = {"arm": arm, "seed": seed, "started": 0.0, "finished": 1.0,
+                      "heldout": {"ids": ids, "rollouts": values, "majority": values},
+                      "calls": {"eval": 40, **({"optimize.references": 20, "optimize.train-base": 4}
+                                               if arm != "unoptimized" else {})},
+                      "seconds": {"optimize": 0.0 if arm == "unoptimized" else 10.0, "eval": 5.0},
+                      "demos": [{"right": True}, {"right": arm == "gold"}] if arm != "unoptimized" else []}
+            (folder / f"{arm}-seed{seed}.json").write_text(json.dumps(result))
+    summary = policy_opt.aggregate(results=tmp_path, log=False)
+    assert summary["recovered"]["rollouts"]["share"] == pytest.approx(0.5)  # (0.5 - 0.2) / (0.8 - 0.2)
+    rows = {r["arm"]: r for r in summary["tables"]["rollouts"]}
+    assert rows["cat"]["vs_unoptimized_by_question"]["mean"] == pytest.approx(0.3)
+    assert rows["cat"]["vs_majority_by_question"]["mean"] == pytest.approx(0.1)
+    assert summary["cost"]["cat"]["optimize_calls"] == 24 and summary["cost"]["unoptimized"]["optimize_calls"] == 0
+    text = (folder / "summary.md").read_text()
+    assert "| CaT metric (0, 1, 2) | 0.500 ± 0.000" in text and "| gold metric (0, 1, 2)" in text
+    assert "3/6" in text and (folder / "policy_opt.png").is_file()
