@@ -1,12 +1,13 @@
 """``cat-dspy optimize``: compile one of CaT's prompts with a DSPy optimizer and save the whole program.
 
 The target submodule of a :class:`~cat_dspy.modules.CaT` program (``synthesize``, ``propose_rubric`` or ``judge``)
-is compiled with ``BootstrapFewShot``, ``MIPROv2`` or ``GEPA`` against a labelled metric
-(:mod:`cat_dspy.optimization.metrics`)
-on examples built from a seeded, disjoint train/dev/test split. The whole program is saved as DSPy JSON, so
-``solve``, ``eval`` and ``train`` load it with ``--program PATH``. The compile is one MLflow run
-(``mlflow.dspy.autolog(log_compiles=True, log_evals=True)``) holding the params, the saved program and, with
-``--test N``, a held-out base-vs-optimized report. Programs are saved and loaded by DSPy (``CaT.save`` / ``CaT.load``).
+is compiled with ``BootstrapFewShot``, ``MIPROv2``, ``SIMBA`` or ``GEPA`` against a labelled metric
+(:mod:`cat_dspy.optimization.metrics`) on examples built from a seeded, disjoint train/dev/test split. The whole
+program is saved as DSPy JSON, so ``solve``, ``eval`` and ``train`` load it with ``--program PATH``. The compile is
+one MLflow run (``mlflow.dspy.autolog(log_compiles=True, log_evals=True)``) holding the params, the saved program
+and, with ``--test N``, a held-out base-vs-optimized report. Programs are saved and loaded by DSPy (``CaT.save`` /
+``CaT.load``). ``--target policy`` (the policy program itself, scored by CaT's reference without labels) is
+:func:`cat_dspy.optimization.policy.optimize_policy`, on the same configuration.
 
 The modules call their LM under :class:`~cat_dspy.adapters.FreeTextAdapter` whatever the optimizer does, so
 bootstrapped demos render through it. During a compile the target's LM is lent through ``dspy.settings.lm`` instead
@@ -34,8 +35,10 @@ from cat_dspy.modules.base import thread_map
 logger = logging.getLogger(__name__)
 
 TARGETS = {"synthesize": "synthesize", "rubric": "propose_rubric", "judge": "judge"}
-OPTIMIZERS = ("bootstrap", "mipro", "gepa")
+OPTIMIZERS = ("bootstrap", "mipro", "simba", "gepa")
 AUTO = ("light", "medium", "heavy")
+METRICS = ("cat", "majority", "gold")
+"""``--metric`` of ``--target policy``: CaT's reference and the majority answer (label-free), the gold answer."""
 DEFAULT_OUT = "outputs/programs"
 """Where saved programs go unless ``out`` says otherwise (not ``programs/``, the folder of example scripts)."""
 
@@ -49,8 +52,11 @@ class OptimizeConfig:
     """What :func:`optimize` compiles, on which data, with which optimizer (``cat-dspy optimize`` flags, one each).
 
     The role LMs are passed to :func:`optimize` separately. ``budget``: light|medium|heavy, or an integer (GEPA
-    metric calls, MIPRO trials, bootstrap rounds). ``cache``: folder of cached rollouts/references, "none" for
-    memory only, None for the cat-dspy cache. ``out`` defaults to ``outputs/programs/<target>-<optimizer>.json``.
+    metric calls, MIPRO trials, SIMBA steps, bootstrap rounds). ``cache``: folder of cached rollouts/references,
+    "none" for memory only, None for the cat-dspy cache. ``out`` defaults to
+    ``outputs/programs/<target>-<optimizer>.json``. :data:`POLICY_ONLY` fields are ``--target policy``'s:
+    ``metric`` (cat|majority|gold, default cat), ``program`` (a saved CaT program whose rollout prompt to
+    optimize), ``module`` (``path.py:Name``, a DSPy module to optimize) and ``run_dir`` (its DSPy cache).
     """
 
     target: str
@@ -79,6 +85,14 @@ class OptimizeConfig:
     extraction: str = DEFAULTS["extraction"]
     seed: int | None = None
     api_base: str | None = None
+    metric: str | None = None
+    program: str | None = None
+    module: str | None = None
+    run_dir: str | None = None
+
+
+POLICY_ONLY = ("metric", "program", "module", "run_dir")
+"""Options of ``--target policy`` only (:mod:`cat_dspy.optimization.policy`)."""
 
 
 class JsonlCache:
@@ -212,6 +226,12 @@ def make_optimizer(args: OptimizeConfig, metric: Any, proposer: Any, task_lm: An
     budget, seed = args.budget, seed_of(args)
     if budget not in AUTO and not budget.isdigit():
         raise OptimizeError(f"--budget must be one of {AUTO} or an integer, got {budget!r}")
+    if args.optimizer == "simba":
+        steps = int(budget) if budget.isdigit() else {"light": 4, "medium": 8, "heavy": 16}[budget]
+        return dspy.SIMBA(
+            metric=metric, bsize=max(1, min(32, args.train)), num_candidates=4, max_steps=steps,
+            max_demos=args.demos, prompt_model=proposer, num_threads=args.threads,
+        ), {"seed": seed}
     if args.optimizer == "bootstrap":
         rounds = int(budget) if budget.isdigit() else 1
         return dspy.BootstrapFewShot(
@@ -269,7 +289,7 @@ def compile_target(program: Any, target: str, optimizer: Any, trainset: list, va
         unused = "judge_all" if module.per_criterion else "judge_one"
         hidden[unused], module.__dict__[unused] = module.__dict__[unused], None
     role_lm, module.lm = module.lm, None
-    with_valset = valset and not isinstance(optimizer, dspy.BootstrapFewShot)
+    with_valset = valset and not isinstance(optimizer, dspy.BootstrapFewShot | dspy.SIMBA)
     kwargs = dict(extra, trainset=trainset) | ({"valset": valset} if with_valset else {})
     try:
         with dspy.context(lm=role_lm or dspy.settings.lm):
@@ -333,6 +353,10 @@ def optimize(
     from cat_dspy.optimization.metrics import compare, group_baselines
     from cat_dspy.scoring.stats import mean_stderr
 
+    used = [f"--{name.replace('_', '-')}" for name in POLICY_ONLY if getattr(config, name) is not None]
+    if config.target not in TARGETS or used:
+        raise OptimizeError(f"optimize() compiles {', '.join(TARGETS)}; {', '.join(used) or config.target!r}: "
+                            "--target policy is cat_dspy.optimization.policy.optimize_policy")
     mode = config.mode or ("verifiable" if config.target == "synthesize" else "rubric")
     if config.target == "synthesize" and mode != "verifiable":
         raise OptimizeError("--target synthesize is scored on gold answers: it needs --mode verifiable")

@@ -174,6 +174,54 @@ class SynthesisMetric(CaTMetric):
         return kept + "."
 
 
+def output_text(pred: Any, field: str | None = None) -> str:
+    """The text a program's prediction answered with: ``field``, else its ``response``, else its string outputs
+    joined by lines (``reasoning`` then ``answer`` of a ``ChainOfThought``).
+
+    Examples:
+        >>> output_text(dspy.Prediction(response="so 4", answer="4")), output_text(dspy.Prediction(reasoning="2+2",
+        ...                                                                                          answer="4"))
+        ('so 4', '2+2\\n4')
+        >>> output_text(None), output_text(dspy.Prediction(answer="4"), "answer")
+        ('', '4')
+    """
+    if pred is None:
+        return ""
+    if field is not None:
+        return str(pred.get(field) or "")
+    if isinstance(pred.get("response"), str):
+        return pred["response"]
+    return "\n".join(v for k, v in pred.items() if isinstance(v, str) and v and k != "error")
+
+
+class AnswerMetric(CaTMetric):
+    """Any program's output: 1.0 when its final answer equals the gold ``answer`` (``--target policy --metric gold``,
+    the labelled ceiling the label-free metrics of :mod:`cat_dspy.optimization.label_free` are measured against).
+
+    Examples:
+        >>> gold = dspy.Example(question="7 + 5?", answer="12").with_inputs("question")
+        >>> metric = AnswerMetric(extraction="flexible")
+        >>> metric(gold, dspy.Prediction(response="7 + 5 = 12")), metric(gold, dspy.Prediction(response="13"))
+        (1.0, 0.0)
+        >>> print(metric(gold, dspy.Prediction(response="13"), None, "generate", None).feedback)
+        Wrong: the final answer is 13, but the correct answer is 12.
+    """
+
+    def __init__(self, equivalence: str = "symbolic", extraction: str = "strict", field: str | None = None) -> None:
+        super().__init__()
+        self.equivalence, self.extraction, self.field = equivalence, extraction, field
+
+    def score(self, gold: dspy.Example, pred: Any) -> dspy.Prediction:
+        got = extract_answer(output_text(pred, self.field), self.extraction)
+        if got is None:
+            return dspy.Prediction(score=0.0, feedback=f"No final answer could be read; the correct answer is "
+                                   f"{gold.answer}.")
+        if equivalent(gold.answer, got, mode=self.equivalence):
+            return dspy.Prediction(score=1.0, feedback=f"Correct: the final answer {got} is the correct answer.")
+        return dspy.Prediction(score=0.0, feedback=f"Wrong: the final answer is {got}, but the correct answer is "
+                               f"{gold.answer}.")
+
+
 class RubricMetric(CaTMetric):
     """ProposeRubric: how well the rubric reward separates correct from incorrect responses (AUC).
 
