@@ -81,3 +81,17 @@ def build_roles(args: argparse.Namespace) -> dict[str, Any]:
     return {role: roles.role_lm(getattr(args, role), role, vars(args), _shared(args, role), cache=not args.no_cache,
                                 seed=args.seed)
             for role in ROLES}
+
+
+def load_items(args: argparse.Namespace) -> list[Any]:
+    """The questions the data flags of ``eval`` and ``signals`` name (``--dataset``, ``--split``, ``--limit``,
+    ``--data-dir``, the field names, ``--data-seed``), validated before any model is built.
+
+    Raises:
+        cat_dspy.datasets.DataError: A malformed line (``file:line``) or a missing dataset.
+    """
+    from cat_dspy.datasets import load_dataset
+
+    return load_dataset(args.dataset, split=args.split, limit=args.limit, data_dir=args.data_dir,
+                        question_field=args.question_field, answer_field=args.answer_field, id_field=args.id_field,
+                        seed=args.data_seed)

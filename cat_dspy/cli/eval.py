@@ -95,14 +95,13 @@ def eval_config(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate CaT and the selection baselines on a dataset (resumable, logged to MLflow)."""
-    from cat_dspy.datasets import DataError, load_dataset
+    from cat_dspy.cli.common import load_items
+    from cat_dspy.datasets import DataError
     from cat_dspy.evaluation.runner import args_hash, mode_of
 
     # 1. Data first: a bad line must fail before any model is built or called.
     try:
-        items = load_dataset(args.dataset, split=args.split, limit=args.limit, data_dir=args.data_dir,
-                             question_field=args.question_field, answer_field=args.answer_field,
-                             id_field=args.id_field, seed=args.data_seed)
+        items = load_items(args)
         mode = mode_of(items)
     except (DataError, ValueError) as exc:
         print(f"cat-dspy eval: {exc}", file=sys.stderr)

@@ -96,16 +96,14 @@ def write_summary(records: list[dict[str, Any]], run_dir: Path, params: dict[str
 def run(args: argparse.Namespace) -> int:
     """Score every label-free signal on one cached set of G rollouts per question (resumable, logged to MLflow)."""
     from cat_dspy import tracking
-    from cat_dspy.cli.common import build_roles, role_settings
-    from cat_dspy.datasets import DataError, load_dataset
+    from cat_dspy.cli.common import build_roles, load_items, role_settings
+    from cat_dspy.datasets import DataError
     from cat_dspy.evaluation.runner import args_hash
     from cat_dspy.evaluation.signal_report import format_table, summary_metrics
     from cat_dspy.evaluation.signal_runner import build_setup, run_signals
 
     try:
-        items = load_dataset(args.dataset, split=args.split, limit=args.limit, data_dir=args.data_dir,
-                             question_field=args.question_field, answer_field=args.answer_field,
-                             id_field=args.id_field, seed=args.data_seed)
+        items = load_items(args)
     except (DataError, ValueError) as exc:
         print(f"cat-dspy signals: {exc}", file=sys.stderr)
         return 2

@@ -326,6 +326,16 @@ def evaluate(module: Any, examples: list, metric: Any, threads: int, run_name: s
     return [float(score) for _, _, score in result.results]
 
 
+def lm_settings(lms: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each role's model string and sampling options as its LM holds them (the role's default temperature where the
+    LM sets none): what is logged and keys the caches when the caller gives no parsed settings."""
+    settings = {role: {"model": lm.model, **lm.kwargs} for role, lm in lms.items()}
+    for role, options in settings.items():
+        if options.get("temperature") is None:
+            options["temperature"] = ROLE_TEMPERATURE[role]
+    return settings
+
+
 def optimize(
     config: OptimizeConfig, lms: dict[str, Any], settings: dict[str, dict[str, Any]] | None = None
 ) -> dict[str, Any]:
@@ -362,11 +372,7 @@ def optimize(
         raise OptimizeError("--target synthesize is scored on gold answers: it needs --mode verifiable")
     seed = seed_of(config)
     random.seed(seed)
-    if settings is None:
-        settings = {role: {"model": lm.model, **lm.kwargs} for role, lm in lms.items()}
-        for role, options in settings.items():
-            if options.get("temperature") is None:
-                options["temperature"] = ROLE_TEMPERATURE[role]
+    settings = settings if settings is not None else lm_settings(lms)
     common = {"g": config.g, "question_aware": config.question_aware, "per_criterion": config.per_criterion,
               "equivalence": config.equivalence, "extraction": config.extraction,
               "temperature": settings["policy"]["temperature"], **{r: lms[r] for r in ("policy", "anchor", "judge")}}

@@ -37,7 +37,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from cat_dspy.lm.roles import ROLE_TEMPERATURE
 from cat_dspy.lm.usage import tracker_totals
 from cat_dspy.modules.base import thread_map
 from cat_dspy.optimization.compile import (
@@ -46,6 +45,7 @@ from cat_dspy.optimization.compile import (
     JsonlCache,
     OptimizeConfig,
     OptimizeError,
+    lm_settings,
     make_optimizer,
     proposal_lm,
     seed_of,
@@ -212,11 +212,7 @@ def optimize_policy(config: OptimizeConfig, lms: dict[str, Any],
         raise OptimizeError("--program (a saved CaT program) and --module (a script's module) exclude each other")
     seed = seed_of(config)
     random.seed(seed)
-    if settings is None:
-        settings = {role: {"model": lm.model, **lm.kwargs} for role, lm in lms.items()}
-        for role, options in settings.items():
-            if options.get("temperature") is None:
-                options["temperature"] = ROLE_TEMPERATURE[role]
+    settings = settings if settings is not None else lm_settings(lms)
     temperature = settings["policy"]["temperature"]
     cat = CaT(g=config.g, mode=mode, policy=lms["policy"], anchor=lms["anchor"], judge=lms["judge"],
               question_aware=config.question_aware, per_criterion=config.per_criterion,
