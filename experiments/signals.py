@@ -1,7 +1,7 @@
 """The competence sweep of the signal table: which label-free teacher, and when (``cat-dspy signals`` per level).
 
 Four generated arithmetic levels (``make_arithmetic.py --level``: 1-digit addition, mostly right, to 3-digit
-multiplication, almost never right) and a GSM8K subset (``../shared/data`` or ``$CAT_DSPY_DATA``), G = 16 rollouts
+multiplication, almost never right) and a GSM8K subset (from ``$CAT_DSPY_DATA``), G = 16 rollouts
 per question sampled once on the embedded SmolLM2-135M (flexible extraction: it answers in prose), every signal at
 G = 2, 4, 8, 16. Each level is one resumable ``cat-dspy signals`` run directory under ``OUT/<level>/``; ``aggregate``
 merges their ``results.jsonl`` into ``OUT/summary.json``, ``OUT/summary.txt`` and ``OUT/signals.png``.
@@ -39,11 +39,13 @@ PROBE_GS = ["mp=2,4"]
 def data_file(level: str, out: Path, questions: int, seed: int) -> Path:
     """The level's JSONL: generated arithmetic (written under OUT/data, seeded), or the GSM8K test file."""
     if level == "gsm8k":
-        root = Path(os.environ.get("CAT_DSPY_DATA", ROOT.parent / "shared" / "data"))
-        path = root / "gsm8k" / "test.jsonl"
-        if not path.is_file():
-            raise SystemExit(f"no GSM8K test file at {path} (set CAT_DSPY_DATA)")
-        return path
+        from cat_dspy.datasets import DATASETS, ENV_VAR, data_dirs  # the library's own lookup: $CAT_DSPY_DATA
+
+        name = DATASETS["gsm8k"].files["test"]
+        found = [d / name for d in data_dirs() if (d / name).is_file()]
+        if not found:
+            raise SystemExit(f"no {name} in the data directories {data_dirs()} (set {ENV_VAR} to a folder holding it)")
+        return found[0]
     target = out / "data" / level
     subprocess.run([sys.executable, str(HERE / "make_arithmetic.py"), "--level", level[1:], "--test", str(questions),
                     "--seed", str(seed), "--out", str(target)], check=True, stdout=subprocess.DEVNULL)

@@ -95,3 +95,16 @@ def load_items(args: argparse.Namespace) -> list[Any]:
     return load_dataset(args.dataset, split=args.split, limit=args.limit, data_dir=args.data_dir,
                         question_field=args.question_field, answer_field=args.answer_field, id_field=args.id_field,
                         seed=args.data_seed)
+
+def add_data_arguments(parser: argparse.ArgumentParser, dataset_help: str) -> Any:
+    """The data flags of ``eval`` and ``signals`` (what :func:`load_items` reads), as an argument group."""
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", required=True, help=dataset_help)
+    data.add_argument("--split", default=None, help="split of a named dataset (default: its test split)")
+    data.add_argument("--limit", type=int, default=None, help="the first N questions")
+    data.add_argument("--data-dir", default=None, help="folder of the named datasets (else $CAT_DSPY_DATA)")
+    data.add_argument("--data-seed", type=int, default=None, help="shuffle the questions with this seed first")
+    data.add_argument("--question-field", default="question", help="JSONL files: the question field")
+    data.add_argument("--answer-field", default="answer", help="JSONL files: the gold answer field")
+    data.add_argument("--id-field", default=None, help="JSONL files: a unique id field")
+    return data

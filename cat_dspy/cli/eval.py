@@ -43,18 +43,9 @@ def _methods(text: str) -> list[str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``cat-dspy eval``."""
-    from cat_dspy.cli.common import add_answer_arguments, add_role_arguments
+    from cat_dspy.cli.common import add_answer_arguments, add_data_arguments, add_role_arguments
 
-    data = parser.add_argument_group("data")
-    data.add_argument("--dataset", required=True,
-                      help="gsm8k, math500, math, aime24, aime25, healthbench, or a JSONL file path")
-    data.add_argument("--split", default=None, help="split of a named dataset (default: its test split)")
-    data.add_argument("--limit", type=int, default=None, help="evaluate the first N questions")
-    data.add_argument("--data-dir", default=None, help="folder of the named datasets (else $CAT_DSPY_DATA)")
-    data.add_argument("--data-seed", type=int, default=None, help="shuffle the questions with this seed first")
-    data.add_argument("--question-field", default="question", help="JSONL files: the question field")
-    data.add_argument("--answer-field", default="answer", help="JSONL files: the gold answer field")
-    data.add_argument("--id-field", default=None, help="JSONL files: a unique id field")
+    add_data_arguments(parser, "gsm8k, math500, math, aime24, aime25, healthbench, or a JSONL file path")
     ev = parser.add_argument_group("evaluation")
     ev.add_argument("--g", type=_ints, default="1,2,4,8", metavar="G,G,...",
                     help="G values; max(G) rollouts are sampled once per question (default: 1,2,4,8)")

@@ -44,19 +44,11 @@ def _probe_gs(text: str) -> tuple[str, list[int]]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``cat-dspy signals``."""
-    from cat_dspy.cli.common import add_answer_arguments, add_role_arguments
+    from cat_dspy.cli.common import add_answer_arguments, add_data_arguments, add_role_arguments
     from cat_dspy.evaluation.signals import DEFAULT_SIGNALS
 
-    data = parser.add_argument_group("data")
-    data.add_argument("--dataset", required=True, help="gsm8k, math500, ..., or a JSONL file path")
+    data = add_data_arguments(parser, "gsm8k, math500, ..., or a JSONL file path")
     data.add_argument("--dataset-label", default=None, help="the dataset's name in the table (default: its stem)")
-    data.add_argument("--split", default=None, help="split of a named dataset (default: its test split)")
-    data.add_argument("--limit", type=int, default=None, help="the first N questions")
-    data.add_argument("--data-dir", default=None, help="folder of the named datasets (else $CAT_DSPY_DATA)")
-    data.add_argument("--data-seed", type=int, default=None, help="shuffle the questions with this seed first")
-    data.add_argument("--question-field", default="question", help="JSONL files: the question field")
-    data.add_argument("--answer-field", default="answer", help="JSONL files: the gold answer field")
-    data.add_argument("--id-field", default=None, help="JSONL files: a unique id field")
     sig = parser.add_argument_group("signals")
     sig.add_argument("--g", type=_ints, default="2,4,8,16", metavar="G,G,...",
                      help="G values; max(G) rollouts are sampled once per question (default: 2,4,8,16)")
