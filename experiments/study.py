@@ -52,7 +52,11 @@ leaves a whole one behind.
 It is storage, not configuration: not in the hash, so results made before it still count."""
 COMMANDS = ("train", "sft")  # an arm's `command:` (default train): the cat-dspy command its recipe is for
 CURVE_KEYS = ("reward", "loss", "reward_std", "frac_reward_zero_std", "completions/mean_length",
-              "cat/synthesis_extracted", "cat/majority_disagreement")
+              "completions/clipped_ratio", "entropy", "cat/synthesis_extracted", "cat/majority_disagreement",
+              "reward_accuracy", "label_accuracy")
+LABEL_KEYS = ("reward_accuracy", "label_accuracy")
+"""The reward's label metrics (``<prefix>/reward_accuracy``, logged while training with ``label_metrics``), kept under
+their bare names so that the arms' curves compare."""
 
 
 def load_study(path: str | Path) -> dict[str, Any]:
@@ -90,8 +94,9 @@ def run_config(study: dict[str, Any], arm: str, seed: int) -> dict[str, Any]:
               "recipe": recipe, "recipe_text": (ROOT / recipe).read_text() if recipe else None}
     if "runtime" in study:
         config["runtime"] = study["runtime"]
-    if "command" in spec:  # hashed only where named, so the GRPO arms' hashes stay those of their result files
-        config["command"] = spec["command"]
+    for key in ("command", "args"):  # hashed only where named, so older arms' hashes stay those of their files
+        if key in spec:
+            config[key] = spec[key]
     return config
 
 
@@ -164,9 +169,9 @@ def train_argv(study: dict[str, Any], arm: str, seed: int, output_dir: Path) -> 
     spec = study["arms"][arm]
     if not spec["recipe"]:
         return None
-    return [spec.get("command", "train"), "--config", spec["recipe"], "--dataset_name", study["data"]["train"],
-            "--seed", str(seed), "--output_dir", str(output_dir), "--run_name", f"{study['name']}-{arm}-seed{seed}",
-            "--save_total_limit", str(KEEP_CHECKPOINTS)]
+    return [spec.get("command", "train"), "--config", spec["recipe"], *map(str, spec.get("args", [])),
+            "--dataset_name", study["data"]["train"], "--seed", str(seed), "--output_dir", str(output_dir),
+            "--run_name", f"{study['name']}-{arm}-seed{seed}", "--save_total_limit", str(KEEP_CHECKPOINTS)]
 
 
 def eval_argv(study: dict[str, Any], arm: str, seed: int, run_dir: Path, policy: Path | None) -> list[str]:
@@ -188,8 +193,9 @@ def training_curve(output_dir: Path) -> dict[str, Any] | None:
     if not state_file.is_file():
         return None
     state = json.loads(state_file.read_text())
-    points = [{"step": e["step"], **{k: e[k] for k in CURVE_KEYS if k in e}} for e in state.get("log_history", [])
-              if "reward" in e or "loss" in e]
+    points = [{"step": e["step"], **{k: e[k] for k in CURVE_KEYS if k in e},
+               **{k: e[name] for name in e for k in LABEL_KEYS if name.endswith(f"/{k}")}}
+              for e in state.get("log_history", []) if "reward" in e or "loss" in e]
     summary: dict[str, Any] = {"global_step": state.get("global_step"), "points": points}
     for name, part in (("first", points[:4]), ("last", points[-4:])):
         summary[name] = {k: mean_stderr([p[k] for p in part if k in p])[0] for k in CURVE_KEYS}

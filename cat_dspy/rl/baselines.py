@@ -10,6 +10,8 @@ scored, counted ``<arm>/*`` metrics).
   the judge, the simple-evals score clipped to [0, 1] (:class:`cat_dspy.modules.rubric_grader.RubricGrader`).
 * :class:`GoldReward` (``gold_reward``): the supervised upper bound, 1 when a rollout's answer equals the dataset's.
 * :class:`RandomReward` (``random_reward``): the control, 1 with probability ``p`` whatever the rollout says.
+* :class:`MinPPLReward` (``min_ppl_reward``): the min-perplexity pseudo-label: the answer of the rollout the frozen
+  anchor finds most likely.
 """
 
 from __future__ import annotations
@@ -121,7 +123,7 @@ class MajorityReward(_AnswerReward):
         majority, size, members = majority_answer(answers, mode=self.equivalence)
         matches = [1.0 if i in members else 0.0 for i in range(len(rows))]
         rewards, hits = self.penalize(matches, rows, self.length_limit)
-        labels = label_check(majority, answers, matches, rows[0].gold, self.equivalence)  # gold: evaluating only
+        labels = label_check(majority, answers, matches, rows[0].gold, self.equivalence)  # gold: label metrics only
         return AnswerGroupScore(valid=True, rewards=rewards, answers=answers, majority_answer=majority,
                                 consensus=size / len(rows), length_hits=hits, **labels)
 
@@ -210,7 +212,7 @@ class RandomReward(_AnswerReward):
         answers = self.answers(rows)
         draws = [self.draw(row) for row in rows]
         rewards, hits = self.penalize(draws, rows, self.length_limit)
-        labels = label_check(None, answers, draws, rows[0].gold, self.equivalence)  # gold: evaluating only
+        labels = label_check(None, answers, draws, rows[0].gold, self.equivalence)  # gold: label metrics only
         labels.pop("label_correct", None)  # a random draw has no pseudo-label
         return AnswerGroupScore(valid=True, rewards=rewards, answers=answers, length_hits=hits, **labels)
 
@@ -221,6 +223,119 @@ class RandomReward(_AnswerReward):
 
     def __repr__(self) -> str:
         return f"RandomReward(g={self.g}, p={self.p}, seed={self.seed})"
+
+
+@dataclass(frozen=True, kw_only=True)
+class PerplexityGroupScore(AnswerGroupScore):
+    """A group scored by the frozen anchor's perplexity of each rollout."""
+
+    nlls: list[float | None] = field(default_factory=list)  # mean NLL of each rollout's tokens (None: unscored)
+    label: str | None = None  # the lowest-perplexity rollout's answer: the pseudo-label
+
+
+def rollout_prompt(anchor: Any, prompt: Any) -> str:
+    r"""The text a rollout of the TRL ``prompt`` continues, as the anchor renders it: its engine's chat template with
+    the generation prompt; an LM without a local engine gets ``role: content`` lines (the engines' own fallback).
+
+    Examples:
+        >>> rollout_prompt(None, [{"role": "user", "content": "2+2?"}])
+        'user: 2+2?\nassistant:'
+    """
+    from cat_dspy.lm.models import engine_of
+    from cat_dspy.rl.inputs import prompt_messages
+
+    messages = prompt_messages(prompt)
+    engine = engine_of(anchor)
+    if engine is not None:
+        return engine.chat_prompt(messages)
+    return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+
+
+class MinPPLReward(_AnswerReward):
+    r"""The min-perplexity reward (label-free): the frozen anchor reads each rollout after its prompt, and the
+    rollout it finds most likely (the lowest mean token NLL; ties: the first) gives the group's pseudo-label; reward
+    1 goes to every rollout with that answer (:data:`~cat_dspy.evaluation.signals.SIGNALS` ``min_ppl``, the signal
+    the signal table scores, with the anchor's log-probabilities in place of the sampler's).
+
+    The anchor is the initial policy, so at the first step this is the policy's own perplexity; later it is the
+    perplexity under the frozen start, which the policy cannot drift to lower by itself. A rollout without an
+    answer gets 0; a group whose pick has no answer gets 0 throughout. The anchor must score text
+    (:func:`~cat_dspy.lm.prompt_logprobs.prompt_logprobs`: the local engines, a vLLM server); a failed or refused
+    call makes the group ``None``, counted in ``min_ppl/anchor_errors``. Metrics: ``min_ppl/answer_extracted``,
+    ``min_ppl/no_answer_groups``, and with gold answers ``min_ppl/label_accuracy`` and ``min_ppl/reward_accuracy``.
+
+    Args:
+        anchor: The LM that scores (a ``dspy.LM`` on a local engine or vLLM, or a model string).
+        g, g_eval, equivalence, extraction, length_limit, num_threads, artifacts, trace_every, name: As for
+            :class:`MajorityReward`.
+
+    Examples:
+        >>> class Scored(MinPPLReward):  # the anchor's NLLs given, to show the rule
+        ...     def nlls(self, rows, usage=None):
+        ...         return [2.0, 0.1, 0.5]
+        >>> Scored(anchor=None, g=3, extraction="flexible")(prompts=["2+2?"] * 3, completions=["5", "so 4", "4"])
+        [0.0, 1.0, 1.0]
+    """
+
+    prefix = "min_ppl"
+    error_roles = ("anchor", "reward")
+    artifact_fields = ("label", "nlls", "answers")
+    score_type = PerplexityGroupScore
+
+    def __init__(self, anchor: Any, g: int | None = None, g_eval: int | None = None,
+                 equivalence: str = DEFAULTS["equivalence"], extraction: str = DEFAULTS["extraction"],
+                 length_limit: int | None = DEFAULTS["length_limit"], num_threads: int | None = DEFAULTS["num_threads"],
+                 artifacts: bool = DEFAULTS["artifacts"], trace_every: int = DEFAULTS["trace_every"],
+                 name: str | None = None, **deprecated: int | None):
+        super().__init__(g, g_eval, equivalence=equivalence, extraction=extraction, length_limit=length_limit,
+                         num_threads=num_threads, artifacts=artifacts, trace_every=trace_every, name=name,
+                         **deprecated)
+        self._anchor = _role_lm(anchor, "anchor")
+
+    def nlls(self, rows: list[Completion], usage: dict[str, dict[str, float]] | None = None) -> list[float | None]:
+        """The anchor's mean NLL of each rollout's tokens after its prompt (None: no token of it was scored); the
+        work is recorded under ``usage["anchor"]``."""
+        from cat_dspy.lm.prompt_logprobs import prompt_logprobs
+        from cat_dspy.scoring.selection import mean_nll
+
+        prompt = rollout_prompt(self._anchor, rows[0].prompt if rows[0].prompt is not None else rows[0].question)
+        with track_role({} if usage is None else usage, "anchor", self._anchor):
+            scored = prompt_logprobs(self._anchor, [prompt + row.text for row in rows])
+        return [mean_nll([lp for start, _, lp in tokens if start >= len(prompt) and lp is not None])
+                for tokens in scored]
+
+    def score_group(self, rows: list[Completion]) -> PerplexityGroupScore:
+        from cat_dspy.evaluation.signals import SIGNALS, Group
+        from cat_dspy.lm.prompt_logprobs import PromptLogprobsUnavailable
+        from cat_dspy.modules.base import is_backend_failure
+
+        answers, usage = self.answers(rows), {}
+        try:
+            nlls = self.nlls(rows, usage)
+        except Exception as exc:
+            if not (isinstance(exc, PromptLogprobsUnavailable) or is_backend_failure(exc)):
+                raise
+            return PerplexityGroupScore(valid=False, usage=usage,
+                                        failures=[f"anchor_error: {type(exc).__name__}: {exc}"[:300]])
+        signal = SIGNALS["min_ppl"].score(Group(rows[0].question, answers, nlls=nlls, equivalence=self.equivalence))
+        matches = [float(r) for r in signal.rewards] if signal.rewards else [0.0] * len(rows)
+        rewards, hits = self.penalize(matches, rows, self.length_limit)
+        labels = label_check(signal.label, answers, matches, rows[0].gold, self.equivalence)  # gold: metrics only
+        return PerplexityGroupScore(valid=True, rewards=rewards, answers=answers, nlls=nlls, label=signal.label,
+                                    length_hits=hits, usage=usage, **labels)
+
+    def metrics(self, results: list[AnswerGroupScore], n_completions: int) -> dict[str, float]:
+        out = super().metrics(results, n_completions)
+        out["min_ppl/no_answer_groups"] = float(sum(1 for r in results if r.valid and r.label is None))
+        return out
+
+    @property
+    def anchor(self) -> Any:
+        return self._anchor
+
+    def __repr__(self) -> str:
+        return (f"MinPPLReward(g={self.g}, anchor={getattr(self._anchor, 'model', self._anchor)!r}, "
+                f"extraction={self.extraction!r})")
 
 
 class JudgeReward(GroupReward):

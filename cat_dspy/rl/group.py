@@ -37,7 +37,7 @@ class Completion:
     question: str  # the last user message
     text: str  # the completion's text
     length: int | None  # its token count (TRL's completion_ids), None when not given
-    gold: str | None  # the dataset's answer: always for a reward that reads labels, else only while evaluating
+    gold: str | None  # the dataset's answer where it has one: the gold reward's label, else for label metrics
     data: Mapping[str, Any]  # the other dataset columns the reward reads (train_columns), this completion's values
     prompt: Any = None  # the TRL prompt itself (a string or a conversation)
 
@@ -58,8 +58,8 @@ class GroupScore:
     length_hits: int = 0  # completions the length penalty hit
     skipped: bool = False  # skip_unparsed: no usable reference, rewards None on purpose (not a failure)
     equivalence: dict[str, int] = field(default_factory=dict)  # answer checks that fell back, by reason
-    label_correct: float | None = None  # evaluating with gold answers: the group's label (reference, majority) is right
-    reward_agreements: int | None = None  # evaluating with gold answers: rewards equal to the gold reward
+    label_correct: float | None = None  # with gold answers: the label (reference, majority) is right
+    reward_agreements: int | None = None  # with gold answers (label metrics): rewards equal to the gold reward
 
 
 def label_check(label: str | None, answers: Sequence[str | None], matches: Sequence[float], gold: str | None,
@@ -101,7 +101,7 @@ class GroupReward:
     Class attributes a subclass sets:
         prefix: The metric prefix (``cat`` -> ``cat/invalid_groups``).
         reads_labels: The reward itself reads the dataset's ``answer`` column (the gold arm); otherwise gold
-            answers are read only while evaluating, for label metrics.
+            answers are read only for label metrics (where the dataset carries them).
         train_columns: Dataset columns the training set must carry (besides the prompt).
         error_roles: Failure prefixes counted as ``<prefix>/<role>_errors`` (``anchor`` -> ``anchor_error: ...``).
         reference_column: The ``log_extra`` column of each group's ``reference`` (None: not logged).
@@ -227,7 +227,7 @@ class GroupReward:
             raise ValueError(f"{len(prompts)} prompts for {len(completions)} completions")
         evaluating = self.evaluating
         n = len(completions)
-        local = self._rows(prompts, completions, completion_ids, columns, evaluating)
+        local = self._rows(prompts, completions, completion_ids, columns)
         rank, world = distributed.rank_and_world()
         parts = distributed.all_gather(local)  # collective 1 (a no-op on one process)
         offset = sum(len(part) for part in parts[:rank])
@@ -274,7 +274,7 @@ class GroupReward:
         return rewards[offset : offset + n]
 
     def _rows(self, prompts: Sequence[Any], completions: Sequence[Any], completion_ids: Any,
-              columns: Mapping[str, Any], evaluating: bool) -> list[Completion]:
+              columns: Mapping[str, Any]) -> list[Completion]:
         n = len(completions)
         lengths = [len(ids) for ids in completion_ids] if completion_ids is not None else [None] * n
         for name in (("answer",) if self.reads_labels else ()) + self.train_columns:
@@ -284,8 +284,9 @@ class GroupReward:
             if len(columns[name]) != n:
                 raise ValueError(f"{self.__name__}: column {name!r} has {len(columns[name])} values for {n} "
                                  "completions")
-        # Gold answers reach a label-free reward only while evaluating, and only for its label metrics.
-        read_gold = (self.reads_labels or evaluating) and "answer" in columns
+        # A label-free reward reads gold answers only for its label metrics: while evaluating, or while training on a
+        # set that carries them (``label_metrics``).
+        read_gold = "answer" in columns
         golds = [gold_text(a) for a in columns["answer"]] if read_gold else [None] * n
         data = [{name: columns[name][i] for name in self.train_columns if name != "answer"} for i in range(n)]
         return [Completion(prompt_key(p), prompt_question(p), completion_text(c), length, gold, extra, p)

@@ -42,6 +42,19 @@ def prompt_question(prompt: Any) -> str:
     return _content_text(users[-1].get("content")) if users else ""
 
 
+def prompt_messages(prompt: Any) -> list[dict[str, str]]:
+    """A TRL prompt as chat messages (``{"role", "content"}``, text contents): a string is one user message.
+
+    Examples:
+        >>> prompt_messages("2+2?")
+        [{'role': 'user', 'content': '2+2?'}]
+    """
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    return [{"role": str(m.get("role")), "content": _content_text(m.get("content"))}
+            for m in prompt or [] if isinstance(m, Mapping)]
+
+
 def prompt_conversation(prompt: Any) -> str:
     r"""The conversation of a TRL prompt as text, system messages left out: rendered as evaluation shows it to the
     physician-rubric grader (:attr:`cat_dspy.datasets.Item.question`: a lone user message as-is, else ``Role:

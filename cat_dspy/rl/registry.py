@@ -15,7 +15,14 @@ from typing import Any
 
 from cat_dspy.config import DEFAULTS, REWARD_OPTIONS, default_anchor, normalize_reward_options, reward_options_from_env
 from cat_dspy.lm.roles import role_lm
-from cat_dspy.rl.baselines import GoldReward, JudgeReward, MajorityReward, PhysicianRubricReward, RandomReward
+from cat_dspy.rl.baselines import (
+    GoldReward,
+    JudgeReward,
+    MajorityReward,
+    MinPPLReward,
+    PhysicianRubricReward,
+    RandomReward,
+)
 from cat_dspy.rl.group import GroupReward
 from cat_dspy.rl.reward import CaTReward
 
@@ -28,6 +35,7 @@ REWARD_FUNCS: dict[str, type[GroupReward]] = {
     "physician_rubric": PhysicianRubricReward,
     "gold": GoldReward,
     "random": RandomReward,
+    "min_ppl": MinPPLReward,
 }
 """The rewards a recipe selects by name (``reward: majority``); TRL logs each as ``rewards/<name>_reward/mean``."""
 
@@ -119,7 +127,7 @@ class EnvCaTReward:
     ``$CAT_REWARD_CONFIG`` and ``CAT_*`` variables.
 
     This is :data:`cat_reward` (and :data:`majority_reward`, :data:`judge_reward`, :data:`physician_rubric_reward`,
-    :data:`gold_reward`), so TRL's own CLI can use CaT by dotted path::
+    :data:`gold_reward`, :data:`random_reward`, :data:`min_ppl_reward`), so TRL's own CLI can use CaT by dotted path::
 
         CAT_ANCHOR=local trl grpo --reward_funcs cat_dspy.rewards.cat_reward --num_generations 4 ...
 
@@ -199,6 +207,9 @@ physician_rubric_reward = EnvCaTReward("physician_rubric_reward", reward="physic
 
 random_reward = EnvCaTReward("random_reward", reward="random")
 """The random-reward control (:class:`RandomReward`), configured from the environment like ``cat_reward``."""
+
+min_ppl_reward = EnvCaTReward("min_ppl_reward", reward="min_ppl")
+"""The min-perplexity reward (:class:`MinPPLReward`), configured from the environment like ``cat_reward``."""
 
 gold_reward = EnvCaTReward("gold_reward", reward="gold")
 """The supervised upper bound (:class:`GoldReward`), configured from the environment like ``cat_reward``."""

@@ -189,7 +189,7 @@ class CaTReward(GroupReward):
                 majority, _, _ = majority_answer(answers, mode=mode)
                 checks["outside"] = not any(m == 1.0 for m in matches)
                 checks["majority_agrees"] = None if majority is None else equivalent(ref, majority, mode=mode)
-            checks.update(label_check(ref, answers, matches, rows[0].gold, mode))  # gold: evaluating only
+            checks.update(label_check(ref, answers, matches, rows[0].gold, mode))  # gold: label metrics only
         return CaTGroupScore(
             valid=valid,
             rewards=[None] * len(rows) if skipped else [float(r) for r in pred.rewards],

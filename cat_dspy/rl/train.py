@@ -65,6 +65,12 @@ class CaTScriptArguments(ScriptArguments):
                   "eval_strategy is not 'no' and holdout is 0."},
     )
     eval_limit: int | None = field(default=None, metadata={"help": "Keep the first N evaluation questions."})
+    label_metrics: bool = field(
+        default=False,
+        metadata={"help": "Carry the gold answers in the training set too, for the reward's label metrics while "
+                  "training (<reward>/reward_accuracy, <reward>/label_accuracy in MLflow); a label-free reward never "
+                  "reads them for its reward."},
+    )
     ttrl: bool = field(
         default=False,
         metadata={"help": "Train on a named set's test questions without labels (TTRL: the paper's MATH-500 "
@@ -99,8 +105,9 @@ class CaTGRPOConfig(GRPOConfig, CaTRewardConfig):
         metadata={"choices": list(REWARDS),
                   "help": "The reward: 'cat' (CaT), or a comparison arm: 'majority' (TTRL majority vote, "
                   "label-free), 'judge' (model-as-judge equivalence to the anchor's reference), 'physician_rubric' "
-                  "(HealthBench's rubrics graded by the judge), 'random' (the random-reward control) or 'gold' (the "
-                  "dataset's answers, supervised upper bound). The arms read the CaT options they share (anchor, "
+                  "(HealthBench's rubrics graded by the judge), 'random' (the random-reward control), 'min_ppl' (the "
+                  "answer of the rollout the anchor finds most likely) or 'gold' (the dataset's answers, supervised "
+                  "upper bound). The arms read the CaT options they share (anchor, "
                   "judge, equivalence, extraction, length_limit, ...)."},
     )
 
@@ -146,7 +153,8 @@ def to_prompt(item: Any, system_prompt: str | None, prefix: str = "") -> list[di
 
 
 def build_datasets(script_args: Any, training_args: Any) -> tuple[Any, Any]:
-    """``(train, eval)`` ``datasets.Dataset`` objects: ``prompt`` (+ ``id``), and ``answer`` in eval only; plus the
+    """``(train, eval)`` ``datasets.Dataset`` objects: ``prompt`` (+ ``id``), and ``answer`` in eval (and in train
+    with ``label_metrics``, for the label metrics only); plus the
     columns the recipe's reward reads (:func:`cat_dspy.rewards.dataset_columns`: ``answer`` for the gold arm,
     ``rubrics`` as JSON for the physician-rubric arm), in both."""
     from datasets import Dataset
@@ -173,8 +181,15 @@ def build_datasets(script_args: Any, training_args: Any) -> tuple[Any, Any]:
               else script_args.system_prompt)
     prefix = script_args.prompt_prefix
 
-    train = Dataset.from_list([{"prompt": to_prompt(it, system, prefix), "id": it.id,
-                                **reward_columns(it, needed, reward)} for it in items])
+    rows = [{"prompt": to_prompt(it, system, prefix), "id": it.id, **reward_columns(it, needed, reward)}
+            for it in items]
+    if script_args.label_metrics and "answer" not in needed:  # gold: for the label metrics only, never the reward
+        missing = [it.id for it in items if it.answer is None]
+        if missing:
+            raise ValueError(f"label_metrics needs the answer of every training question; {len(missing)} have none "
+                             f"(first: {missing[0]!r})")
+        rows = [{**row, "answer": it.answer} for row, it in zip(rows, items, strict=True)]
+    train = Dataset.from_list(rows)
     evaluation = None
     if training_args.eval_strategy != "no":
         if not held:

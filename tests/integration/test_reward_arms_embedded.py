@@ -57,3 +57,38 @@ def test_gold_arm_trains_one_step_with_the_answer_column(tmp_path):
     assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-6000:])
     logs = done.stdout + done.stderr
     assert "'rewards/gold_reward/mean'" in logs and "'gold/accuracy'" in logs and "'gold/missing_labels': '0'" in logs
+
+
+def test_min_ppl_reward_labels_with_the_rollout_the_embedded_anchor_finds_likely():
+    from cat_dspy.lm.models import make_lm
+    from cat_dspy.rewards import MinPPLReward
+
+    anchor = make_lm("local", temperature=0.7, max_tokens=16)
+    prompt = [{"role": "user", "content": "What is 2 + 3?"}]
+    completions = ["2 + 3 = 5.", "zebra quantum lattice purple 9 9 ## ok", "The answer is 5."]
+    reward = MinPPLReward(anchor, g=3, extraction="flexible")
+    out = reward(prompts=[prompt] * 3, completions=completions, answer=["5"] * 3)
+    nlls = reward.nlls(reward._rows([prompt] * 3, completions, None, {}))  # what the call scored, read again
+    assert all(x is not None and x > 0 for x in nlls) and nlls[1] > max(nlls[0], nlls[2])  # gibberish is unlikely
+    assert out == [1.0, 0.0, 1.0]  # the likely rollouts' answer "5" is the label; "9" disagrees
+    m = reward.last_metrics
+    assert m["min_ppl/invalid_groups"] == 0.0 and m["min_ppl/label_accuracy"] == 1.0
+    assert m["min_ppl/reward_accuracy"] == 1.0 and reward.usage["anchor"]["calls"] == 3  # one scored text per rollout
+
+
+def test_min_ppl_arm_trains_one_step_with_label_metrics(tmp_path):
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"question": f"What is {a} + {b}?", "answer": str(a + b)}) + "\n"
+                            for a, b in ((2, 3), (4, 1))))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "CUDA_VISIBLE_DEVICES": ""}
+    recipe = REPO / "experiments/recipes/arith_smollm2_cpu_majority.yaml"
+    cmd = [str(BIN / "cat-dspy"), "train", "--config", str(recipe), "--reward", "min_ppl", "--label_metrics", "true",
+           "--dataset_name", str(data), "--output_dir", str(tmp_path / "out"), "--max_steps", "1",
+           "--per_device_train_batch_size", "4", "--max_completion_length", "16", "--save_strategy", "no",
+           "--report_to", "none", "--logging_steps", "1"]
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-6000:])
+    logs = done.stdout + done.stderr
+    assert "'rewards/min_ppl_reward/mean'" in logs and "'min_ppl/invalid_groups': '0'" in logs
+    assert "'min_ppl/reward_accuracy'" in logs and "'min_ppl/label_accuracy'" in logs  # gold read for metrics only

@@ -76,18 +76,19 @@ def test_majority_rewards_the_majority_cluster_and_counts():
     assert reward.__name__ == "majority_reward"
 
 
-def test_majority_label_metrics_only_while_evaluating_and_string_equivalence():
+def test_majority_label_metrics_from_the_answer_column_and_string_equivalence():
     reward = MajorityReward(g=2, equivalence="string").bind(FakeModel())
     prompts, completions = batch({"g0": ["1/2", "0.5"], "g1": ["6", "6"]})
     gold = ["0.5", "0.5", "6", "6"]
     log = Log()
-    assert reward(prompts=prompts, completions=completions, answer=gold, **log.kwargs()) == [1.0, 0.0, 1.0, 1.0]
-    assert "majority/label_accuracy" not in log.metrics  # training: the labels are not read
-    reward._model.training = False
-    log = Log()
-    assert reward(prompts=prompts, completions=completions, answer=gold, **log.kwargs()) == [1.0, 0.0, 1.0, 1.0]
-    assert log.metrics["majority/label_accuracy"] == 0.5  # g0's majority "1/2" is wrong in string mode, g1's "6" right
-    assert log.metrics["majority/reward_accuracy"] == 0.5  # g0: both rewards disagree with gold; g1: both agree
+    assert reward(prompts=prompts, completions=completions, **log.kwargs()) == [1.0, 0.0, 1.0, 1.0]
+    assert "majority/label_accuracy" not in log.metrics  # no labels given
+    for training in (True, False):  # training on a labelled set (label_metrics) or evaluating: the same metrics
+        reward._model.training = training
+        log = Log()
+        assert reward(prompts=prompts, completions=completions, answer=gold, **log.kwargs()) == [1.0, 0.0, 1.0, 1.0]
+        assert log.metrics["majority/label_accuracy"] == 0.5  # g0's majority "1/2" is wrong in string mode, g1's right
+        assert log.metrics["majority/reward_accuracy"] == 0.5  # g0: both rewards disagree with gold; g1: both agree
 
 
 def test_majority_length_penalty_uses_completion_ids():

@@ -264,7 +264,7 @@ class FakeModel:
     training = True
 
 
-def test_labels_only_feed_eval_metrics():
+def test_labels_only_feed_label_metrics():
     anchor = group_anchor({"g0": "3", "g1": "7"})
     reward = CaTReward(anchor, g=2)
     model = FakeModel()
@@ -273,15 +273,20 @@ def test_labels_only_feed_eval_metrics():
     wrong_gold = ["4", "4", "8", "8"]  # gold disagrees with the references everywhere
 
     log = Log()
-    train_out = reward(prompts=prompts, completions=completions, answer=wrong_gold, **log.kwargs())
-    assert train_out == [1.0, 0.0, 1.0, 0.0]
-    assert "cat/label_accuracy" not in log.metrics
+    unlabelled = reward(prompts=prompts, completions=completions, **log.kwargs())
+    assert unlabelled == [1.0, 0.0, 1.0, 0.0]
+    assert "cat/label_accuracy" not in log.metrics  # no answer column: nothing to measure against
+
+    log = Log()  # training on a set that carries the answers (label_metrics): metrics only
+    assert reward(prompts=prompts, completions=completions, answer=wrong_gold, **log.kwargs()) == unlabelled
+    assert log.metrics["cat/label_accuracy"] == [0.0]
+    assert log.metrics["cat/reward_accuracy"] == [0.0]  # every reward is the opposite of the gold one
 
     model.training = False  # TRL evaluates with the model in eval mode
     assert reward.evaluating
     log = Log()
     eval_out = reward(prompts=prompts, completions=completions, answer=["3", "3", "8", "8"], **log.kwargs())
-    assert eval_out == train_out  # the reward itself never changes with the label
+    assert eval_out == unlabelled  # the reward itself never changes with the label
     assert log.metrics["cat/label_accuracy"] == [0.5]  # g0's reference is right, g1's is wrong
     assert log.metrics["cat/reward_accuracy"] == [0.5]  # CaT reward = gold reward for 2 of 4 completions
 
