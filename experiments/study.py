@@ -40,11 +40,12 @@ from cat_dspy.datasets import load_dataset
 from cat_dspy.evaluation.report import summarize
 from cat_dspy.evaluation.runner import RESULTS_FILE
 from cat_dspy.jsonl_store import JsonlStore
-from cat_dspy.scoring.stats import interval95, mean_stderr, paired_difference
+from cat_dspy.scoring.stats import interval95, mean_stderr, paired_difference, pairs_for_power
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results"
-REFERENCES = ("base", "majority_rl")  # the arms every other arm is compared with
+REFERENCES = ("base", "majority_rl")
+"""The arms every other arm is compared with, unless the study file names its own (``references:``)."""
 KEEP_CHECKPOINTS = 2
 """Checkpoints a training keeps (``--save_total_limit``; one of the 135M model is ~1.55 GB: fp32 weights and Adam's two
 moments): the eval reads the final model, a resume only the last whole checkpoint; two, so that one cut off by a crash
@@ -301,10 +302,22 @@ def _seed_accuracy(runs: dict[int, dict[str, Any]], metric: str) -> dict[int, fl
             if r["heldout"].get(metric)}
 
 
-def compare(arms: dict[str, dict[int, dict[str, Any]]], metric: str = "rollouts") -> list[dict[str, Any]]:
+def references(study: dict[str, Any]) -> tuple[str, ...]:
+    """The study's reference arms (``references:``, default :data:`REFERENCES`).
+
+    Examples:
+        >>> references({}), references({"references": ["base", "random_rl"]})
+        (('base', 'majority_rl'), ('base', 'random_rl'))
+    """
+    return tuple(study.get("references", REFERENCES))
+
+
+def compare(arms: dict[str, dict[int, dict[str, Any]]], metric: str = "rollouts",
+            refs: tuple[str, ...] = REFERENCES) -> list[dict[str, Any]]:
     """One row per arm: held-out ``metric`` (``rollouts``: expected single-sample accuracy; or a method name) as
     mean over seeds ± se across seeds with its 95 % interval, and the paired differences against each reference
-    arm: by question (per-question values averaged over seeds) and by seed (seeds both arms ran)."""
+    arm: by question (per-question values averaged over seeds) and by seed (seeds both arms ran), with the seeds the
+    by-seed spread needs for 80 % power (:func:`~cat_dspy.scoring.stats.pairs_for_power`)."""
     rows = []
     for arm, runs in arms.items():
         seeds = _seed_accuracy(runs, metric)
@@ -313,7 +326,7 @@ def compare(arms: dict[str, dict[int, dict[str, Any]]], metric: str = "rollouts"
         row: dict[str, Any] = {"arm": arm, "metric": metric, "seeds": sorted(seeds), "per_seed": seeds,
                                "mean": mean, "se_seeds": se, "lo": lo, "hi": hi,
                                "questions": len(_by_question(runs, metric))}
-        for ref in REFERENCES:
+        for ref in refs:
             if ref == arm or ref not in arms:
                 continue
             mine, theirs = _by_question(runs, metric), _by_question(arms[ref], metric)
@@ -322,6 +335,7 @@ def compare(arms: dict[str, dict[int, dict[str, Any]]], metric: str = "rollouts"
             ref_seeds = _seed_accuracy(arms[ref], metric)
             both = sorted(set(seeds) & set(ref_seeds))
             row[f"vs_{ref}_by_seed"] = paired_difference([seeds[s] for s in both], [ref_seeds[s] for s in both])
+            row[f"vs_{ref}_by_seed"]["seeds_for_power"] = pairs_for_power(row[f"vs_{ref}_by_seed"])
         rows.append(row)
     return rows
 
@@ -335,13 +349,13 @@ def _cell(d: dict[str, Any] | None) -> str:
     return f"{d['mean']:+.3f} ± {d['se']:.3f}{interval} (n={d['n']})"
 
 
-def print_table(rows: list[dict[str, Any]]) -> None:
+def print_table(rows: list[dict[str, Any]], refs: tuple[str, ...] = REFERENCES) -> None:
     print(f"held-out {rows[0]['metric'] if rows else ''}: mean over seeds ± se across seeds; differences: mean ± se "
           "[95 % interval] (n pairs)")
     for row in rows:
         acc = "–" if row["mean"] is None else f"{row['mean']:.3f} ± {row['se_seeds']:.3f}"
         print(f"{row['arm']:<12} seeds {row['seeds']}  {acc}")
-        for ref in REFERENCES:
+        for ref in refs:
             for how in ("by_question", "by_seed"):
                 key = f"vs_{ref}_{how}"
                 if key in row:
@@ -383,14 +397,57 @@ def markdown(study: dict[str, Any], rows_by_metric: dict[str, list[dict[str, Any
                     cell += " (" + ", ".join(f"{r['per_seed'][s]:.3f}" for s in r["seeds"]) + ")"
             cells.append(cell)
         lines.append(f"| {label.get(row['arm'], row['arm'])} ({seeds}) | " + " | ".join(cells) + " |")
-    lines += ["", "| difference in mean rollout accuracy | paired by seed | paired by question |", "|---|---|---|"]
+    refs = references(study)
+    power = any((row.get(f"vs_{ref}_by_seed") or {}).get("seeds_for_power") for row in rows_by_metric["rollouts"]
+                for ref in refs)
+    lines += ["", "| difference in mean rollout accuracy | paired by seed | paired by question |"
+              + (" seeds for 80 % power |" if power else ""), "|---|---|---|" + ("---|" if power else "")]
     for row in rows_by_metric["rollouts"]:
-        for ref in REFERENCES:
-            mirror = row["arm"] in REFERENCES and REFERENCES.index(row["arm"]) < REFERENCES.index(ref)
+        for ref in refs:
+            mirror = row["arm"] in refs and refs.index(row["arm"]) < refs.index(ref)
             if f"vs_{ref}_by_question" in row and not mirror:  # majority_rl − base, not also base − majority_rl
+                needed = row[f"vs_{ref}_by_seed"].get("seeds_for_power")
                 lines.append(f"| {label.get(row['arm'], row['arm'])} − {label.get(ref, ref)} | "
-                             f"{_cell(row[f'vs_{ref}_by_seed'])} | {_cell(row[f'vs_{ref}_by_question'])} |")
+                             f"{_cell(row[f'vs_{ref}_by_seed'])} | {_cell(row[f'vs_{ref}_by_question'])} |"
+                             + (f" {needed if needed is not None else '–'} |" if power else ""))
     return "\n".join(lines) + "\n"
+
+
+TRAINING_KEYS = {"reward": "reward", "reward_accuracy": "reward accuracy", "label_accuracy": "label accuracy",
+                 "frac_reward_zero_std": "zero-std groups", "entropy": "entropy",
+                 "completions/mean_length": "length (tokens)", "completions/clipped_ratio": "cut at the cap"}
+"""The training-curve columns of the training table (the mean over seeds of the last logging steps)."""
+
+
+def _phase(trained: list[dict[str, Any]], key: str, part: slice) -> float | None:
+    """A logged metric over some logging steps (``part`` of each seed's points), averaged, then over seeds."""
+    means = [mean_stderr([p[key] for p in t["points"][part] if p.get(key) is not None])[0] for t in trained]
+    return mean_stderr([m for m in means if m is not None])[0]
+
+
+def training_table(study: dict[str, Any], arms: dict[str, dict[int, dict[str, Any]]]) -> tuple[dict, str]:
+    """Per trained arm, each :data:`TRAINING_KEYS` metric at the first and last logging steps (means of four steps,
+    then over seeds): what the reward taught, and whether the policy collapsed. Returns ``(table, markdown)``."""
+    label = {arm: spec.get("label", arm) for arm, spec in study["arms"].items()}
+    table: dict[str, dict[str, dict[str, float | None]]] = {}
+    for arm, runs in arms.items():
+        trained = [r["training"] for r in runs.values() if r.get("training")]
+        if not trained:
+            continue
+        first, last = slice(None, 4), slice(-4, None)
+        table[arm] = {key: {"first": _phase(trained, key, first), "last": _phase(trained, key, last)}
+                      for key in TRAINING_KEYS}
+    table = {arm: v for arm, v in table.items() if any(x["last"] is not None for x in v.values())}  # SFT: a loss
+    if not table:
+        return table, ""
+    keys = [k for k in TRAINING_KEYS if any(v[k]["last"] is not None for v in table.values())]
+    lines = ["| arm (training: first → last steps) | " + " | ".join(TRAINING_KEYS[k] for k in keys) + " |",
+             "|---" * (len(keys) + 1) + "|"]
+    for arm, values in table.items():
+        cells = ["–" if values[k]["first"] is None else f"{values[k]['first']:.2f} → {values[k]['last']:.2f}"
+                 for k in keys]
+        lines.append(f"| {label.get(arm, arm)} | " + " | ".join(cells) + " |")
+    return table, "\n".join(lines) + "\n"
 
 
 def plot(arms: dict[str, dict[int, dict[str, Any]]], rows: list[dict[str, Any]], path: Path) -> Path:
@@ -445,11 +502,11 @@ def log_mlflow(study: dict[str, Any], arms: dict[str, dict[int, dict[str, Any]]]
                 for metric, rows in rows_by_metric.items():
                     row = next(r for r in rows if r["arm"] == arm)
                     values = {f"{metric}/accuracy": row["mean"], f"{metric}/se_seeds": row["se_seeds"]}
-                    for ref in REFERENCES:
+                    for ref in references(study):
                         d = row.get(f"vs_{ref}_by_question") or {}
                         values |= {f"{metric}/vs_{ref}": d.get("mean"), f"{metric}/vs_{ref}_se": d.get("se")}
                     mlflow.log_metrics({k: float(v) for k, v in values.items() if v is not None})
-                for key in ("reward", "loss"):
+                for key in ("loss", *TRAINING_KEYS):  # the curves that show collapse, mean over seeds
                     for step, mean in curve(runs, key):
                         mlflow.log_metric(f"train/{key}", float(mean), step=int(step))
         return parent.info.run_id
@@ -466,20 +523,28 @@ def aggregate(study: dict[str, Any], *, results: Path = RESULTS, experiment: str
     order = [a for a in study["arms"] if a in arms] + [a for a in arms if a not in study["arms"]]
     arms = {a: arms[a] for a in order}
     metrics = ["rollouts", *[m for m in study["eval"]["methods"] if m != "min_ppl"]]
-    rows_by_metric = {m: compare(arms, m) for m in metrics}
-    summary = {"study": study["name"], "arms": {a: sorted(r) for a, r in arms.items()}, "tables": rows_by_metric}
-    references = {a: {seed: reference_counts(references_path(result_path(study, a, seed, results)))
-                      for seed in runs if references_path(result_path(study, a, seed, results)).is_file()}
-                  for a, runs in arms.items()}
-    if any(references.values()):  # the CaT-SFT arms' training targets: how many, with an answer, right
-        summary["references"] = {a: counts for a, counts in references.items() if counts}
+    refs = references(study)
+    rows_by_metric = {m: compare(arms, m, refs) for m in metrics}
+    training, training_md = training_table(study, arms)
+    commits = sorted({str(r["git"]["commit"]) for runs in arms.values() for r in runs.values()})
+    if len(commits) > 1:
+        print(f"warning: the result files come from {len(commits)} code versions: {', '.join(c[:12] for c in commits)}")
+    summary = {"study": study["name"], "arms": {a: sorted(r) for a, r in arms.items()}, "commits": commits,
+               "tables": rows_by_metric, "training": training}
+    sft_targets = {a: {seed: reference_counts(references_path(result_path(study, a, seed, results)))
+                       for seed in runs if references_path(result_path(study, a, seed, results)).is_file()}
+                   for a, runs in arms.items()}
+    if any(sft_targets.values()):  # the CaT-SFT arms' training targets: how many, with an answer, right
+        summary["references"] = {a: counts for a, counts in sft_targets.items() if counts}
     summary_path = folder / "summary.json"
     summary_path.write_text(json.dumps(summary, indent=1))
-    (folder / "summary.md").write_text(markdown(study, rows_by_metric))
+    (folder / "summary.md").write_text(markdown(study, rows_by_metric) + (f"\n{training_md}" if training_md else ""))
     png = plot(arms, rows_by_metric["rollouts"], folder / "study.png")
     for rows in rows_by_metric.values():
-        print_table(rows)
+        print_table(rows, refs)
         print()
+    if training_md:
+        print(training_md)
     if log:
         run_id = log_mlflow(study, arms, rows_by_metric, png, summary_path, experiment or f"study-{study['name']}")
         print(f"MLflow run {run_id}")
