@@ -77,12 +77,17 @@ def make_items(n: int, rng: random.Random, used: set[frozenset[int]], low: int =
 
 
 LEVELS = {
+    0: ("1-digit addition to 5 + 5, the number alone asked for", (1, 5), (1, 5), "+"),
     1: ("1-digit addition", (1, 9), (1, 9), "+"),
     2: ("2-digit addition and subtraction", (10, 99), (10, 99), "+-"),
     3: ("2-digit times 1-digit multiplication", (12, 99), (3, 9), "*"),
     4: ("3-digit multiplication", (100, 999), (100, 999), "*"),
 }
 """The competence sweep's levels (easy to hard for the embedded 135M model): name, operand ranges, operators."""
+INSTRUCTION = {0: " Reply with the number only."}
+"""What a level's question asks beyond the sum: level 0 asks for the number alone, which the 135M model, otherwise
+rambling on past its first equation, then often gives (measured: about half its rollouts right, against a third
+without the instruction at level 1)."""
 
 
 def level_items(level: int, n: int, rng: random.Random) -> list[dict]:
@@ -103,7 +108,7 @@ def level_items(level: int, n: int, rng: random.Random) -> list[dict]:
         a, b, op = rng.randint(lo_a, hi_a), rng.randint(lo_b, hi_b), rng.choice(ops)
         if op == "-" and b > a:
             a, b = b, a
-        question = f"What is {a} {op} {b}?"
+        question = f"What is {a} {op} {b}?{INSTRUCTION.get(level, '')}"
         if question in seen:
             continue
         seen.add(question)
