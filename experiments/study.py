@@ -40,10 +40,13 @@ from cat_dspy.datasets import load_dataset
 from cat_dspy.evaluation.report import summarize
 from cat_dspy.evaluation.runner import RESULTS_FILE
 from cat_dspy.jsonl_store import JsonlStore
-from cat_dspy.scoring.stats import interval95, mean_stderr, paired_difference, pairs_for_power
+from cat_dspy.scoring.stats import detectable_difference, interval95, mean_stderr, paired_difference, pairs_for_power
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results"
+EFFECT = 0.05
+"""The difference in held-out accuracy a study should be able to detect (5 points): the seeds it needs, at the
+measured between-seed spread, are reported beside the seeds that ran."""
 REFERENCES = ("base", "majority_rl")
 """The arms every other arm is compared with, unless the study file names its own (``references:``)."""
 KEEP_CHECKPOINTS = 2
@@ -71,6 +74,11 @@ def load_study(path: str | Path) -> dict[str, Any]:
             raise SystemExit(f"{path}: arm {arm!r} needs 'recipe' (null: no training) and 'seeds'")
         if spec.get("command", "train") not in COMMANDS:
             raise SystemExit(f"{path}: arm {arm!r}: command {spec['command']!r} is not one of {', '.join(COMMANDS)}")
+        if not isinstance(spec.get("args", []), list):
+            raise SystemExit(f"{path}: arm {arm!r}: args must be a list of flags, got {spec['args']!r}")
+    unknown = [ref for ref in study.get("references", []) if ref not in study["arms"]]
+    if unknown:
+        raise SystemExit(f"{path}: references {unknown} are not arms of the study ({', '.join(study['arms'])})")
     return study
 
 
@@ -112,14 +120,16 @@ def config_hash(config: dict[str, Any]) -> str:
 
 
 def git_commit() -> dict[str, Any]:
-    """The commit the code ran at, and whether the working tree had changes."""
+    """The commit the code ran at, the library's tree at it (``code``: unchanged by result-file commits, so a study
+    whose runs commit their results still reads as one code version), and whether the library had changes."""
     def git(*args: str) -> str:
         try:
             return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
         except (OSError, subprocess.CalledProcessError):
             return ""
 
-    return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain", "--", "cat_dspy"))}
+    return {"commit": git("rev-parse", "HEAD") or None, "code": git("rev-parse", "HEAD:cat_dspy") or None,
+            "dirty": bool(git("status", "--porcelain", "--", "cat_dspy"))}
 
 
 def result_path(study: dict[str, Any], arm: str, seed: int, results: Path = RESULTS) -> Path:
@@ -317,7 +327,8 @@ def compare(arms: dict[str, dict[int, dict[str, Any]]], metric: str = "rollouts"
     """One row per arm: held-out ``metric`` (``rollouts``: expected single-sample accuracy; or a method name) as
     mean over seeds ± se across seeds with its 95 % interval, and the paired differences against each reference
     arm: by question (per-question values averaged over seeds) and by seed (seeds both arms ran), with the seeds the
-    by-seed spread needs for 80 % power (:func:`~cat_dspy.scoring.stats.pairs_for_power`)."""
+    by-seed spread needs to detect :data:`EFFECT` with 80 % power and the difference the seeds that ran can detect
+    (:func:`~cat_dspy.scoring.stats.pairs_for_power`, :func:`~cat_dspy.scoring.stats.detectable_difference`)."""
     rows = []
     for arm, runs in arms.items():
         seeds = _seed_accuracy(runs, metric)
@@ -335,7 +346,9 @@ def compare(arms: dict[str, dict[int, dict[str, Any]]], metric: str = "rollouts"
             ref_seeds = _seed_accuracy(arms[ref], metric)
             both = sorted(set(seeds) & set(ref_seeds))
             row[f"vs_{ref}_by_seed"] = paired_difference([seeds[s] for s in both], [ref_seeds[s] for s in both])
-            row[f"vs_{ref}_by_seed"]["seeds_for_power"] = pairs_for_power(row[f"vs_{ref}_by_seed"])
+            by_seed = row[f"vs_{ref}_by_seed"]
+            by_seed["seeds_for_power"] = pairs_for_power(by_seed, EFFECT)
+            by_seed["detectable"] = detectable_difference(by_seed)
         rows.append(row)
     return rows
 
@@ -401,22 +414,25 @@ def markdown(study: dict[str, Any], rows_by_metric: dict[str, list[dict[str, Any
     power = any((row.get(f"vs_{ref}_by_seed") or {}).get("seeds_for_power") for row in rows_by_metric["rollouts"]
                 for ref in refs)
     lines += ["", "| difference in mean rollout accuracy | paired by seed | paired by question |"
-              + (" seeds for 80 % power |" if power else ""), "|---|---|---|" + ("---|" if power else "")]
+              + (f" detectable by seed (80 % power) | seeds to detect ±{EFFECT:.2f} |" if power else ""),
+              "|---|---|---|" + ("---|---|" if power else "")]
     for row in rows_by_metric["rollouts"]:
         for ref in refs:
             mirror = row["arm"] in refs and refs.index(row["arm"]) < refs.index(ref)
             if f"vs_{ref}_by_question" in row and not mirror:  # majority_rl − base, not also base − majority_rl
                 needed = row[f"vs_{ref}_by_seed"].get("seeds_for_power")
+                detectable = row[f"vs_{ref}_by_seed"].get("detectable")
                 lines.append(f"| {label.get(row['arm'], row['arm'])} − {label.get(ref, ref)} | "
                              f"{_cell(row[f'vs_{ref}_by_seed'])} | {_cell(row[f'vs_{ref}_by_question'])} |"
-                             + (f" {needed if needed is not None else '–'} |" if power else ""))
+                             + (f" {'–' if detectable is None else f'±{detectable:.3f}'} |"
+                                f" {'–' if needed is None else needed} |" if power else ""))
     return "\n".join(lines) + "\n"
 
 
 TRAINING_KEYS = {"reward": "reward", "reward_accuracy": "reward accuracy", "label_accuracy": "label accuracy",
                  "frac_reward_zero_std": "zero-std groups", "entropy": "entropy",
                  "completions/mean_length": "length (tokens)", "completions/clipped_ratio": "cut at the cap"}
-"""The training-curve columns of the training table (the mean over seeds of the last logging steps)."""
+"""The training-curve columns of the training table (means of the first and of the last four logging steps)."""
 
 
 def _phase(trained: list[dict[str, Any]], key: str, part: slice) -> float | None:
@@ -432,12 +448,12 @@ def training_table(study: dict[str, Any], arms: dict[str, dict[int, dict[str, An
     table: dict[str, dict[str, dict[str, float | None]]] = {}
     for arm, runs in arms.items():
         trained = [r["training"] for r in runs.values() if r.get("training")]
-        if not trained:
+        if not trained or study["arms"].get(arm, {}).get("command") == "sft":  # SFT logs a loss, not rollouts
             continue
         first, last = slice(None, 4), slice(-4, None)
         table[arm] = {key: {"first": _phase(trained, key, first), "last": _phase(trained, key, last)}
                       for key in TRAINING_KEYS}
-    table = {arm: v for arm, v in table.items() if any(x["last"] is not None for x in v.values())}  # SFT: a loss
+    table = {arm: v for arm, v in table.items() if any(x["last"] is not None for x in v.values())}
     if not table:
         return table, ""
     keys = [k for k in TRAINING_KEYS if any(v[k]["last"] is not None for v in table.values())]
@@ -527,8 +543,10 @@ def aggregate(study: dict[str, Any], *, results: Path = RESULTS, experiment: str
     rows_by_metric = {m: compare(arms, m, refs) for m in metrics}
     training, training_md = training_table(study, arms)
     commits = sorted({str(r["git"]["commit"]) for runs in arms.values() for r in runs.values()})
-    if len(commits) > 1:
-        print(f"warning: the result files come from {len(commits)} code versions: {', '.join(c[:12] for c in commits)}")
+    versions = {str(r["git"].get("code") or r["git"]["commit"]) for runs in arms.values() for r in runs.values()}
+    if len(versions) > 1:
+        print(f"warning: the result files come from {len(versions)} versions of cat_dspy (commits "
+              f"{', '.join(c[:12] for c in commits)})")
     summary = {"study": study["name"], "arms": {a: sorted(r) for a, r in arms.items()}, "commits": commits,
                "tables": rows_by_metric, "training": training}
     sft_targets = {a: {seed: reference_counts(references_path(result_path(study, a, seed, results)))

@@ -104,8 +104,8 @@ class MajorityReward(_AnswerReward):
     Answers are clustered by equivalence (:func:`~cat_dspy.scoring.rewards.majority_answer`, ``equivalence``
     settings); a rollout without an answer gets 0, and a group where no rollout has one gets 0 throughout (no GRPO
     signal). Metrics: ``majority/answer_extracted``, ``majority/consensus`` (mean majority size / G),
-    ``majority/no_answer_groups``, and while evaluating with gold answers ``majority/label_accuracy`` (the majority
-    answer is right) and ``majority/reward_accuracy`` (reward = gold reward), as TTRL reports them.
+    ``majority/no_answer_groups``, and with gold answers (evaluating, ``label_metrics``) ``majority/label_accuracy``
+    (the majority answer is right) and ``majority/reward_accuracy`` (reward = gold reward), as TTRL reports them.
 
     Examples:
         >>> reward = MajorityReward(g=3)
@@ -172,8 +172,8 @@ class RandomReward(_AnswerReward):
     label-free arm's gain over base counts only beyond this arm's.
 
     The draw is a function of ``(seed, prompt, completion text)`` (SHA-256), so a rerun or a resumed run gives the
-    same rewards. Metrics: ``random/answer_extracted``, ``random/rate`` (the share rewarded), and while evaluating
-    with gold answers ``random/reward_accuracy`` (reward = gold reward).
+    same rewards. Metrics: ``random/answer_extracted``, ``random/rate`` (the share rewarded), and with gold answers
+    (evaluating, ``label_metrics``) ``random/reward_accuracy`` (reward = gold reward).
 
     Args:
         p: The probability of reward 1.
@@ -233,22 +233,29 @@ class PerplexityGroupScore(AnswerGroupScore):
     label: str | None = None  # the lowest-perplexity rollout's answer: the pseudo-label
 
 
-def rollout_prompt(anchor: Any, prompt: Any) -> str:
-    r"""The text a rollout of the TRL ``prompt`` continues, as the anchor renders it: its engine's chat template with
-    the generation prompt; an LM without a local engine gets ``role: content`` lines (the engines' own fallback).
+def anchor_prompt(anchor: Any, prompt: Any) -> str:
+    r"""A conversation rendered by the anchor's local engine (its chat template, the generation prompt), for a
+    reward not bound to a trainer; a string prompt as is.
+
+    Raises:
+        PromptLogprobsUnavailable: A conversation, and the anchor has no local engine to render it with (bind the
+            reward to the trainer: its tokenizer renders what the policy saw).
 
     Examples:
-        >>> rollout_prompt(None, [{"role": "user", "content": "2+2?"}])
-        'user: 2+2?\nassistant:'
+        >>> anchor_prompt(None, "Q: 2+2? A:")
+        'Q: 2+2? A:'
     """
     from cat_dspy.lm.models import engine_of
+    from cat_dspy.lm.prompt_logprobs import PromptLogprobsUnavailable
     from cat_dspy.rl.inputs import prompt_messages
 
-    messages = prompt_messages(prompt)
+    if isinstance(prompt, str):
+        return prompt
     engine = engine_of(anchor)
-    if engine is not None:
-        return engine.chat_prompt(messages)
-    return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+    if engine is None:
+        raise PromptLogprobsUnavailable("the min_ppl reward cannot render a conversation for a server anchor "
+                                        "unbound to a trainer (reward.callback() gives it the trainer's tokenizer)")
+    return engine.chat_prompt(prompt_messages(prompt))
 
 
 class MinPPLReward(_AnswerReward):
@@ -257,7 +264,10 @@ class MinPPLReward(_AnswerReward):
     1 goes to every rollout with that answer (:data:`~cat_dspy.evaluation.signals.SIGNALS` ``min_ppl``, the signal
     the signal table scores, with the anchor's log-probabilities in place of the sampler's).
 
-    The anchor is the initial policy, so at the first step this is the policy's own perplexity; later it is the
+    The completion is scored after the text the policy saw (:meth:`~cat_dspy.rl.group.GroupReward.policy_prompt`:
+    the trainer's chat template; unbound, the anchor's local engine renders it), re-tokenized: a token straddling
+    the prompt's end is not the completion's and is left out. The anchor is the initial policy, so at the first step
+    this is the policy's own perplexity; later it is the
     perplexity under the frozen start, which the policy cannot drift to lower by itself. A rollout without an
     answer gets 0; a group whose pick has no answer gets 0 throughout. The anchor must score text
     (:func:`~cat_dspy.lm.prompt_logprobs.prompt_logprobs`: the local engines, a vLLM server); a failed or refused
@@ -298,7 +308,8 @@ class MinPPLReward(_AnswerReward):
         from cat_dspy.lm.prompt_logprobs import prompt_logprobs
         from cat_dspy.scoring.selection import mean_nll
 
-        prompt = rollout_prompt(self._anchor, rows[0].prompt if rows[0].prompt is not None else rows[0].question)
+        given = rows[0].prompt if rows[0].prompt is not None else rows[0].question
+        prompt = self.policy_prompt(given) or anchor_prompt(self._anchor, given)
         with track_role({} if usage is None else usage, "anchor", self._anchor):
             scored = prompt_logprobs(self._anchor, [prompt + row.text for row in rows])
         return [mean_nll([lp for start, _, lp in tokens if start >= len(prompt) and lp is not None])
@@ -335,7 +346,7 @@ class MinPPLReward(_AnswerReward):
 
     def __repr__(self) -> str:
         return (f"MinPPLReward(g={self.g}, anchor={getattr(self._anchor, 'model', self._anchor)!r}, "
-                f"extraction={self.extraction!r})")
+                f"equivalence={self.equivalence!r}, extraction={self.extraction!r})")
 
 
 class JudgeReward(GroupReward):

@@ -64,7 +64,7 @@ class GroupScore:
 
 def label_check(label: str | None, answers: Sequence[str | None], matches: Sequence[float], gold: str | None,
                 mode: str) -> dict[str, Any]:
-    """The :class:`GroupScore` label fields of a group, evaluating with a gold answer (``{}`` without one): whether
+    """The :class:`GroupScore` label fields of a group with a gold answer (``{}`` without one): whether
     the group's label (the reference's answer, the majority answer) is right, and how many of the rewards before any
     length penalty (``matches``) equal the gold reward of the rollout's answer.
 
@@ -148,6 +148,8 @@ class GroupReward:
         self.artifacts = artifacts
         self.trace_every = trace_every
         self._model: Any = None
+        self._tokenizer: Any = None  # the trainer's processing class: how the policy's prompts were rendered
+        self._chat_template_kwargs: dict[str, Any] = {}
         self._warned_grouping = False
         self.calls = 0
         self.seconds = 0.0
@@ -177,7 +179,8 @@ class GroupReward:
         the trainer's arguments (``num_generations``, ``num_generations_eval``).
 
         ``TrainerState`` carries no evaluation flag, so the reward reads it from the model; :meth:`callback`
-        binds it automatically. Unbound, every call counts as training (no label metrics).
+        binds it automatically. Unbound, every call counts as training. A trainer also gives its tokenizer and
+        ``chat_template_kwargs``: the text the policy's prompts were rendered to (:meth:`policy_prompt`).
 
         Args:
             trainer_or_model: A trainer (its ``model`` and ``args`` are read) or a model.
@@ -189,6 +192,9 @@ class GroupReward:
         is_trainer = hasattr(trainer_or_model, "args") and hasattr(trainer_or_model, "model")
         self._model = trainer_or_model.model if is_trainer else trainer_or_model
         args = trainer_or_model.args if is_trainer else args
+        if is_trainer:
+            self._tokenizer = getattr(trainer_or_model, "processing_class", None)
+        self._chat_template_kwargs = dict(getattr(args, "chat_template_kwargs", None) or {})
         for attr, field_name in (("g", "num_generations"), ("g_eval", "num_generations_eval")):
             value = getattr(args, field_name, None)
             if not isinstance(value, int):
@@ -198,6 +204,24 @@ class GroupReward:
                                  f"{value}; leave {attr} unset to take the trainer's")
             setattr(self, attr, value)
         return self
+
+    def policy_prompt(self, prompt: Any) -> str | None:
+        """The text the policy generated a completion of ``prompt`` after, as TRL renders it: a string prompt as
+        is, a conversation through the bound trainer's chat template (with its ``chat_template_kwargs``); None for a
+        conversation when no trainer is bound.
+
+        Examples:
+            >>> reward = GroupReward()
+            >>> reward.policy_prompt("Q: 2+2? A:"), reward.policy_prompt([{"role": "user", "content": "Hi"}])
+            ('Q: 2+2? A:', None)
+        """
+        if isinstance(prompt, str):
+            return prompt
+        tokenizer = getattr(self._tokenizer, "tokenizer", self._tokenizer)  # a processor wraps its tokenizer
+        if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+            return None
+        return tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True,
+                                             **self._chat_template_kwargs)
 
     @property
     def evaluating(self) -> bool:
@@ -355,11 +379,11 @@ class GroupReward:
             for reason in EQUIVALENCE_FALLBACKS:
                 out[f"{p}/equivalence_{reason}"] = float(sum(r.equivalence.get(reason, 0) for r in results))
             out[f"{p}/equivalence_fallbacks"] = sum(out[f"{p}/equivalence_{k}"] for k in EQUIVALENCE_FALLBACKS)
-        with_gold = [r for r in valid if r.label_correct is not None]  # evaluating with gold answers only
-        rate(out, f"{p}/label_accuracy", [r.label_correct for r in with_gold])
-        if with_gold:
-            total = sum(len(r.rewards) for r in with_gold)
-            out[f"{p}/reward_accuracy"] = sum(r.reward_agreements or 0 for r in with_gold) / max(total, 1)
+        rate(out, f"{p}/label_accuracy", [r.label_correct for r in valid if r.label_correct is not None])
+        checked = [r for r in valid if r.reward_agreements is not None]  # with gold answers only
+        if checked:
+            total = sum(len(r.rewards) for r in checked)
+            out[f"{p}/reward_accuracy"] = sum(r.reward_agreements or 0 for r in checked) / max(total, 1)
         return out
 
     # -- MLflow ----------------------------------------------------------------------------------------------

@@ -33,11 +33,11 @@ REWARD_METRICS = (
     "cat/equivalence_fallbacks",  # verifiable: answer checks that fell back to string comparison, count per call
     *(f"cat/equivalence_{reason}" for reason in EQUIVALENCE_FALLBACKS),  # ... by reason (timeout, busy, ...)
     "cat/skipped_groups",  # skip_unparsed: groups without a usable reference (reward None), count per call
-    "cat/label_accuracy",  # evaluation with gold answers only: fraction of references whose answer is correct
-    "cat/reward_accuracy",  # evaluation with gold answers only: fraction of CaT rewards equal to the gold reward
+    "cat/label_accuracy",  # with gold answers (evaluating, label_metrics): references whose answer is correct
+    "cat/reward_accuracy",  # with gold answers (evaluating, label_metrics): CaT rewards equal to the gold reward
 )
 """Metric names :class:`CaTReward` logs through TRL's ``log_metric``; a name is left out of a call where it is
-undefined (no denominator, other mode, not evaluating), identically on every rank."""
+undefined (no denominator, other mode, no gold answers), identically on every rank."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,8 +62,8 @@ class CaTReward(GroupReward):
     ``g`` (verified: blocks that mix prompts fall back to grouping by prompt text, with a warning).
     The frozen anchor synthesizes one reference per group, question-blind unless ``question_aware``; every group
     of the call is scored concurrently, so the local engine batches the syntheses into one ``generate``. Dataset
-    columns (gold answers included) never reach the reward; a held-out ``answer`` column is read only while
-    evaluating, for ``cat/label_accuracy`` and ``cat/reward_accuracy``.
+    columns (gold answers included) never reach the reward; an ``answer`` column (the evaluation set's, or the
+    training set's with ``label_metrics``) is read for ``cat/label_accuracy`` and ``cat/reward_accuracy`` only.
 
     On several processes (``torch.distributed`` initialised) the completions of all ranks are gathered, each group
     is scored by exactly one rank (round-robin), the results are gathered and each rank returns its own slice, so a

@@ -5,7 +5,8 @@ The recipe is parsed by TRL's ``TrlParser`` over three dataclasses, open-r1 styl
 be overridden on the command line, and an ``env:`` block sets environment variables. :func:`main` then
 
 1. loads the questions with :func:`cat_dspy.datasets.load_dataset` into a conversational ``prompt`` column (the gold
-   ``answer`` is kept only in the evaluation set, for ``cat/label_accuracy``; the training set has no labels),
+   ``answer`` is kept in the evaluation set, and with ``label_metrics`` in the training set, for the label metrics
+   only: no label-free reward reads it),
 2. builds the CaT reward (:class:`cat_dspy.rewards.CaTReward`) with the frozen anchor: by default the initial
    checkpoint (the embedded SmolLM2-135M when ``model_name_or_path`` is unset), loaded once in eval mode, apart from
    the trained model; or a separate server (``anchor: hosted_vllm/...`` + ``anchor_api_base``),
@@ -53,7 +54,7 @@ class CaTScriptArguments(ScriptArguments):
     )
     question_field: str = field(default="question", metadata={"help": "JSONL files: the question field."})
     answer_field: str | None = field(
-        default="answer", metadata={"help": "JSONL files: the gold answer field (evaluation metrics only)."}
+        default="answer", metadata={"help": "JSONL files: the gold answer field (label metrics; the gold reward)."}
     )
     holdout: int = field(
         default=0,

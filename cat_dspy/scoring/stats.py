@@ -68,23 +68,42 @@ def paired_difference(a: Sequence[float], b: Sequence[float]) -> dict[str, float
     return {"n": len(a), "mean": mean, "se": se, "lo": lo, "hi": hi}
 
 
-def pairs_for_power(difference: dict[str, float | int | None], power: float = 0.8,
-                    alpha: float = 0.05) -> int | None:
-    """How many pairs (seeds, questions) a two-sided paired test at level ``alpha`` needs to detect a difference of
-    the measured size with probability ``power``, given the measured spread: ⌈((z₁₋α/₂ + z_power) · sd / |mean|)²⌉
-    with sd = se · √n from :func:`paired_difference` (the normal approximation: with few pairs, t's heavier tails
-    need a few more). None with fewer than two pairs or no measured difference.
+def _z(power: float, alpha: float) -> float:
+    from statistics import NormalDist
+
+    return NormalDist().inv_cdf(1 - alpha / 2) + NormalDist().inv_cdf(power)
+
+
+def detectable_difference(difference: dict[str, float | int | None], power: float = 0.8,
+                          alpha: float = 0.05) -> float | None:
+    """The smallest true difference a two-sided paired test at level ``alpha`` detects with probability ``power``
+    at the pairs measured, given their spread: (z₁₋α/₂ + z_power) · se (the normal approximation; with few pairs
+    t's heavier tails make it larger). None with fewer than two pairs.
 
     Examples:
-        >>> pairs_for_power({"n": 3, "mean": 0.05, "se": 0.05})  # sd 0.087: about 24 seeds for 80 % power
-        24
-        >>> pairs_for_power({"n": 3, "mean": 0.0, "se": 0.05}), pairs_for_power({"n": 1, "mean": 0.1, "se": 0.0})
-        (None, None)
+        >>> round(detectable_difference({"n": 3, "mean": 0.01, "se": 0.05}), 3)  # 3 seeds, se 0.05: 0.140
+        0.14
     """
-    n, mean, se = difference.get("n") or 0, difference.get("mean"), difference.get("se")
-    if n < 2 or mean is None or se is None or mean == 0:
-        return None
-    from scipy.stats import norm
+    n, se = difference.get("n") or 0, difference.get("se")
+    return None if n < 2 or se is None else _z(power, alpha) * float(se)
 
+
+def pairs_for_power(difference: dict[str, float | int | None], effect: float, power: float = 0.8,
+                    alpha: float = 0.05) -> int | None:
+    """How many pairs (seeds, questions) a two-sided paired test at level ``alpha`` needs to detect a true
+    difference of ``effect`` with probability ``power``, given the measured spread: ⌈((z₁₋α/₂ + z_power) · sd /
+    effect)²⌉ with sd = se · √n from :func:`paired_difference` (the normal approximation). The spread is measured;
+    the effect is chosen, never the measured difference (whose "power" says only how close to 0 it fell). None with
+    fewer than two pairs.
+
+    Examples:
+        >>> pairs_for_power({"n": 3, "mean": 0.0, "se": 0.05}, effect=0.05)  # sd 0.087: about 24 seeds
+        24
+        >>> pairs_for_power({"n": 1, "mean": 0.1, "se": 0.0}, effect=0.05) is None
+        True
+    """
+    n, se = difference.get("n") or 0, difference.get("se")
+    if n < 2 or se is None or effect <= 0:
+        return None
     sd = float(se) * math.sqrt(n)
-    return max(2, math.ceil(((norm.ppf(1 - alpha / 2) + norm.ppf(power)) * sd / abs(float(mean))) ** 2))
+    return max(2, math.ceil((_z(power, alpha) * sd / effect) ** 2))

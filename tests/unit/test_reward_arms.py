@@ -1,5 +1,6 @@
-"""The comparison rewards of CaT-RL (majority, judge, physician_rubric, gold) on scripted judges and anchors: values,
-None for a group that could not be scored, metrics, grouping across two (fake) ranks, selection by name, recipes."""
+"""The comparison rewards of CaT-RL (majority, judge, physician_rubric, gold, random, min_ppl) on scripted judges and
+anchors: values, None for a group that could not be scored, metrics, grouping across two (fake) ranks, selection by
+name, recipes."""
 
 from __future__ import annotations
 
@@ -98,6 +99,66 @@ def test_majority_length_penalty_uses_completion_ids():
     out = reward(prompts=prompts, completions=completions, completion_ids=[[0] * 3, [0] * 9, [0] * 2], **log.kwargs())
     assert out == [1.0, -1.0, 0.0]
     assert log.metrics["majority/length_penalty_hits"] == pytest.approx(1 / 3)
+
+
+# -- min_ppl ----------------------------------------------------------------------------------------------------
+
+
+class FakeTokenizer:
+    chat_template = "{{ messages }}"
+
+    def apply_chat_template(self, messages, tokenize, add_generation_prompt, **kwargs):
+        assert not tokenize and add_generation_prompt
+        return "".join(f"<{m['role']}>{m['content']}" for m in messages) + f"<assistant{kwargs}>"
+
+
+class FakeTrainer:
+    def __init__(self):
+        self.model, self.processing_class = FakeModel(), FakeTokenizer()
+        self.args = type("Args", (), {"num_generations": 2, "chat_template_kwargs": {"think": False}})()
+
+
+def test_min_ppl_scores_each_completion_after_the_policys_prompt_and_labels_with_the_likeliest(monkeypatch):
+    from cat_dspy.lm import prompt_logprobs as module
+    from cat_dspy.rewards import MinPPLReward
+
+    seen: list[str] = []
+
+    def scores(lm, texts):  # one token per character; the completion's "x" characters are unlikely
+        seen.extend(texts)
+        return [[(i, i + 1, -5.0 if ch == "x" else -0.5) for i, ch in enumerate(text)] for text in texts]
+
+    monkeypatch.setattr(module, "prompt_logprobs", scores)
+    reward = MinPPLReward(anchor=None, extraction="flexible").bind(FakeTrainer())
+    prompts = [[{"role": "user", "content": "2+3? xxxx"}]] * 2  # prompt tokens are unlikely too: never counted
+    rewards = reward(prompts=prompts, completions=["xx 6", "it is 5"])
+    assert seen[0] == "<user>2+3? xxxx<assistant{'think': False}>xx 6"  # the trainer's template and kwargs
+    assert rewards == [0.0, 1.0]  # "it is 5" has the lower mean NLL: its answer is the label
+    log = Log()
+    assert reward(prompts=prompts, completions=["xx 6", "it is 5"], answer=["5", "5"], **log.kwargs()) == rewards
+    assert log.metrics["min_ppl/label_accuracy"] == 1.0 and log.metrics["min_ppl/reward_accuracy"] == 1.0
+
+
+def test_min_ppl_groups_the_anchor_cannot_score_are_none_and_counted():
+    from cat_dspy.rewards import MinPPLReward
+
+    anchor = scripted_lm(["unused"])  # a scripted LM has no local engine and no server: it cannot score text
+    reward = MinPPLReward(anchor, g=2)
+    log = Log()
+    out = reward(prompts=["Q: 2+2? A:"] * 2, completions=["4", "5"], **log.kwargs())
+    assert out == [None, None]
+    assert log.metrics["min_ppl/anchor_errors"] == 1.0 and log.metrics["min_ppl/invalid_groups"] == 1.0
+
+
+def test_random_reward_logs_its_reward_accuracy_with_labels():
+    from cat_dspy.rewards import RandomReward
+
+    log = Log()
+    out = RandomReward(g=2, seed=3)(prompts=["2+2?"] * 2, completions=["\\boxed{4}", "\\boxed{5}"],
+                                    answer=["4", "4"], **log.kwargs())
+    gold = [1.0, 0.0]
+    assert log.metrics["random/reward_accuracy"] == sum(r == g for r, g in zip(out, gold, strict=True)) / 2
+    assert "random/label_accuracy" not in log.metrics  # a random draw has no pseudo-label
 
 
 # -- gold -------------------------------------------------------------------------------------------------------
@@ -403,6 +464,8 @@ def test_training_set_carries_the_columns_the_arm_reads(tmp_path, tiny_gsm8k):
     assert set(train.column_names) == {"prompt", "id", "answer"} and train[0]["answer"] == "8"
     train, _ = datasets(["--data_dir", str(tiny_gsm8k)], "--reward", "majority")
     assert set(train.column_names) == {"prompt", "id"}  # label-free: no answer column
+    train, _ = datasets(["--data_dir", str(tiny_gsm8k)], "--reward", "majority", "--label_metrics", "true")
+    assert set(train.column_names) == {"prompt", "id", "answer"}  # label_metrics: the answers, for the metrics only
 
     conv = tmp_path / "conv.jsonl"
     rows = [{"prompt": [{"role": "user", "content": f"Pain {i}?"}], "rubrics": RUBRIC} for i in range(3)]

@@ -281,3 +281,22 @@ def test_an_sft_arm_keeps_its_references_with_labels_and_aggregate_counts_them(t
     summary = study.aggregate(spec, results=results, log=False)
     assert summary["references"] == {"cat_sft": {0: {"references": 3, "with_answer": 2, "right": 1}}}
     assert "| CaT-SFT (0) | 0.333 | 0.333 |" in (results / "t" / "summary.md").read_text()
+
+
+def test_a_study_file_names_its_references_and_each_arm_its_flags(tmp_path):
+    good = {"name": "t", "data": {}, "eval": {"g": [4], "methods": []}, "references": ["base"],
+            "arms": {"base": {"recipe": None, "seeds": [0]},
+                     "rl": {"recipe": "experiments/recipes/study_teachers_grpo.yaml", "args": ["--reward", "random"],
+                            "seeds": [0]}}}
+    path = tmp_path / "s.yaml"
+    path.write_text(json.dumps(good))
+    spec = study.load_study(path)
+    assert study.references(spec) == ("base",)
+    argv = study.train_argv(spec, "rl", 1, tmp_path / "out")
+    assert argv[:5] == ["train", "--config", "experiments/recipes/study_teachers_grpo.yaml", "--reward", "random"]
+    assert study.run_config(spec, "rl", 1)["args"] == ["--reward", "random"]  # the reward is in the hash
+    for bad, message in (({"references": ["nope"]}, "not arms"),
+                         ({"arms": {**good["arms"], "rl": {**good["arms"]["rl"], "args": "--reward gold"}}}, "list")):
+        path.write_text(json.dumps({**good, **bad}))
+        with pytest.raises(SystemExit, match=message):
+            study.load_study(path)
