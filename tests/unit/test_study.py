@@ -284,7 +284,7 @@ def test_an_sft_arm_keeps_its_references_with_labels_and_aggregate_counts_them(t
 
 
 def test_a_study_file_names_its_references_and_each_arm_its_flags(tmp_path):
-    good = {"name": "t", "data": {}, "eval": {"g": [4], "methods": []}, "references": ["base"],
+    good = {"name": "t", "data": {"train": "train.jsonl"}, "eval": {"g": [4], "methods": []}, "references": ["base"],
             "arms": {"base": {"recipe": None, "seeds": [0]},
                      "rl": {"recipe": "experiments/recipes/study_teachers_grpo.yaml", "args": ["--reward", "random"],
                             "seeds": [0]}}}
