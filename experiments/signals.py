@@ -29,7 +29,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 LEVELS = ("L0", "L1", "L2", "L3", "L4", "gsm8k")
 G = "2,4,8,16"
-MAX_TOKENS = {"L0": 64, "L1": 64, "L2": 64, "L3": 64, "L4": 64, "gsm8k": 128}  # summary.json's `cap`: the measured effect
+MAX_TOKENS = {"L0": 64, "L1": 64, "L2": 64, "L3": 64, "L4": 64, "gsm8k": 128}  # summary.json's `cap`: its effect
 ANCHOR_MAX_TOKENS = 96
 # Mutual predictability scores G prompts of G-1 rollouts each (~G^2 rollout lengths of full-vocabulary scoring):
 # measured on one core, mp at G = 2, 4, 8 took a third of a question's scored tokens; it runs at G <= 4.
