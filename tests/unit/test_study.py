@@ -209,7 +209,7 @@ def test_training_curve_of_an_sft_arm_is_its_loss(tmp_path):
     assert curve["first"]["reward"] is None and curve["train_runtime"] == 99.0
 
 
-@pytest.mark.parametrize("name", ["study_arith.yaml", "study_arith_ttrl.yaml"])
+@pytest.mark.parametrize("name", ["study_arith.yaml", "study_arith_ttrl.yaml", "study_teachers.yaml"])
 def test_committed_summary_is_what_the_result_files_give_and_the_docs_quote_it(name, tmp_path):
     """The study numbers the docs give cannot drift from the committed result files: aggregating them again gives the
     committed summary.json and summary.md, experiments/README.md (where the README's results table links) quotes
