@@ -43,19 +43,24 @@ def test_judge_and_physician_rubric_rewards_on_the_embedded_model():
     assert grader.usage["judge"]["calls"] == 4  # one call per (response, rubric item), as simple-evals
 
 
-def test_gold_arm_trains_one_step_with_the_answer_column(tmp_path):
+def train_one_step(tmp_path: Path, recipe: str, *flags: str) -> str:
+    """``cat-dspy train`` for one GRPO step of 4 short completions on two labelled questions; its log."""
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps({"question": f"What is {a} + {b}?", "answer": str(a + b)}) + "\n"
                             for a, b in ((2, 3), (4, 1))))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "CUDA_VISIBLE_DEVICES": ""}
-    cmd = [str(BIN / "cat-dspy"), "train", "--config", str(REPO / "experiments/recipes/arith_smollm2_cpu_gold.yaml"),
+    cmd = [str(BIN / "cat-dspy"), "train", "--config", str(REPO / "experiments/recipes" / recipe), *flags,
            "--dataset_name", str(data), "--output_dir", str(tmp_path / "out"), "--max_steps", "1",
            "--per_device_train_batch_size", "4", "--max_completion_length", "16", "--save_strategy", "no",
            "--report_to", "none", "--logging_steps", "1"]
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-6000:])
-    logs = done.stdout + done.stderr
+    return done.stdout + done.stderr
+
+
+def test_gold_arm_trains_one_step_with_the_answer_column(tmp_path):
+    logs = train_one_step(tmp_path, "arith_smollm2_cpu_gold.yaml")
     assert "'rewards/gold_reward/mean'" in logs and "'gold/accuracy'" in logs and "'gold/missing_labels': '0'" in logs
 
 
@@ -77,18 +82,6 @@ def test_min_ppl_reward_labels_with_the_rollout_the_embedded_anchor_finds_likely
 
 
 def test_min_ppl_arm_trains_one_step_with_label_metrics(tmp_path):
-    data = tmp_path / "train.jsonl"
-    data.write_text("".join(json.dumps({"question": f"What is {a} + {b}?", "answer": str(a + b)}) + "\n"
-                            for a, b in ((2, 3), (4, 1))))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "CUDA_VISIBLE_DEVICES": ""}
-    recipe = REPO / "experiments/recipes/arith_smollm2_cpu_majority.yaml"
-    cmd = [str(BIN / "cat-dspy"), "train", "--config", str(recipe), "--reward", "min_ppl", "--label_metrics", "true",
-           "--dataset_name", str(data), "--output_dir", str(tmp_path / "out"), "--max_steps", "1",
-           "--per_device_train_batch_size", "4", "--max_completion_length", "16", "--save_strategy", "no",
-           "--report_to", "none", "--logging_steps", "1"]
-    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-6000:])
-    logs = done.stdout + done.stderr
+    logs = train_one_step(tmp_path, "arith_smollm2_cpu_majority.yaml", "--reward", "min_ppl", "--label_metrics", "true")
     assert "'rewards/min_ppl_reward/mean'" in logs and "'min_ppl/invalid_groups': '0'" in logs
     assert "'min_ppl/reward_accuracy'" in logs and "'min_ppl/label_accuracy'" in logs  # gold read for metrics only
