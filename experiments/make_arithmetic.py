@@ -85,9 +85,9 @@ LEVELS = {
 }
 """The competence sweep's levels (easy to hard for the embedded 135M model): name, operand ranges, operators."""
 INSTRUCTION = {0: " Reply with the number only."}
-"""What a level's question asks beyond the sum: level 0 asks for the number alone, which the 135M model, otherwise
-rambling on past its first equation, then often gives (measured: about half its rollouts right, against a third
-without the instruction at level 1)."""
+"""What a level's question asks beyond the sum: level 0 asks for the number alone (the 135M model otherwise rambles
+on past its first equation). In the committed sweep it cut the rollouts at the 64-token cap from 60 % (L1) to 40 %,
+not the errors: 0.219 of L0's rollouts right, 0.234 of L1's (``experiments/results/signals/summary.json``)."""
 
 
 def level_items(level: int, n: int, rng: random.Random) -> list[dict]:

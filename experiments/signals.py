@@ -1,10 +1,10 @@
 """The competence sweep of the signal table: which label-free teacher, and when (``cat-dspy signals`` per level).
 
-Four generated arithmetic levels (``make_arithmetic.py --level``: 1-digit addition, mostly right, to 3-digit
-multiplication, almost never right) and a GSM8K subset (from ``$CAT_DSPY_DATA``), G = 16 rollouts
-per question sampled once on the embedded SmolLM2-135M (flexible extraction: it answers in prose), every signal at
-G = 2, 4, 8, 16. Each level is one resumable ``cat-dspy signals`` run directory under ``OUT/<level>/``; ``aggregate``
-merges their ``results.jsonl`` into ``OUT/summary.json``, ``OUT/summary.txt`` and ``OUT/signals.png``.
+Five generated arithmetic levels (``make_arithmetic.py --level 0..4``: 1-digit addition, about a fifth of the
+rollouts right, to 3-digit multiplication, none right) and a GSM8K subset (from ``$CAT_DSPY_DATA``), G = 16
+rollouts per question sampled once on the embedded SmolLM2-135M (flexible extraction: it answers in prose), every
+signal at G = 2, 4, 8, 16. Each level is one resumable ``cat-dspy signals`` run directory under ``OUT/<level>/``;
+``aggregate`` merges their ``results.jsonl`` into ``OUT/summary.json``, ``OUT/summary.txt`` and ``OUT/signals.png``.
 
     python experiments/signals.py run --out experiments/results/signals        # resumable; then aggregate
     python experiments/signals.py aggregate --out experiments/results/signals  # from the records alone

@@ -166,12 +166,9 @@ def tiny_gsm8k(tmp_path: Path) -> Path:
     return root
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
-    """With ``$CAT_DSPY_REQUIRE_COMPONENTS`` set, a test skipped by ``pytest.importorskip`` of a README component
-    (in the test or in a fixture) fails instead, naming the component."""
-    outcome = yield
-    report = outcome.get_result()
+def _fail_component_skip(report: pytest.TestReport | pytest.CollectReport) -> None:
+    """Turn a report skipped by ``pytest.importorskip`` of a README component into a failure naming it, when
+    ``$CAT_DSPY_REQUIRE_COMPONENTS`` is set."""
     if not report.skipped or not components_required() or not isinstance(report.longrepr, tuple):
         return
     path, line, reason = report.longrepr
@@ -184,18 +181,18 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
 
 
 @pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    """With ``$CAT_DSPY_REQUIRE_COMPONENTS`` set, a test skipped by ``pytest.importorskip`` of a README component
+    (in the test or in a fixture) fails instead, naming the component."""
+    outcome = yield
+    _fail_component_skip(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
 def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
     """The same for a whole module skipped at import by ``pytest.importorskip`` of a component: a collection error."""
     outcome = yield
-    report = outcome.get_result()
-    if not report.skipped or not components_required() or not isinstance(report.longrepr, tuple):
-        return
-    path, line, reason = report.longrepr
-    module = component_of_skip(str(reason))
-    if module is not None:
-        report.outcome = "failed"
-        report.longrepr = (f"{path}:{line}: {COMPONENTS[module]} is not installed ({reason}); "
-                           f"{REQUIRE_COMPONENTS} is set, so this is not skipped")
+    _fail_component_skip(outcome.get_result())
 
 
 @pytest.fixture(autouse=True)
