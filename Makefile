@@ -10,8 +10,9 @@ PIP := $(PY) -m pip install -q --disable-pip-version-check
 QUESTION ?= What is 7 + 5?
 DEMO_ARGS ?= --g 4 --max-tokens 48 --temperature 0.7 --anchor-max-tokens 64 --seed 2
 PYTEST_ARGS ?=
-# The suite runs on this many pytest-xdist workers (tests/conftest.py: XDIST_GROUPS keeps the server tests and the
-# tests that spawn processes each on one worker; EXCLUSIVE tests run alone); PYTEST_WORKERS=0: in one process.
+# The suite runs on this many pytest-xdist workers (tests/conftest.py: XDIST_GROUPS keeps the server tests, the
+# in-process trainers and the tests that spawn processes each on one worker; EXCLUSIVE tests run alone, one after
+# the other); PYTEST_WORKERS=0: in one process.
 PYTEST_WORKERS ?= 2
 
 .PHONY: demo test install lint bench clean

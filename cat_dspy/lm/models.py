@@ -27,6 +27,7 @@ reported by :func:`explain_backend_error` as an authentication error naming the 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 import os
 import sys
@@ -144,6 +145,25 @@ def llamacpp_available() -> bool:
     return True
 
 
+GPU_DRIVER_FILES = ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia/version", "/dev/kfd", "/dev/dxg")
+"""Files of a GPU driver torch can use on Linux: NVIDIA's, ROCm's (``/dev/kfd``) and WSL's (``/dev/dxg``)."""
+
+
+def gpu_driver_present() -> bool:
+    """Whether torch could find a CUDA (or ROCm) GPU here, known without importing torch: on Linux, a GPU driver's
+    files (:data:`GPU_DRIVER_FILES`); on macOS never; elsewhere assumed (torch then decides).
+
+    Examples:
+        >>> isinstance(gpu_driver_present(), bool)
+        True
+    """
+    if sys.platform == "darwin":
+        return False
+    if sys.platform.startswith("linux"):
+        return any(os.path.exists(path) for path in GPU_DRIVER_FILES)
+    return True
+
+
 def local_runtime(model: str, runtime: str | None = None, device: str | None = None, dtype: str | None = None) -> str:
     """The runtime (``"torch"`` or ``"llamacpp"``) that runs the local model string ``model``.
 
@@ -170,12 +190,13 @@ def local_runtime(model: str, runtime: str | None = None, device: str | None = N
     elif choice == "auto":
         cpu = str(device or "cpu") == "cpu" and dtype is None
         if device is None and cpu:
-            try:
-                import torch
-            except ImportError as exc:  # an API-only install: the local runtimes read the GGUF with transformers
+            if importlib.util.find_spec("torch") is None:  # an API-only install: the runtimes read the GGUF with it
                 raise LocalStackMissing(f"{model!r} needs the local model stack (torch, transformers, gguf): "
-                                        f"{INSTALL_LOCAL}") from exc
-            cpu = not torch.cuda.is_available()
+                                        f"{INSTALL_LOCAL}")
+            if gpu_driver_present():  # else torch (seconds to import) cannot see a GPU either
+                import torch
+
+                cpu = not torch.cuda.is_available()
         choice = "llamacpp" if cpu and llamacpp_available() else "torch"
         if choice not in _LOGGED:
             _LOGGED.add(choice)

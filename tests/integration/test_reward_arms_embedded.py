@@ -5,9 +5,7 @@ reward through TRL)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,7 +13,6 @@ import pytest
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 
 
 def test_judge_and_physician_rubric_rewards_on_the_embedded_model():
@@ -43,24 +40,20 @@ def test_judge_and_physician_rubric_rewards_on_the_embedded_model():
     assert grader.usage["judge"]["calls"] == 4  # one call per (response, rubric item), as simple-evals
 
 
-def train_one_step(tmp_path: Path, recipe: str, *flags: str) -> str:
-    """``cat-dspy train`` for one GRPO step of 4 short completions on two labelled questions; its log."""
+def train_one_step(cli: Callable[..., str], tmp_path: Path, recipe: str, *flags: object) -> str:
+    """``cat-dspy train`` (the ``cat_dspy_cli`` fixture) for one GRPO step of 4 short completions on two labelled
+    questions; its log. The reward's wiring through TRL is the point: the policy may be the tiny random model
+    (``--model_name_or_path``), the anchor stays the embedded one."""
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps({"question": f"What is {a} + {b}?", "answer": str(a + b)}) + "\n"
                             for a, b in ((2, 3), (4, 1))))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "CUDA_VISIBLE_DEVICES": ""}
-    cmd = [str(BIN / "cat-dspy"), "train", "--config", str(REPO / "experiments/recipes" / recipe), *flags,
-           "--dataset_name", str(data), "--output_dir", str(tmp_path / "out"), "--max_steps", "1",
-           "--per_device_train_batch_size", "4", "--max_completion_length", "16", "--save_strategy", "no",
-           "--report_to", "none", "--logging_steps", "1"]
-    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-6000:])
-    return done.stdout + done.stderr
+    return cli("train", "--config", REPO / "experiments/recipes" / recipe, *flags, "--dataset_name", data,
+               "--output_dir", tmp_path / "out", "--max_steps", "1", "--per_device_train_batch_size", "4",
+               "--max_completion_length", "16", "--save_strategy", "no", "--report_to", "none", "--logging_steps", "1")
 
 
-def test_gold_arm_trains_one_step_with_the_answer_column(tmp_path):
-    logs = train_one_step(tmp_path, "arith_smollm2_cpu_gold.yaml")
+def test_gold_arm_trains_one_step_with_the_answer_column(tmp_path, cat_dspy_cli, tiny_llama):
+    logs = train_one_step(cat_dspy_cli, tmp_path, "arith_smollm2_cpu_gold.yaml", "--model_name_or_path", tiny_llama)
     assert "'rewards/gold_reward/mean'" in logs and "'gold/accuracy'" in logs and "'gold/missing_labels': '0'" in logs
 
 
@@ -81,7 +74,9 @@ def test_min_ppl_reward_labels_with_the_rollout_the_embedded_anchor_finds_likely
     assert m["min_ppl/reward_accuracy"] == 1.0 and reward.usage["anchor"]["calls"] == 3  # one scored text per rollout
 
 
-def test_min_ppl_arm_trains_one_step_with_label_metrics(tmp_path):
-    logs = train_one_step(tmp_path, "arith_smollm2_cpu_majority.yaml", "--reward", "min_ppl", "--label_metrics", "true")
+def test_min_ppl_arm_trains_one_step_with_label_metrics(tmp_path, cat_dspy_cli, tiny_llama):
+    """The embedded anchor scores the tiny policy's completions after the prompt its chat template rendered."""
+    logs = train_one_step(cat_dspy_cli, tmp_path, "arith_smollm2_cpu_majority.yaml", "--reward", "min_ppl",
+                          "--label_metrics", "true", "--model_name_or_path", tiny_llama)
     assert "'rewards/min_ppl_reward/mean'" in logs and "'min_ppl/invalid_groups': '0'" in logs
     assert "'min_ppl/reward_accuracy'" in logs and "'min_ppl/label_accuracy'" in logs  # gold read for metrics only

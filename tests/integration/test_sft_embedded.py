@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,18 +14,9 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPE = REPO / "experiments" / "recipes" / "sft_smoke_cpu.yaml"
-BIN = Path(sys.executable).parent
 
 
-def run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "CUDA_VISIBLE_DEVICES": "", "DSPY_CACHEDIR": str(cwd / "dspy_cache")}  # no completion from earlier runs
-    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-6000:])
-    return done
-
-
-def test_sft_smoke_recipe_synthesizes_trains_logs_and_reuses_references(tmp_path):
+def test_sft_smoke_recipe_synthesizes_trains_logs_and_reuses_references(tmp_path, cat_dspy_cli):
     import mlflow
     from transformers.utils import is_peft_available
 
@@ -38,15 +27,14 @@ def test_sft_smoke_recipe_synthesizes_trains_logs_and_reuses_references(tmp_path
     data.write_text("".join(json.dumps({"question": f"What is {a} + {b}?", "answer": str(a + b)}) + "\n"
                             for a, b in ((2, 3), (4, 1), (6, 2), (3, 5))))
     out = tmp_path / "out"
-    cmd = [str(BIN / "cat-dspy"), "sft", "--config", str(RECIPE), "--dataset_name", str(data),
-           "--output_dir", str(out)]
-    run(cmd, cwd=tmp_path)
+    cmd = ["sft", "--config", RECIPE, "--dataset_name", data, "--output_dir", out]
+    cat_dspy_cli(*cmd)  # the test's DSPy cache is in memory: no completion from earlier runs
     store = out / "references.jsonl"
     records = [json.loads(line) for line in store.read_text().splitlines()]
     assert len(records) == 4 and all(len(r["rollouts"]) == 2 and r["usage"]["anchor"]["calls"] == 1 for r in records)
     assert json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())["global_step"] == 2
 
-    client = mlflow.MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])  # the subprocess wrote here
+    client = mlflow.MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
     experiment = client.get_experiment_by_name("cat-dspy-sft")
     (first,) = client.search_runs([experiment.experiment_id])
     params = first.data.params
@@ -63,7 +51,7 @@ def test_sft_smoke_recipe_synthesizes_trains_logs_and_reuses_references(tmp_path
     before = store.read_bytes()
 
     # a rerun (2 more steps) reuses all 4 references, calls no LM for them, and resumes from checkpoint-2
-    run([*cmd, "--max_steps", "3", "--save_steps", "3"], cwd=tmp_path)
+    cat_dspy_cli(*cmd, "--max_steps", "3", "--save_steps", "3")
     assert store.read_bytes() == before
     second = next(r for r in client.search_runs([experiment.experiment_id]) if r.info.run_id != first.info.run_id)
     assert (second.data.params["sft.references_new"], second.data.params["sft.references_cached"]) == ("0", "4")

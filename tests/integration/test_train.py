@@ -1,4 +1,5 @@
-"""CaT-RL end to end on CPU: ``cat-dspy train`` on the smoke recipe, resume, and TRL's own CLI with ``cat_reward``.
+"""CaT-RL end to end on CPU: ``cat-dspy train`` on the smoke recipe, resume, and TRL's own CLI (a process of its
+own) with ``cat_reward``.
 
 Slow (GRPO steps of the embedded model on CPU: about a minute per step on 2 cores, more under load).
 """
@@ -28,17 +29,18 @@ def run(cmd: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
     return done
 
 
-def test_cpu_smoke_recipe_trains_checkpoints_logs_and_resumes(tmp_path, tiny_gsm8k):
-    """The smoke recipe as written (``dataset_name: gsm8k``), on a generated GSM8K-format train split."""
+def test_cpu_smoke_recipe_trains_checkpoints_logs_and_resumes(tmp_path, tiny_gsm8k, cat_dspy_cli):
+    """The smoke recipe (``dataset_name: gsm8k``, one step a run), on a generated GSM8K-format train split; the
+    restart is a second ``main()`` in the same process, as a notebook would run it."""
     import mlflow
 
     out = tmp_path / "out"
     data = ["--data_dir", str(tiny_gsm8k), "--max_completion_length", "16", "--anchor_max_tokens", "24"]  # short
-    run([str(BIN / "cat-dspy"), "train", "--config", str(RECIPE), "--output_dir", str(out), *data], cwd=tmp_path)
-    assert (out / "checkpoint-2" / "model.safetensors").exists()
-    assert json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())["global_step"] == 2
+    cat_dspy_cli("train", "--config", RECIPE, "--output_dir", out, "--max_steps", "1", "--save_steps", "1", *data)
+    assert (out / "checkpoint-1" / "model.safetensors").exists()
+    assert json.loads((out / "checkpoint-1" / "trainer_state.json").read_text())["global_step"] == 1
 
-    client = mlflow.MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])  # the subprocess wrote here
+    client = mlflow.MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
     experiment = client.get_experiment_by_name("cat-dspy-train")
     (first,) = client.search_runs([experiment.experiment_id])
     assert first.info.status == "FINISHED"
@@ -47,30 +49,29 @@ def test_cpu_smoke_recipe_trains_checkpoints_logs_and_resumes(tmp_path, tiny_gsm
     for name in ("cat/synthesis_extracted", "cat/invalid_groups", "cat/zero_spread_groups",
                  "cat/length_penalty_hits", "cat/reward_seconds"):
         assert name in metrics, name
-        assert len(client.get_metric_history(first.info.run_id, name)) == 2  # logged at both steps
+        assert len(client.get_metric_history(first.info.run_id, name)) == 1  # logged at the step
     assert first.data.params["mode"] == "verifiable" and first.data.params["anchor"] == "local"
     artifacts = [a.path for a in client.list_artifacts(first.info.run_id, "cat/train")]
-    assert len(artifacts) == 2  # the references of each step
+    assert len(artifacts) == 1  # the references of the step
 
-    # a restart with a higher step budget resumes from checkpoint-2 instead of starting over
-    run([str(BIN / "cat-dspy"), "train", "--config", str(RECIPE), "--output_dir", str(out), "--max_steps", "3",
-         "--save_steps", "3", *data], cwd=tmp_path)
-    assert json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())["global_step"] == 3
+    # a restart with a higher step budget resumes from checkpoint-1 instead of starting over
+    cat_dspy_cli("train", "--config", RECIPE, "--output_dir", out, "--max_steps", "2", "--save_steps", "2", *data)
+    assert json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())["global_step"] == 2
     second = next(r for r in client.search_runs([experiment.experiment_id]) if r.info.run_id != first.info.run_id)
-    assert second.data.params["cat.resumed_from"].endswith("checkpoint-2")
-    assert len(client.get_metric_history(second.info.run_id, "rewards/cat_reward/mean")) == 1  # only step 3
+    assert second.data.params["cat.resumed_from"].endswith("checkpoint-1")
+    assert len(client.get_metric_history(second.info.run_id, "rewards/cat_reward/mean")) == 1  # only step 2
 
 
-def test_trl_cli_uses_the_env_configured_cat_reward(tmp_path):
-    from cat_dspy.lm.hf import default_model_path
-
+def test_trl_cli_uses_the_env_configured_cat_reward(tmp_path, tiny_llama):
+    """``trl grpo`` trains (a tiny random policy: TRL's wiring is the point) with ``cat_reward`` configured from the
+    environment, the embedded model as its anchor."""
     data = tmp_path / "data"
     data.mkdir()
     rows = [{"prompt": [{"role": "user", "content": f"What is {a} + {a}? End with \\boxed{{answer}}."}]}
             for a in range(2, 6)]
     (data / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     done = run(
-        [str(BIN / "trl"), "grpo", "--model_name_or_path", str(default_model_path()), "--dataset_name", str(data),
+        [str(BIN / "trl"), "grpo", "--model_name_or_path", str(tiny_llama), "--dataset_name", str(data),
          "--reward_funcs", "cat_dspy.rewards.cat_reward", "--num_generations", "4",
          "--per_device_train_batch_size", "4", "--max_completion_length", "16", "--max_steps", "1",
          "--use_cpu", "true", "--bf16", "false", "--gradient_checkpointing", "false", "--report_to", "none",
