@@ -12,8 +12,8 @@ DEMO_ARGS ?= --g 4 --max-tokens 48 --temperature 0.7 --anchor-max-tokens 64 --se
 PYTEST_ARGS ?=
 # The suite runs on this many pytest-xdist workers (tests/conftest.py: XDIST_GROUPS keeps the server tests, the
 # in-process trainers and the tests that spawn processes each on one worker; EXCLUSIVE tests run alone, one after
-# the other); PYTEST_WORKERS=0: in one process. One more worker than 2 cores: a worker waiting on a server or a
-# subprocess leaves its core to the others.
+# the other); PYTEST_WORKERS=0: in one process. Three on 2 cores, one more than the cores: a worker waiting on a
+# server or a subprocess leaves its core to the others.
 PYTEST_WORKERS ?= 3
 
 .PHONY: demo test install lint bench clean
