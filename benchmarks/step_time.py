@@ -18,6 +18,8 @@ one-time warm-up), the peak resident memory, and the rewards of every step (so t
 reward for reward). ``--json`` prints one object.
 
 Run (the measurement): python benchmarks/step_time.py --steps 4
+Before and after a boolean option, at one seed (every completion's reward compared):
+python benchmarks/step_time.py --steps 4 --compare skip_zero_advantage --out step_time_skip_zero_advantage.json
 Dry run: python benchmarks/step_time.py --steps 2 --max_completion_length 8 --anchor_max_tokens 8
 Any ``--key value`` after the options overrides the recipe.
 """
@@ -46,6 +48,7 @@ class PhaseClock:
 
     def __init__(self) -> None:
         self.steps: list[dict[str, float]] = []
+        self.rewards: list[list[list[float]]] = []  # per reward call: per completion, per reward function
         self.current: dict[str, float] = defaultdict(float)
         self._stack: list[list[float]] = []  # [start, time of timed children]
         self._step_start = 0.0
@@ -90,6 +93,14 @@ def instrument(clock: PhaseClock) -> Any:
 
     timed("_generate", "generation")
     timed("_calculate_rewards", "reward")
+    calculate = GRPOTrainer._calculate_rewards
+
+    def recorded(self, *args, **kwargs):  # every completion's reward, for comparing two runs at one seed
+        rewards = calculate(self, *args, **kwargs)
+        clock.rewards.append(rewards.tolist())
+        return rewards
+
+    GRPOTrainer._calculate_rewards = recorded
     timed("_generate_and_score_completions", "scoring_rest")
     timed("compute_loss", "loss_forward")
     from accelerate import Accelerator
@@ -124,7 +135,13 @@ def main() -> int:
     parser.add_argument("--config", default=str(REPO / "experiments" / "recipes" / "study_cat_rl.yaml"))
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--compare", metavar="OPTION",
+                        help="a boolean recipe option: run once with it false, once true (fresh processes, one "
+                        "seed), and print both, their ratio and whether every completion's reward is the same")
+    parser.add_argument("--out", help="with --compare: also write the comparison to this JSON file")
     args, overrides = parser.parse_known_args()
+    if args.compare:
+        return compare(args, overrides)
 
     from cat_dspy.rl import train
 
@@ -158,6 +175,7 @@ def main() -> int:
         "largest": max(PHASES, key=lambda p: mean[p]),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "rewards": [h["reward"] for h in history],
+        "completion_rewards": clock.rewards,
         "run_s": total,
         "load_average": os.getloadavg(),
     }
@@ -170,6 +188,41 @@ def main() -> int:
     print(f"  {'step':13s} {mean['step']:7.2f} s   peak RSS {result['peak_rss_mb']:.0f} MB   "
           f"load average {result['load_average'][0]:.1f}")
     print(f"  rewards per logged step: {result['rewards']}")
+    return 0
+
+
+def compare(args: argparse.Namespace, overrides: list[str]) -> int:
+    """Run the benchmark twice in fresh processes, ``--<option> false`` then ``true``; print (and write) both."""
+    import subprocess
+
+    runs = {}
+    for value in ("false", "true"):
+        command = [sys.executable, __file__, "--config", args.config, "--steps", str(args.steps), "--json",
+                   *overrides, f"--{args.compare}", value]
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            print(done.stderr[-4000:], file=sys.stderr)
+            return done.returncode
+        runs["before" if value == "false" else "after"] = json.loads(done.stdout.strip().splitlines()[-1])
+    before, after = runs["before"], runs["after"]
+    result = {
+        "option": args.compare,
+        "command": " ".join(["python benchmarks/step_time.py", "--steps", str(args.steps), "--compare", args.compare,
+                             *overrides]),
+        "same_rewards": before["completion_rewards"] == after["completion_rewards"],
+        "step_s": {"before": before["mean_after_first"]["step"], "after": after["mean_after_first"]["step"]},
+        "step_ratio": after["mean_after_first"]["step"] / before["mean_after_first"]["step"],
+        "peak_rss_mb": {"before": before["peak_rss_mb"], "after": after["peak_rss_mb"]},
+        "before": before,
+        "after": after,
+    }
+    print(f"--{args.compare}: step {result['step_s']['before']:.2f} s -> {result['step_s']['after']:.2f} s "
+          f"(x{result['step_ratio']:.2f}), peak RSS {before['peak_rss_mb']:.0f} -> {after['peak_rss_mb']:.0f} MB, "
+          f"every completion's reward the same: {result['same_rewards']}")
+    for p in PHASES:
+        print(f"  {p:13s} {before['mean_after_first'][p]:7.2f} s -> {after['mean_after_first'][p]:7.2f} s")
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     return 0
 
 

@@ -10,7 +10,9 @@ be overridden on the command line, and an ``env:`` block sets environment variab
 2. builds the CaT reward (:class:`cat_dspy.rewards.CaTReward`) with the frozen anchor: by default the initial
    checkpoint (the embedded SmolLM2-135M when ``model_name_or_path`` is unset), loaded once in eval mode, apart from
    the trained model; or a separate server (``anchor: hosted_vllm/...`` + ``anchor_api_base``),
-3. trains with ``GRPOTrainer``, resuming from the last checkpoint in ``output_dir`` when there is one, and
+3. trains with ``GRPOTrainer`` (:class:`cat_dspy.rl.trainer.CaTGRPOTrainer`: with ``skip_zero_advantage``, the
+   completions of advantage 0 are left out of the loss), resuming from the last checkpoint in ``output_dir`` when
+   there is one, and
 4. reports to MLflow (``MLFLOW_TRACKING_URI``, default ``sqlite:///mlflow.db``): TRL's metrics, the ``cat/*``
    metrics and the references of every step land in the same run.
 """
@@ -110,6 +112,15 @@ class CaTGRPOConfig(GRPOConfig, CaTRewardConfig):
                   "answer of the rollout the anchor finds most likely) or 'gold' (the dataset's answers, supervised "
                   "upper bound). The arms read the CaT options they share (anchor, "
                   "judge, equivalence, extraction, length_limit, ...)."},
+    )
+
+    skip_zero_advantage: bool = field(
+        default=False,
+        metadata={"help": "Leave the completions whose advantage is 0 (every completion of a group whose rewards "
+                  "are all equal) out of the loss's forward and backward, the loss rescaled so that the gradient "
+                  "is the same in exact arithmetic (cat_dspy.rl.trainer.CaTGRPOTrainer). Needs beta = 0, no "
+                  "entropy bonus and no top_entropy_quantile; the step's entropy and clip metrics are then over "
+                  "the completions kept."},
     )
 
     def __post_init__(self) -> None:
@@ -318,9 +329,10 @@ def main(script_args: Any, training_args: Any, model_args: Any, callbacks: list[
         callbacks: Extra ``TrainerCallback`` objects (e.g. timers).
     """
     import transformers
-    from trl import GRPOTrainer, get_peft_config
+    from trl import get_peft_config
 
     from cat_dspy.rl.registry import build_reward
+    from cat_dspy.rl.trainer import CaTGRPOTrainer
 
     transformers.set_seed(training_args.seed)
     model_path = model_args.model_name_or_path
@@ -346,7 +358,7 @@ def main(script_args: Any, training_args: Any, model_args: Any, callbacks: list[
               "cat.resumed_from": checkpoint}
 
     with _MlflowRun(training_args, params):
-        trainer = GRPOTrainer(
+        trainer = CaTGRPOTrainer(
             model=model_path,
             reward_funcs=[reward],
             args=training_args,
