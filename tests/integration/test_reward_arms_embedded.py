@@ -53,8 +53,11 @@ def train_one_step(cli: Callable[..., str], tmp_path: Path, recipe: str, *flags:
 
 
 def test_gold_arm_trains_one_step_with_the_answer_column(tmp_path, cat_dspy_cli, tiny_llama):
-    logs = train_one_step(cat_dspy_cli, tmp_path, "arith_smollm2_cpu_gold.yaml", "--model_name_or_path", tiny_llama)
+    """Also with ``skip_zero_advantage``: the recipe option reaches the trainer, which logs what it left out."""
+    logs = train_one_step(cat_dspy_cli, tmp_path, "arith_smollm2_cpu_gold.yaml", "--model_name_or_path", tiny_llama,
+                          "--skip_zero_advantage", "true")
     assert "'rewards/gold_reward/mean'" in logs and "'gold/accuracy'" in logs and "'gold/missing_labels': '0'" in logs
+    assert "'frac_zero_advantage_skipped'" in logs
 
 
 def test_min_ppl_reward_labels_with_the_rollout_the_embedded_anchor_finds_likely():
