@@ -26,7 +26,7 @@ def test_optimize_synthesize_on_the_embedded_model_then_solve_with_it(tmp_path, 
     gold = {f"What is {i} + {i}?": str(2 * i) for i in range(1, 11)}
     data.write_text("\n".join(json.dumps({"question": q, "answer": a}) for q, a in gold.items()))
     out = tmp_path / "synth.json"
-    argv = ["optimize", "--target", "synthesize", "--dataset", str(data), "--train", "8", "--dev", "1", "--g", "2",
+    argv = ["optimize", "--target", "synthesize", "--dataset", str(data), "--train", "4", "--dev", "1", "--g", "2",
             "--max-tokens", "32", "--anchor-max-tokens", "64", "--temperature", "0.2", "--anchor-temperature", "0.2",
             "--extraction", "flexible", "--demos", "1", "--threads", "1", "--seed", "0", "--out", str(out),
             "--cache", str(tmp_path / "cache")]
